@@ -1,0 +1,32 @@
+# ACID Lab. `make test` sets everything up on a fresh machine and runs the suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.PHONY: test report lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# reinstall only when the project's dependencies change
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(ARGS)
+
+report: $(STAMP)
+	$(BIN)/python -m acid_lab report $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check acid_lab tests bench conftest.py
+
+bench: $(STAMP)
+	for script in bench/bench_*.py; do $(BIN)/python $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis .ruff_cache

@@ -1,0 +1,1 @@
+"""ACID Lab: see what a database transaction promises, on a real PostgreSQL."""

@@ -1,0 +1,61 @@
+"""Connections to a test's place: psycopg2 sessions and SQLAlchemy engines.
+
+Every connection goes through psycopg2 (SQLAlchemy's ``postgresql+psycopg2``
+dialect too), over TCP, with the place's schema first on its search_path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import psycopg2
+import psycopg2.extensions
+from sqlalchemy import URL, Engine, create_engine
+
+from acid_lab.server import ConnectionInfo
+
+
+def search_path_option(schema: str | None) -> dict:
+    """libpq ``options`` that make ``schema`` the session's search_path."""
+    return {"options": f"-c search_path={schema}"} if schema else {}
+
+
+class ConnectionFactory:
+    """Opens psycopg2 connections to one place and closes them all at the end."""
+
+    def __init__(self, info: ConnectionInfo, schema: str | None = None):
+        self.info = info
+        self.schema = schema
+        self.opened: list[psycopg2.extensions.connection] = []
+
+    def __call__(self, autocommit: bool = False, **params) -> psycopg2.extensions.connection:
+        """A new session (its own server process). ``params`` override libpq parameters."""
+        conn = psycopg2.connect(**self.info.params(**search_path_option(self.schema), **params))
+        conn.autocommit = autocommit
+        self.opened.append(conn)
+        return conn
+
+    def dsn(self, **params) -> str:
+        """The same place as a libpq connection string (for child processes)."""
+        return self.info.dsn(**search_path_option(self.schema), **params)
+
+    def backend_pids(self) -> list[int]:
+        return [conn.info.backend_pid for conn in self.opened if not conn.closed]
+
+    def close_all(self) -> None:
+        for conn in self.opened:
+            with contextlib.suppress(psycopg2.Error):
+                conn.close()
+        self.opened.clear()
+
+
+def sqlalchemy_url(info: ConnectionInfo) -> URL:
+    """An explicit ``postgresql+psycopg2`` URL: a bare ``postgresql://`` means psycopg 3 in 2.1."""
+    return URL.create("postgresql+psycopg2", username=info.user, password=info.password,
+                      host=info.host, port=info.port, database=info.dbname)
+
+
+def make_engine(info: ConnectionInfo, schema: str | None = None, **engine_options) -> Engine:
+    """A SQLAlchemy engine whose every pooled connection uses the place's search_path."""
+    return create_engine(sqlalchemy_url(info), connect_args=search_path_option(schema),
+                         **engine_options)

