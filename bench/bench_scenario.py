@@ -1,0 +1,124 @@
+"""How long an 8-step, two-session scenario takes with the scenario runner.
+
+    python bench/bench_scenario.py [--dsn DSN] [--runs N] [--rounds R]
+
+Without --dsn it starts a temporary server. The scenario is Hermitage's lost
+update at repeatable read (one step blocks, then aborts with 40001). It is
+timed two ways, each as the median of N runs, repeated R rounds:
+
+* cold: ``run_scenario`` on fresh connections (what a test with its own
+  connections pays: two sessions plus the monitor are opened and closed);
+* warm: one ``ScenarioRunner`` reused, so only the steps themselves count.
+
+The table is restored between runs, outside the timed part. Target: cold
+median <= 15 ms on the 2-core reference machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import psycopg2
+from psycopg2 import sql
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from acid_lab.places import new_schema_name  # noqa: E402
+from acid_lab.scenario import (  # noqa: E402
+    REPEATABLE_READ,
+    T1,
+    T2,
+    ScenarioRunner,
+    aborts,
+    blocks,
+    run_scenario,
+    sees,
+)
+
+TARGET_MS = 15.0
+
+LOST_UPDATE = [
+    (T1, "select value from test where id = 1", sees(10)),
+    (T2, "select value from test where id = 1", sees(10)),
+    (T1, "update test set value = 11 where id = 1"),
+    (T2, "update test set value = 12 where id = 1", blocks(then=aborts("40001"))),
+    (T1, "commit"),
+    (T2, "rollback"),
+    (T1, "select value from test where id = 1", sees(11)),
+    (T2, "select value from test where id = 1", sees(11)),
+]
+
+
+@contextlib.contextmanager
+def bench_place(dsn: str | None):
+    """A DSN whose search_path starts at a fresh schema holding the test table."""
+    with contextlib.ExitStack() as stack:
+        if dsn is None:
+            from acid_lab.server import temporary_server
+
+            dsn = stack.enter_context(temporary_server()).dsn
+        admin = psycopg2.connect(dsn)
+        admin.autocommit = True
+        stack.callback(admin.close)
+        schema = new_schema_name()
+        ident = sql.Identifier(schema)
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("create schema {}").format(ident))
+            cur.execute(sql.SQL("create table {}.test (id int primary key, value int)")
+                        .format(ident))
+        stack.callback(lambda: admin.cursor().execute(
+            sql.SQL("drop schema {} cascade").format(ident)))
+        params = psycopg2.extensions.parse_dsn(dsn)
+        params["options"] = f"{params.get('options', '')} -c search_path={schema}".strip()
+        place_dsn = psycopg2.extensions.make_dsn(**params)
+
+        def reset() -> None:
+            with admin.cursor() as cur:
+                cur.execute(sql.SQL("truncate {0}.test; insert into {0}.test values "
+                                    "(1, 10), (2, 20)").format(ident))
+
+        yield place_dsn, reset
+
+
+def median_ms(run_once, reset, runs: int) -> float:
+    timings = []
+    for _ in range(runs):
+        reset()
+        started = time.perf_counter()
+        run_once()
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings) * 1000
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dsn", help="an existing server (default: a temporary one)")
+    parser.add_argument("--runs", type=int, default=50, help="runs per round (default 50)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
+    args = parser.parse_args()
+
+    with bench_place(args.dsn) as (dsn, reset):
+        cold, warm = [], []
+        with ScenarioRunner(dsn) as runner:
+            for _ in range(args.rounds):
+                cold.append(median_ms(lambda: run_scenario(dsn, REPEATABLE_READ, LOST_UPDATE),
+                                      reset, args.runs))
+                warm.append(median_ms(lambda: runner.run(REPEATABLE_READ, LOST_UPDATE),
+                                      reset, args.runs))
+    print(f"8-step two-session scenario, median of {args.runs} runs per round:")
+    print("  cold (fresh connections): " + "  ".join(f"{m:.1f}" for m in cold) + " ms")
+    print("  warm (reused runner):     " + "  ".join(f"{m:.1f}" for m in warm) + " ms")
+    overall = statistics.median(cold)
+    verdict = "ok" if overall <= TARGET_MS else "OVER TARGET"
+    print(f"  cold median {overall:.1f} ms (target <= {TARGET_MS:g} ms: {verdict}); "
+          f"warm median {statistics.median(warm):.1f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
