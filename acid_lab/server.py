@@ -426,7 +426,11 @@ class Cluster:
             )
             try:
                 self._executor.start()
-                return
+                # mirakuru returns once the port is open; `pg_ctl start -w` exits when
+                # the server accepts logins ("the database system is starting up" before)
+                if self._executor.process.wait(timeout=START_TIMEOUT) == 0:
+                    return
+                last_error = ServerError(f"pg_ctl start exited {self._executor.process.returncode}")
             except Exception as error:  # noqa: BLE001 - reported with the log below
                 last_error = error
                 if "could not bind" not in self.log_tail() and "in use" not in self.log_tail():

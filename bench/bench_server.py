@@ -1,0 +1,103 @@
+"""How long a run waits for its server, and what one test's clean place costs.
+
+    python bench/bench_server.py [--starts 5] [--places 200]
+
+Prints medians (milliseconds) of:
+* server start: a fresh temporary cluster, initdb + start until it accepts
+  connections, and its teardown;
+* a test's place: the schema with the demo table, created and dropped (what
+  every test pays), against a database created from a template and dropped
+  (the alternative DESIGN.md measured at 60-370 ms).
+All figures of one invocation come from the same machine state; rerun to compare.
+"""
+
+import argparse
+import statistics
+import time
+
+import psycopg2
+from psycopg2 import sql
+
+from acid_lab.places import PlaceKeeper
+from acid_lab.schema import HERMITAGE
+from acid_lab.server import Cluster
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
+def time_server_starts(count: int) -> tuple[list[float], list[float]]:
+    starts, stops = [], []
+    for _ in range(count):
+        began = time.perf_counter()
+        cluster = Cluster()
+        cluster.start()
+        started = time.perf_counter()
+        cluster.destroy()
+        starts.append(started - began)
+        stops.append(time.perf_counter() - started)
+    return starts, stops
+
+
+def time_places(cluster: Cluster, count: int) -> list[float]:
+    keeper = PlaceKeeper(psycopg2.connect(**cluster.info.params()))
+    try:
+        durations = []
+        for _ in range(count):
+            began = time.perf_counter()
+            name = keeper.create()
+            keeper.drop(name)
+            durations.append(time.perf_counter() - began)
+        return durations
+    finally:
+        keeper.close()
+
+
+def time_template_databases(cluster: Cluster, count: int) -> list[float]:
+    admin = psycopg2.connect(**cluster.info.params())
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute("create database bench_template")
+        template = psycopg2.connect(**cluster.info.params(dbname="bench_template"))
+        with template, template.cursor() as cur:
+            cur.execute(HERMITAGE)
+        template.close()
+        durations = []
+        with admin.cursor() as cur:
+            for i in range(count):
+                name = sql.Identifier(f"bench_copy_{i}")
+                began = time.perf_counter()
+                cur.execute(sql.SQL("create database {} template bench_template").format(name))
+                cur.execute(sql.SQL("drop database {}").format(name))
+                durations.append(time.perf_counter() - began)
+        return durations
+    finally:
+        admin.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--starts", type=int, default=5)
+    parser.add_argument("--places", type=int, default=200)
+    parser.add_argument("--databases", type=int, default=10)
+    args = parser.parse_args()
+
+    starts, stops = time_server_starts(args.starts)
+    with Cluster() as cluster:
+        print(f"server: {cluster.binaries.describe()}")
+        places = time_places(cluster, args.places)
+        databases = time_template_databases(cluster, args.databases)
+
+    print(f"server start (initdb + start), median of {args.starts}: "
+          f"{ms(statistics.median(starts))} ms  (stop + cleanup: {ms(statistics.median(stops))} ms)")
+    print(f"test place (schema + demo table, create + drop), median of {args.places}: "
+          f"{ms(statistics.median(places))} ms")
+    print(f"database from template (create + drop), median of {args.databases}: "
+          f"{ms(statistics.median(databases))} ms  "
+          f"(ratio to a place: {statistics.median(databases) / statistics.median(places):.0f}x)")
+
+
+if __name__ == "__main__":
+    main()
