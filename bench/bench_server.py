@@ -90,8 +90,9 @@ def main() -> None:
         places = time_places(cluster, args.places)
         databases = time_template_databases(cluster, args.databases)
 
-    print(f"server start (initdb + start), median of {args.starts}: "
-          f"{ms(statistics.median(starts))} ms  (stop + cleanup: {ms(statistics.median(stops))} ms)")
+    start, stop = ms(statistics.median(starts)), ms(statistics.median(stops))
+    print(f"server start (initdb + start), median of {args.starts}: {start} ms  "
+          f"(stop + cleanup: {stop} ms)")
     print(f"test place (schema + demo table, create + drop), median of {args.places}: "
           f"{ms(statistics.median(places))} ms")
     print(f"database from template (create + drop), median of {args.databases}: "
