@@ -19,17 +19,20 @@ import os
 import pwd
 import re
 import secrets
+import select
 import shutil
 import signal
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import port_for
+import psutil
 import psycopg2
 from pytest_postgresql.executors import PostgreSQLExecutor
 
@@ -255,17 +258,27 @@ def _runnable_bindir(binaries: Binaries, account: Account | None, workdir: Path)
     """
     if account is None:
         return binaries.bindir
-    probe = subprocess.run(
-        [str(binaries.program("postgres")), "--version"],
-        capture_output=True, check=False, cwd=workdir, **_drop_privileges_kwargs(account),
-    )
-    if probe.returncode == 0:
-        return binaries.bindir
-    install = workdir / "pginstall"
-    shutil.copytree(binaries.bindir.parent, install, symlinks=True)
-    for folder, _dirs, _files in os.walk(install):
+    try:
+        probe = subprocess.run(
+            [str(binaries.program("postgres")), "--version"],
+            capture_output=True, check=False, cwd=workdir, **_drop_privileges_kwargs(account),
+        )
+        if probe.returncode == 0:
+            return binaries.bindir
+    except PermissionError:
+        pass  # the account cannot even reach the program
+    # Keep the layout <package>/<install>/bin next to <package>.libs: wheel binaries
+    # find their bundled libraries through an RPATH relative to themselves.
+    install = binaries.bindir.parent
+    package = install.parent
+    copy_root = workdir / "binaries"
+    shutil.copytree(install, copy_root / package.name / install.name, symlinks=True)
+    bundled_libs = package.parent / f"{package.name}.libs"
+    if bundled_libs.is_dir():
+        shutil.copytree(bundled_libs, copy_root / bundled_libs.name, symlinks=True)
+    for folder, _dirs, _files in os.walk(copy_root):
         os.chown(folder, account.uid, account.gid)
-    return install / "bin"
+    return copy_root / package.name / install.name / "bin"
 
 
 def _write_as_account_wrapper(bindir: Path, account: Account, workdir: Path) -> Path:
@@ -455,7 +468,19 @@ class CrashableCluster(Cluster):
     ``crash()`` SIGKILLs every server process at once: what a process crash (an
     OOM kill, a segfault of the postmaster) does. It is not a power cut: the OS
     page cache survives, so data written but not fsynced is still there.
+
+    Fast and reliable on purpose: we reap the postmaster ourselves (no stale
+    lock file), wait for its children by pidfd (no shared memory still attached
+    when the next postmaster starts), and know it is ready from its own
+    postmaster.pid status line (no client program polling the port).
     """
+
+    def __init__(self, binaries: Binaries | None = None, *, settings: dict | None = None):
+        # English server messages, so that the log can be read for "recovery"
+        super().__init__(binaries, settings={"lc_messages": "C", **(settings or {})})
+        self.postmaster: subprocess.Popen | None = None
+        self.start_settings: dict[str, str] = {}  # the extra settings of the current start
+        self._start_offset = 0
 
     def _start_server(self) -> None:
         # initdb through the executor, then run postgres ourselves
@@ -468,16 +493,29 @@ class CrashableCluster(Cluster):
             timeout=START_TIMEOUT, account=self.account,
         )
         self._executor.init_directory()
-        self.postmaster: subprocess.Popen | None = None
         self.restart()
 
-    def restart(self) -> None:
-        """Start the postmaster (after a crash: WAL replay runs first) and wait until it accepts."""
+    # -- life cycle
+
+    @property
+    def running(self) -> bool:
+        return self.postmaster is not None and self.postmaster.poll() is None
+
+    def restart(self, **settings: str) -> None:
+        """Start the postmaster (after a crash: WAL replay runs first) and wait until it accepts.
+
+        ``settings`` (e.g. ``wal_writer_delay="10s"``) apply to this start only.
+        Raises ServerError with the end of the server log if it does not come up.
+        """
+        if self.running:
+            raise ServerError("the server is running: crash() or stop() it before restart()")
+        self._start_offset = self._log_size()
+        self.start_settings = dict(settings)
         log = open(self.workdir.log, "ab")  # noqa: SIM115 - handed to the child
         try:
             command = [str(self.bindir / "postgres"), "-D", str(self.workdir.data),
                        "-p", str(self.port), "-k", str(self.workdir.socket)]
-            for name, value in self.settings.items():
+            for name, value in {**self.settings, **settings}.items():
                 command += ["-c", f"{name}={value}"]
             self.postmaster = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir.path,
@@ -487,31 +525,32 @@ class CrashableCluster(Cluster):
             log.close()
         self._wait_until_accepting()
 
-    def _wait_until_accepting(self) -> None:
-        pg_isready = self.bindir / "pg_isready"
-        deadline_checks = START_TIMEOUT * 20
-        for _ in range(deadline_checks):
-            if self.postmaster.poll() is not None:
-                raise ServerError(
-                    f"PostgreSQL exited with {self.postmaster.returncode} while starting. "
-                    f"Server log:\n{self.log_tail()}"
-                )
-            ready = subprocess.run(
-                [str(pg_isready), "-q", "-h", HOST, "-p", str(self.port), "-t", "1"],
-                check=False, capture_output=True,
-            )
-            if ready.returncode == 0:
-                return
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.postmaster.wait(timeout=0.05)  # also notices an early exit
-        raise ServerError(f"PostgreSQL did not accept connections. Log:\n{self.log_tail()}")
-
     def crash(self) -> None:
-        """SIGKILL the postmaster and all its children at once; reap the postmaster."""
-        pid = self.postmaster.pid
-        # start_new_session made the postmaster the leader of its own process group
-        os.killpg(pid, signal.SIGKILL)
-        self.postmaster.wait(timeout=START_TIMEOUT)
+        """SIGKILL the postmaster and all its children at once; return once all are dead.
+
+        PostgreSQL's children make themselves process-group leaders, so one
+        ``killpg`` would kill the postmaster alone and leave its children to
+        notice later. Instead: freeze the postmaster (SIGSTOP: no new child can
+        appear), list its children, SIGKILL them all and the postmaster, reap
+        the postmaster and wait for each child's pidfd.
+        """
+        if not self.running:
+            return
+        postmaster = psutil.Process(self.postmaster.pid)
+        postmaster.send_signal(signal.SIGSTOP)
+        children = postmaster.children(recursive=True)
+        # pidfds while the children cannot be reaped: they still name the right processes
+        pidfds = [fd for fd in map(_pidfd_or_none, children) if fd is not None]
+        try:
+            for child in children:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.send_signal(signal.SIGKILL)
+            self.postmaster.kill()
+            self.postmaster.wait(timeout=START_TIMEOUT)
+            _wait_until_exited(pidfds, children, START_TIMEOUT)
+        finally:
+            for fd in pidfds:
+                os.close(fd)
 
     def stop(self) -> None:
         """A clean shutdown (SIGINT: fast mode)."""
@@ -519,13 +558,131 @@ class CrashableCluster(Cluster):
         self.postmaster.wait(timeout=START_TIMEOUT)
 
     def _stop_server(self) -> None:
-        postmaster = getattr(self, "postmaster", None)
-        if postmaster is not None and postmaster.poll() is None:
+        if self.running:
             with contextlib.suppress(Exception):
                 self.crash()  # immediate: nothing of this cluster is kept anyway
         if self._executor is not None:
             self._executor._directory_initialised = False
             self._executor = None
+
+    # -- what the server says
+
+    def startup_log(self) -> str:
+        """Everything the server logged since the last (re)start began: recovery shows here."""
+        try:
+            with open(self.workdir.log, "rb") as log:
+                log.seek(self._start_offset)
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def transaction_status(self, xid: int | str) -> str | None:
+        """pg_xact_status of a transaction id: 'committed', 'aborted', 'in progress' (or None)."""
+        conn = psycopg2.connect(**self.info.params())
+        try:
+            with conn.cursor() as cur:
+                cur.execute("select pg_xact_status(%s::text::xid8)", (str(xid),))
+                return cur.fetchone()[0]
+        finally:
+            conn.close()
+
+    # -- readiness
+
+    def _log_size(self) -> int:
+        try:
+            return self.workdir.log.stat().st_size
+        except OSError:
+            return 0
+
+    def _pidfile_says_ready(self) -> bool:
+        """postmaster.pid names our postmaster and its status line says "ready".
+
+        The status line is what ``pg_ctl start -w`` waits for; after a crash
+        the old file (old pid, "ready") is still there until the new
+        postmaster rewrites it, hence the pid check.
+        """
+        try:
+            lines = (self.workdir.data / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return False
+        return (len(lines) >= PIDFILE_STATUS_LINE and lines[0].strip() == str(self.postmaster.pid)
+                and lines[PIDFILE_STATUS_LINE - 1].strip() == "ready")
+
+    def _wait_until_accepting(self, timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        with _ExitWatch(self.postmaster) as postmaster_exit:
+            while not self._pidfile_says_ready():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self.crash()
+                    raise ServerError(f"PostgreSQL did not become ready within {timeout} s. "
+                                      f"Server log:\n{self.log_tail()}")
+                # wakes at once if the postmaster exits; otherwise looks at the file again
+                if postmaster_exit.wait(min(READY_POLL, remaining)):
+                    raise ServerError(
+                        f"PostgreSQL exited with {self.postmaster.returncode} while starting. "
+                        f"Server log:\n{self.log_tail()}"
+                    )
+
+
+PIDFILE_STATUS_LINE = 8  # LOCK_FILE_LINE_PM_STATUS in PostgreSQL's miscadmin.h
+READY_POLL = 0.005       # seconds between two looks at postmaster.pid while starting
+
+
+def _pidfd_or_none(process: psutil.Process) -> int | None:
+    if not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        return os.pidfd_open(process.pid)
+    except OSError:  # already gone
+        return None
+
+
+class _ExitWatch:
+    """Waits for our child process to exit: on a pidfd (wakes at once) where Linux has them."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.process = process
+        self.fd: int | None = None
+
+    def __enter__(self) -> _ExitWatch:
+        if hasattr(os, "pidfd_open"):
+            with contextlib.suppress(OSError):
+                self.fd = os.pidfd_open(self.process.pid)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+
+    def wait(self, timeout: float) -> bool:
+        """Up to ``timeout`` seconds; True once the process has exited (and is reaped)."""
+        if self.fd is not None:
+            select.select([self.fd], [], [], timeout)
+            return self.process.poll() is not None
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+
+def _wait_until_exited(pidfds: list[int], processes: list[psutil.Process],
+                       timeout: float) -> None:
+    """Return once every process has exited (a zombie counts: it holds no resources)."""
+    deadline = time.monotonic() + timeout
+    if not hasattr(os, "pidfd_open"):
+        _gone, alive = psutil.wait_procs(processes, timeout=timeout)
+        if alive:
+            raise ServerError(f"server processes survived SIGKILL: {[p.pid for p in alive]}")
+        return
+    waiting = set(pidfds)
+    while waiting:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ServerError(f"{len(waiting)} server processes survived SIGKILL")
+        readable, _, _ = select.select(list(waiting), [], [], remaining)
+        waiting.difference_update(readable)
 
 
 @contextlib.contextmanager
