@@ -1,0 +1,138 @@
+"""Foundation: SQL, the language every session speaks, and PostgreSQL's extras.
+
+SQL structures data (CREATE / ALTER / DROP TABLE, ADD / DROP COLUMN),
+manipulates it (INSERT / UPDATE / DELETE) and queries it (SELECT). Every table
+is a list of columns, each with a data type. SQL comes in dialects: the same
+SQLAlchemy statement is written differently for PostgreSQL and for SQLite, and
+a DBAPI driver (psycopg2 here) carries it to the server.
+
+PostgreSQL is object-relational: besides plain tables it has arrays and table
+inheritance, and indexes that let a query find rows without reading them all.
+"""
+
+import psycopg2
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+pytestmark = pytest.mark.foundation
+
+
+def run(conn, statement, params=None):
+    with conn.cursor() as cur:
+        cur.execute(statement, params)
+        return cur.fetchall() if cur.description else cur.rowcount
+
+
+def test_structure_statements_shape_a_table(observer):
+    """Scenario: CREATE TABLE, ALTER TABLE ADD COLUMN, DROP COLUMN, DROP TABLE.
+
+    Outcome: the catalog shows each change: columns appear and disappear, then the table.
+    """
+    run(observer, "create table drivers (id int primary key, name text not null)")
+    run(observer, "alter table drivers add column licence text")
+    assert _columns(observer, "drivers") == [("id", "integer"), ("name", "text"),
+                                             ("licence", "text")]
+    run(observer, "alter table drivers drop column licence")
+    assert _columns(observer, "drivers") == [("id", "integer"), ("name", "text")]
+    run(observer, "drop table drivers")
+    assert run(observer, "select to_regclass('drivers') is null") == [(True,)]
+
+
+def _columns(conn, table):
+    return run(conn, """
+        select column_name, data_type from information_schema.columns
+        where table_schema = current_schema() and table_name = %s order by ordinal_position
+        """, (table,))
+
+
+def test_manipulation_statements_change_rows_and_report_how_many(observer):
+    """Scenario: INSERT a row, UPDATE two, DELETE one, then SELECT.
+
+    Outcome: each statement reports the number of rows it touched; SELECT shows the result.
+    """
+    assert run(observer, "insert into test (id, value) values (3, 30)") == 1
+    assert run(observer, "update test set value = value + 1 where id in (1, 2)") == 2
+    assert run(observer, "delete from test where id = 2") == 1
+    assert run(observer, "select id, value from test order by id") == [(1, 11), (3, 30)]
+
+
+def test_a_column_accepts_only_its_data_type(observer):
+    """Scenario: store text in an integer column.
+
+    Outcome: rejected with invalid_text_representation (22P02): types are part of the schema.
+    """
+    with pytest.raises(psycopg2.errors.InvalidTextRepresentation):
+        run(observer, "insert into test (id, value) values (3, 'thirty')")
+
+
+def test_arrays_are_first_class_values(observer):
+    """Scenario: a table with an integer array column; query inside the array.
+
+    Outcome: the array comes back as a Python list, and `= any(...)` searches inside it.
+    """
+    run(observer, "create table rosters (team text primary key, shifts int[])")
+    run(observer, "insert into rosters values ('night', '{22, 23, 0}'), ('day', '{9, 10}')")
+    assert run(observer, "select shifts from rosters where team = 'night'") == [([22, 23, 0],)]
+    assert run(observer, "select team from rosters where 9 = any(shifts)") == [("day",)]
+
+
+def test_a_child_table_inherits_its_parents_columns_and_rows_show_up_in_the_parent(observer):
+    """Scenario: vehicles, and trucks that inherit from vehicles with one more column.
+
+    Outcome: a truck has the parent's columns; selecting from vehicles includes trucks,
+    `only vehicles` does not.
+    """
+    run(observer, "create table vehicles (plate text primary key, seats int)")
+    run(observer, "create table trucks (payload_tonnes int) inherits (vehicles)")
+    run(observer, "insert into vehicles values ('CAR-1', 5)")
+    run(observer, "insert into trucks values ('TRK-1', 2, 18)")
+
+    assert run(observer, "select plate from vehicles order by plate") == [("CAR-1",), ("TRK-1",)]
+    assert run(observer, "select plate from only vehicles") == [("CAR-1",)]
+    assert run(observer, "select plate, seats, payload_tonnes from trucks") == [("TRK-1", 2, 18)]
+
+
+def test_an_index_lets_a_query_skip_reading_every_row(observer):
+    """Scenario: 10,000 rows; look one up by an indexed column and by an unindexed one.
+
+    Outcome: the planner uses an index scan for the indexed column and must read the
+    whole table (sequential scan) for the other.
+    """
+    run(observer, """
+        create table readings as
+        select n as id, n % 97 as sensor from generate_series(1, 10000) as n;
+        create index on readings (id);
+        analyze readings
+        """)
+    indexed = _plan(observer, "select * from readings where id = 4242")
+    unindexed = _plan(observer, "select * from readings where sensor = 42")
+    assert "Index" in indexed, f"expected an index scan, got: {indexed}"
+    assert "Seq Scan" in unindexed, f"expected a sequential scan, got: {unindexed}"
+
+
+def _plan(conn, query):
+    return " ".join(line for (line,) in run(conn, "explain (costs off) " + query))
+
+
+def test_one_statement_two_dialects():
+    """Scenario: compile the same SQLAlchemy insert for PostgreSQL and for SQLite.
+
+    Outcome: PostgreSQL's dialect writes psycopg2's %(name)s placeholders and can
+    RETURNING; SQLite's writes ? placeholders. SQLAlchemy writes the SQL, the DBAPI sends it.
+    """
+    drivers = Table("drivers", MetaData(), Column("id", Integer, primary_key=True),
+                    Column("name", String))
+    statement = insert(drivers).values(name="Ada").returning(drivers.c.id)
+
+    assert str(statement.compile(dialect=postgresql.psycopg2.dialect())) == (
+        "INSERT INTO drivers (name) VALUES (%(name)s) RETURNING drivers.id")
+    assert str(select(drivers.c.name).where(drivers.c.id == 1).compile(
+        dialect=sqlite.dialect())) == "SELECT drivers.name \nFROM drivers \nWHERE drivers.id = ?"
+
+
+def test_the_engine_speaks_the_postgresql_dialect_through_psycopg2(engine):
+    """Outcome: the engine's dialect is postgresql and its DBAPI driver is psycopg2."""
+    assert (engine.dialect.name, engine.dialect.driver) == ("postgresql", "psycopg2")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("select value from test where id = 1").scalar() == 10
