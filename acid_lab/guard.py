@@ -19,10 +19,16 @@ STOP_TIMEOUT = 30
 
 
 def _postmaster_pid(datadir: Path) -> int | None:
+    """The pid in the lock file, if it is still a postmaster of this data folder.
+
+    After a crash the lock file outlives its postmaster; its pid may be reused.
+    """
     try:
-        return int((datadir / "postmaster.pid").read_text().split()[0])
+        pid = int((datadir / "postmaster.pid").read_text().split()[0])
+        command_line = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError, IndexError):
         return None
+    return pid if str(datadir).encode() in command_line else None
 
 
 def _wait_for_exit(pid: int, timeout: float) -> None:

@@ -1,0 +1,412 @@
+"""The web stack: where ACID meets Flask, Flask-SQLAlchemy, psycopg2 and PostgreSQL.
+
+Most people meet databases through a web app. A browser (the web client)
+sends an HTTP request to a web server (here a small Flask shop,
+``acid_lab.webapp``); the view works through a Flask-SQLAlchemy session, whose
+SQL the ``postgresql`` dialect hands to the psycopg2 DBAPI, down a connection
+the engine's pool keeps open between requests, to the database server. One
+request is one transaction; one pooled connection is one server session (one
+server process) that serves many requests in turn.
+
+What each letter promises there, and what breaks without it:
+
+* Atomicity: a request that crashes halfway leaves nothing behind. Without the
+  rollback at teardown its half-done writes would be committed, by itself or
+  by the next request on the same worker.
+* Isolation: two buyers at once. A view that reads the stock and writes back
+  "what I read minus one" loses a sale at read committed; a row lock
+  (``with_for_update()``), one atomic UPDATE, or serializable with a retry
+  keeps both.
+* Consistency: the database's constraints (unique, check, foreign key) refuse
+  bad data; the app turns the refusal into a 409 or 422, not a 500, and
+  nothing changes.
+* Durability: a committed purchase does not depend on the server process
+  that made it; when that process is killed, the pool (``pool_pre_ping``)
+  hands the next request a new connection and the purchase is there.
+
+The foundation tests at the end show the course notes' picture itself:
+client - web server - database server over TCP, the dialect and DBAPI, and
+the connection pool (sessions reused across requests, a cap on how many).
+
+Each test builds its own app on its own schema (the ``place``); the Flask test
+client drives it, from several threads where requests must overlap. Overlap is
+arranged, never left to luck or sleeps: a hook in the view holds a request
+until the other has read too, or until the server says the other is blocked.
+"""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg2
+import pytest
+from psycopg2 import errors
+from sqlalchemy import NullPool, select
+
+from acid_lab.connections import sqlalchemy_url
+from acid_lab.faults import terminate_backend
+from acid_lab.webapp import (
+    HOOK_TIMEOUT,
+    Parking,
+    Rendezvous,
+    Stock,
+    create_app,
+    db,
+    dispose_engines,
+)
+
+pytestmark = pytest.mark.webapp
+
+LOCK_TIMEOUT = "10s"     # a request stuck on a lock fails on the server, not in the suite
+REQUEST_TIMEOUT = 30.0   # seconds a request thread may take before the test fails
+ONE_SESSION = {"pool_size": 1, "max_overflow": 0}  # one worker, one pooled connection
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def make_app(target, place):
+    """Factory of shop apps on this test's place (their tables created there); pools closed."""
+    apps = []
+
+    def make(engine_options=None, **config):
+        options = {"connect_args": {"options": f"-c search_path={place}"
+                                               f" -c lock_timeout={LOCK_TIMEOUT}",
+                                    "application_name": app_name(place)}}
+        options.update(engine_options or {})
+        app = create_app(sqlalchemy_url(target.info), options, **config)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        dispose_engines(app)
+
+
+# --------------------------------------------------------------------------- helper verbs
+
+
+def app_name(place):
+    """The application_name the app's sessions carry, so the server can count them."""
+    return f"acid_lab_webapp_{place}"
+
+
+def query(observer, sql, params=None):
+    with observer.cursor() as cur:
+        cur.execute(sql, params)
+        return cur.fetchall()
+
+
+def execute(observer, sql, params=None):
+    with observer.cursor() as cur:
+        cur.execute(sql, params)
+
+
+def put_stock(observer, item, quantity):
+    execute(observer, "insert into stock (item, quantity) values (%s, %s)", (item, quantity))
+
+
+def stock_of(observer, item):
+    return query(observer, "select quantity from stock where item = %s", (item,))[0][0]
+
+
+def server_sessions_of(observer, place):
+    return query(observer, "select count(*) from pg_stat_activity where application_name = %s",
+                 (app_name(place),))[0][0]
+
+
+def everything(observer):
+    """Every row of the shop's tables, as the rest of the world sees them."""
+    return [query(observer, f"select * from {table} order by 1")
+            for table in ("drivers", "vehicles", "stock")]
+
+
+def post_together(app, *paths):
+    """POST each path at once, each from its own thread and test client; responses in order."""
+
+    def post(path):
+        return app.test_client().post(path)
+
+    with ThreadPoolExecutor(max_workers=len(paths)) as pool:
+        futures = [pool.submit(post, path) for path in paths]
+        return [future.result(timeout=REQUEST_TIMEOUT) for future in futures]
+
+
+# --------------------------------------------------------------------------- atomicity
+
+
+@pytest.mark.atomicity
+def test_a_request_that_fails_halfway_leaves_nothing_behind(make_app, observer):
+    """Scenario: POST /drivers writes a driver, then a first vehicle, then raises (a bug)
+    before the second vehicle; then the same worker serves the next request.
+
+    Outcome: 500, and neither the driver nor the vehicle exists; the session was rolled
+    back at teardown (its server session sits idle, no transaction open), so the next
+    request on the same pooled server session commits only its own writes. Its driver
+    gets id 2: the failed insert did reach the server (sequences are not rolled back),
+    its row did not survive.
+    """
+    app = make_app(ONE_SESSION, FAIL_AFTER_WRITES=2)
+    client = app.test_client()
+    worker_pid = client.get("/session").json["backend_pid"]
+
+    failed = client.post("/drivers", json={"name": "Ada", "vehicles": [
+        {"plate": "AB-1", "seats": 4}, {"plate": "AB-2", "seats": 2}]})
+    left_behind = query(observer, "select (select count(*) from drivers),"
+                                  " (select count(*) from vehicles)")[0]
+    worker_state = query(observer, "select state from pg_stat_activity where pid = %s",
+                         (worker_pid,))
+    app.config["FAIL_AFTER_WRITES"] = None
+    following = client.post("/drivers", json={"name": "Grace", "vehicles": [
+        {"plate": "GH-1", "seats": 5}]})
+
+    assert failed.status_code == 500, "the injected failure is an unhandled error"
+    assert left_behind == (0, 0), "atomicity: two of three writes were undone with the request"
+    assert worker_state == [("idle",)], "the worker's session was left with no transaction open"
+    assert (following.status_code, following.json) == (201, {"id": 2}), \
+        "the next request works, after the failed one's insert used id 1"
+    assert client.get("/session").json["backend_pid"] == worker_pid, \
+        "the next request ran on the same pooled server session"
+    assert client.get("/drivers").json == [{"name": "Grace", "plates": ["GH-1"]}], \
+        "atomicity: nothing of the failed request rode along in the next commit"
+
+
+# --------------------------------------------------------------------------- isolation
+
+
+ALL_READ, ONE_WAITS = Rendezvous.ALL_READ, Rendezvous.ONE_WAITS_FOR_A_LOCK
+
+
+@pytest.mark.isolation
+@pytest.mark.parametrize(
+    "way, attempts_allowed, before_writing, statuses, told_left, attempts, stock_after", [
+        pytest.param("read-modify-write", 3, ALL_READ, [200, 200], [9, 9], [1, 1], 9,
+                     id="read committed, read-modify-write: stock 10, 2 buys -> 9, lost update"),
+        pytest.param("for-update", 3, ONE_WAITS, [200, 200], [8, 9], [1, 1], 8,
+                     id="read committed, with_for_update: stock 10, 2 buys -> 8"),
+        pytest.param("atomic-update", 3, ONE_WAITS, [200, 200], [8, 9], [1, 1], 8,
+                     id="read committed, atomic UPDATE: stock 10, 2 buys -> 8"),
+        pytest.param("serializable", 3, ALL_READ, [200, 200], [8, 9], [1, 2], 8,
+                     id="serializable with retry: stock 10, 2 buys -> 8, one retried"),
+        pytest.param("serializable", 1, ALL_READ, [200, 503], [9], [1], 9,
+                     id="serializable without retry: stock 10, one buy refused (503) -> 9"),
+    ])
+def test_two_buyers_at_once(make_app, observer, way, attempts_allowed, before_writing, statuses,
+                            told_left, attempts, stock_after):
+    """Lost update through the web: two "buy one" requests on the same item at once.
+
+    Scenario: stock 10; each request pauses after its read (the view's after-read hook)
+    until the other has read too, or until the server says the other is blocked on a row
+    lock this one holds; then each writes and commits.
+    Outcome: the read-modify-write view tells both buyers "9 left" and leaves 9 -- one
+    sale lost at read committed. with_for_update() makes the second reader wait for the
+    first buyer's commit, and so does the atomic UPDATE's row lock; serializable lets
+    both read, aborts the second writer (40001), and the retry decorator runs it again
+    on the new stock -- without a retry, that buyer gets a 503.
+    """
+    rendezvous = Rendezvous(observer)
+    app = make_app(AFTER_READ_HOOK=rendezvous, SERIALIZABLE_ATTEMPTS=attempts_allowed)
+    put_stock(observer, "widget", 10)
+
+    buy = f"/stock/widget/buy/{way}"
+    buyers = post_together(app, buy, buy)
+    served = [response.json for response in buyers if response.status_code == 200]
+
+    assert rendezvous.how == before_writing, \
+        "isolation: did both buyers read, or did one wait for the other's lock?"
+    assert sorted(response.status_code for response in buyers) == statuses, \
+        f"isolation: the buy requests' outcomes ({[r.json for r in buyers]})"
+    assert sorted(answer["quantity"] for answer in served) == told_left, \
+        "isolation: what each buyer was told is left"
+    assert sorted(answer["attempts"] for answer in served) == attempts, \
+        "isolation: how many transactions each successful buy took"
+    assert stock_of(observer, "widget") == stock_after, \
+        f"isolation: stock after {len(served)} sale(s) from 10"
+
+
+# --------------------------------------------------------------------------- consistency
+
+
+@pytest.mark.consistency
+@pytest.mark.parametrize("path, body, status, refusal, constraint", [
+    pytest.param("/drivers/1/vehicles", {"plate": "AB-1", "seats": 4},
+                 409, errors.UniqueViolation, "vehicles_plate_key",
+                 id="plate already registered: 409"),
+    pytest.param("/drivers/1/vehicles", {"plate": "CD-2", "seats": 0},
+                 422, errors.CheckViolation, "vehicle_seats_1_to_9",
+                 id="vehicle without seats: 422"),
+    pytest.param("/drivers/99/vehicles", {"plate": "CD-2", "seats": 4},
+                 422, errors.ForeignKeyViolation, "vehicles_driver_id_fkey",
+                 id="vehicle of an unknown driver: 422"),
+    pytest.param("/stock/kettle/buy/atomic-update", None,
+                 422, errors.CheckViolation, "stock_never_negative",
+                 id="buying what is sold out: 422"),
+])
+def test_a_broken_rule_is_an_http_error_and_changes_nothing(make_app, observer, path, body,
+                                                            status, refusal, constraint):
+    """Scenario: driver Ada (id 1) owns AB-1; kettles are sold out; a request breaks a rule
+    the database enforces (unique plate, 1-9 seats, vehicles belong to drivers, stock never
+    negative).
+
+    Outcome: the database refuses (the SQLSTATE of the constraint), the app answers 409
+    for a duplicate and 422 for any other broken rule -- not 500 -- and every table is as
+    it was; the same worker then serves the next request normally.
+    """
+    app = make_app(ONE_SESSION)
+    client = app.test_client()
+    execute(observer, "insert into drivers (name) values ('Ada');"
+                      " insert into vehicles (plate, seats, driver_id) values ('AB-1', 4, 1)")
+    put_stock(observer, "kettle", 0)
+    before = everything(observer)
+
+    refused = client.post(path, json=body)
+
+    assert refused.status_code == status, f"consistency: the refusal as HTTP ({refused.json})"
+    assert errors.lookup(refused.json["sqlstate"]) is refusal, \
+        "consistency: the database itself refused the write"
+    assert refused.json["constraint"] == constraint, "consistency: the constraint that refused"
+    assert everything(observer) == before, "consistency: a refused request changes nothing"
+    assert client.get("/drivers").json == [{"name": "Ada", "plates": ["AB-1"]}], \
+        "the worker's session was rolled back and serves the next request"
+
+
+# --------------------------------------------------------------------------- durability
+
+
+@pytest.mark.durability
+@pytest.mark.parametrize("pre_ping, statuses_after_kill", [
+    pytest.param(True, [200], id="pool_pre_ping on: the next request works"),
+    pytest.param(False, [503, 200], id="pool_pre_ping off: one request fails (503) first"),
+])
+def test_a_committed_buy_outlives_the_server_process_that_made_it(make_app, observer,
+                                                                  pre_ping,
+                                                                  statuses_after_kill):
+    """Scenario: a buy commits (stock 10 -> 9) on the app's one pooled connection; then its
+    server process is killed (pg_terminate_backend) while the connection idles in the pool.
+
+    Outcome: the purchase is there for the next request, served by a new server process.
+    With pool_pre_ping the pool tests the connection at checkout and replaces it unseen;
+    without, the next request runs into the dead connection (503) and the pool replaces
+    it for the one after.
+    """
+    app = make_app({**ONE_SESSION, "pool_pre_ping": pre_ping})
+    put_stock(observer, "widget", 10)
+    client = app.test_client()
+    killed_pid = client.get("/session").json["backend_pid"]
+    assert client.post("/stock/widget/buy/atomic-update").json["quantity"] == 9
+
+    terminate_backend(observer, killed_pid)
+    after_kill = [client.get("/stock/widget") for _ in statuses_after_kill]
+
+    assert [response.status_code for response in after_kill] == statuses_after_kill, \
+        "the requests after the kill"
+    assert after_kill[-1].json["quantity"] == 9, \
+        "durability: the committed buy survived the server process that made it"
+    assert client.get("/session").json["backend_pid"] != killed_pid, \
+        "a new server process serves the pool's new connection"
+
+
+# --------------------------------------------------------------------------- the stack
+
+
+@pytest.mark.foundation
+def test_a_request_goes_web_client_web_server_database_server(make_app, observer, target,
+                                                               place):
+    """Scenario: the test client (web client) asks the Flask app (web server) which
+    database session serves it; the observer asks the database server about that session.
+
+    Outcome: the app's session came over TCP/IP to the server's port, from a client
+    address (a Unix socket would have none); to the database server the web server is
+    just a client, one server process per connection, named by its application_name.
+    """
+    app = make_app()
+    response = app.test_client().get("/session")
+    session = response.json
+    seen_by_server = query(observer, "select application_name, backend_type, client_addr"
+                                     " from pg_stat_activity where pid = %s",
+                           (session["backend_pid"],))
+
+    assert response.status_code == 200, "HTTP request and response"
+    assert session["server_port"] == target.info.port, "the database server's TCP port"
+    assert session["client_addr"] is not None, "the web server reached the database over TCP"
+    assert seen_by_server == [(app_name(place), "client backend", session["client_addr"])], \
+        "the database server sees the web server as one more client session"
+
+
+@pytest.mark.foundation
+def test_sqlalchemy_writes_postgresql_sql_and_psycopg2_sends_it(make_app):
+    """Scenario: look inside the app's engine: its dialect, its DBAPI, the SQL it writes
+    for "select the widget row", the connection its pool hands out.
+
+    Outcome: dialect postgresql, DBAPI psycopg2 (pyformat parameters, %(name)s), and the
+    pooled connection is a plain psycopg2 connection underneath.
+    """
+    app = make_app()
+    with app.app_context():
+        engine = db.engine
+        written = str(select(Stock).where(Stock.item == "widget").compile(engine))
+        driver_connection = db.session.connection().connection.driver_connection
+
+    assert (engine.dialect.name, engine.dialect.driver) == ("postgresql", "psycopg2"), \
+        "dialect + DBAPI"
+    assert engine.dialect.loaded_dbapi is psycopg2, "the DBAPI module is psycopg2"
+    assert written == ("SELECT stock.item, stock.quantity \nFROM stock \n"
+                       "WHERE stock.item = %(item_1)s"), "SQLAlchemy writes the SQL"
+    assert isinstance(driver_connection, psycopg2.extensions.connection), \
+        "psycopg2 carries it to the server"
+
+
+@pytest.mark.foundation
+@pytest.mark.parametrize("engine_options, same_server_session", [
+    pytest.param(ONE_SESSION, True, id="QueuePool: one server session serves both requests"),
+    pytest.param({"poolclass": NullPool}, False, id="NullPool: a new session per request"),
+])
+def test_the_pool_keeps_server_sessions_between_requests(make_app, engine_options,
+                                                         same_server_session):
+    """Scenario: two requests, one after the other, each ask which server process and which
+    transaction serve them.
+
+    Outcome: with a pool the second request reuses the first one's connection -- the same
+    server process, a long-running session -- without one, each request connects anew.
+    Either way each request is a transaction of its own.
+    """
+    client = make_app(engine_options).test_client()
+
+    first, second = client.get("/session").json, client.get("/session").json
+
+    assert (first["backend_pid"] == second["backend_pid"]) is same_server_session, \
+        "is the server session reused across requests?"
+    assert first["transaction_id"] != second["transaction_id"], \
+        "one request, one transaction; a session runs many"
+
+
+@pytest.mark.foundation
+def test_the_pool_caps_how_many_server_sessions_the_app_opens(make_app, observer, place):
+    """Scenario: pool_size=1, max_overflow=0; a buy is parked mid-transaction, holding the
+    one connection; meanwhile a second request arrives.
+
+    Outcome: the second request finds no free connection within pool_timeout (0 here:
+    refuse at once) and gets 503; the server never sees a second session of the app.
+    Once the buy commits and returns its connection, the next request is served (stock 9).
+    """
+    parking = Parking()
+    # Whole seconds only: Flask-SQLAlchemy's engine_from_config makes pool_timeout an int.
+    app = make_app({**ONE_SESSION, "pool_timeout": 0}, AFTER_READ_HOOK=parking)
+    put_stock(observer, "widget", 10)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        buy = pool.submit(app.test_client().post, "/stock/widget/buy/atomic-update")
+        try:
+            assert parking.parked.wait(HOOK_TIMEOUT), "the buy reached its hook"
+            meanwhile = app.test_client().get("/stock/widget")
+            sessions_meanwhile = server_sessions_of(observer, place)
+        finally:
+            parking.release.set()
+        bought = buy.result(timeout=REQUEST_TIMEOUT)
+    afterwards = app.test_client().get("/stock/widget")
+
+    assert (meanwhile.status_code, meanwhile.json["error"]) == \
+        (503, "no free database connection"), "the pool refuses rather than exceed its size"
+    assert sessions_meanwhile == 1, "the server saw one session of the app, the pool's size"
+    assert bought.status_code == 200, "the parked buy went on"
+    assert (afterwards.status_code, afterwards.json["quantity"]) == (200, 9), \
+        "the returned connection serves the next request"
