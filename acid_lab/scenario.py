@@ -38,12 +38,13 @@ The transcript uses Hermitage's notation::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import psycopg2
 import psycopg2.errorcodes
@@ -77,6 +78,8 @@ _FAST_PATH_SECONDS = 0.001
 _POLL_SECONDS = 0.001
 # How long a cancelled or terminated backend gets to give its worker back.
 _CANCEL_GRACE_SECONDS = 2.0
+# Login bound for DSN sources that do not set their own connect_timeout.
+_CONNECT_TIMEOUT_SECONDS = 10
 
 _IS_BLOCKED_SQL = (
     "select pg_catalog.pg_isolation_test_session_is_blocked(%s, %s::int[])"
@@ -86,7 +89,7 @@ _HAS_IS_BLOCKED_SQL = (
     "'pg_catalog.pg_isolation_test_session_is_blocked(integer, integer[])') is not null"
 )
 
-ConnectionSource = Union[str, Callable[..., "psycopg2.extensions.connection"]]
+ConnectionSource = str | Callable[..., psycopg2.extensions.connection]
 
 
 class ScenarioError(Exception):
@@ -99,7 +102,7 @@ class ScheduleStuck(ScenarioError):
     ``transcript`` holds the transcript so far, ``result`` the partial result.
     """
 
-    def __init__(self, message: str, result: "ScenarioResult"):
+    def __init__(self, message: str, result: ScenarioResult):
         self.result = result
         self.transcript = result.transcript
         super().__init__(f"{message}\n\ntranscript so far:\n{_indent(self.transcript)}")
@@ -297,7 +300,8 @@ class _Blocks(Expectation):
 
     def __init__(self, then: Expectation):
         if not isinstance(then, Expectation) or then.blocked:
-            raise TypeError("blocks(then=...) takes an outcome such as succeeds, sees(...) or aborts(...)")
+            raise TypeError("blocks(then=...) takes an outcome such as succeeds, "
+                            "sees(...) or aborts(...)")
         self.then = then
 
     def describe(self) -> str:
@@ -317,10 +321,8 @@ def _sqlstate_of(error_class: type) -> str | None:
         for name in dir(psycopg2.errorcodes):
             code = getattr(psycopg2.errorcodes, name)
             if name.isupper() and isinstance(code, str) and len(code) == 5:
-                try:
+                with contextlib.suppress(KeyError):
                     _CLASS_TO_SQLSTATE.setdefault(psycopg2.errors.lookup(code), code)
-                except KeyError:
-                    pass
     return _CLASS_TO_SQLSTATE.get(error_class)
 
 
@@ -400,10 +402,34 @@ def _as_step(item: Any, position: int) -> Step:
 
 # -- sessions -----------------------------------------------------------------
 
+def require_blocked_check(conn: psycopg2.extensions.connection) -> None:
+    """Raise ServerNotSupported unless the server can tell blocked sessions (PG >= 10)."""
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(_HAS_IS_BLOCKED_SQL)
+            available = bool(cursor.fetchone()[0])
+    except psycopg2.Error:
+        available = False  # older than 9.4 (no to_regprocedure) or not PostgreSQL at all
+        if not conn.autocommit:
+            conn.rollback()
+    if not available:
+        version = conn.server_version
+        major = (f"{version // 10000}" if version >= 100000
+                 else f"{version // 10000}.{version % 10000 // 100}")
+        raise ServerNotSupported(
+            f"this server (PostgreSQL {major}) cannot report "
+            "blocked sessions: the scenario runner needs "
+            "pg_isolation_test_session_is_blocked (PostgreSQL 10 or later)"
+        )
+
+
 def _connect(source: ConnectionSource) -> psycopg2.extensions.connection:
     """A new connection in autocommit mode (transaction control is explicit)."""
     if isinstance(source, str):
-        conn = psycopg2.connect(source)
+        # libpq would otherwise wait for the operating system's TCP timeout
+        limit = {} if "connect_timeout" in psycopg2.extensions.parse_dsn(source) else {
+            "connect_timeout": _CONNECT_TIMEOUT_SECONDS}
+        conn = psycopg2.connect(source, **limit)
     else:
         conn = source()
         if not conn.autocommit:
@@ -415,9 +441,10 @@ def _connect(source: ConnectionSource) -> psycopg2.extensions.connection:
 class _Job:
     """One statement handed to a session's worker thread."""
 
-    def __init__(self, result: StepResult, sql: str, sent: float):
+    def __init__(self, result: StepResult, sql: str, sent: float, params: tuple = ()):
         self.result = result
         self.sql = sql
+        self.params = params or None  # None: no %-placeholders in the SQL
         self.sent = sent
         self.done = threading.Event()
         self.in_transaction = False
@@ -432,6 +459,7 @@ class _Session:
         self.pid = conn.info.backend_pid
         self.pending: _Job | None = None  # a step sent that has not finished
         self.in_transaction = False
+        self.stale = False  # reset() was called since this session's last scenario
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         # Daemon: if a backend never comes back even after being terminated,
         # the worker must not keep the interpreter alive.
@@ -455,7 +483,7 @@ class _Session:
     def _execute(self, cursor, job: _Job) -> None:
         result = job.result
         try:
-            cursor.execute(job.sql)
+            cursor.execute(job.sql, job.params)
             result.command = cursor.statusmessage
             if cursor.description is not None:
                 result.rows = [list(row) for row in cursor.fetchall()]
@@ -516,19 +544,12 @@ class _Monitor:
             return
         self.conn = conn
         try:
+            require_blocked_check(conn)
             self.cursor = conn.cursor()
-            self.cursor.execute(_HAS_IS_BLOCKED_SQL)
-            if not self.cursor.fetchone()[0]:
-                version = conn.server_version
-                raise ServerNotSupported(
-                    f"PostgreSQL {version // 10000}.{version % 10000 // 100} cannot report "
-                    "blocked sessions: the runner needs pg_isolation_test_session_is_blocked "
-                    "(PostgreSQL 10 or later)"
-                )
         except BaseException as exc:
             self._failure = exc
 
-    def ready(self) -> "_Monitor":
+    def ready(self) -> _Monitor:
         """Wait (bounded) until the connection is open; raise why it could not be."""
         self._thread.join(self.timeout)
         if self._thread.is_alive():
@@ -588,7 +609,8 @@ class ScenarioRunner:
     ``source`` is a connection factory (called with no arguments, e.g. the
     suite's ``connect`` fixture; it may be called from several threads at once)
     or a libpq DSN. ``timeout`` bounds every single wait, in seconds.
-    Use as a context manager, or call :meth:`close`.
+    Use as a context manager, or call :meth:`close`. One runner serves one
+    thread at a time; run scenarios in parallel with one runner each.
     """
 
     def __init__(self, source: ConnectionSource, *, timeout: float = DEFAULT_TIMEOUT):
@@ -596,8 +618,9 @@ class ScenarioRunner:
         self.timeout = timeout
         self._sessions: dict[str, _Session] = {}
         self._monitor: _Monitor | None = None
+        self._search_path: str | None = None
 
-    def __enter__(self) -> "ScenarioRunner":
+    def __enter__(self) -> ScenarioRunner:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -637,6 +660,18 @@ class ScenarioRunner:
             _check(schedule, result)
         return result
 
+    def reset(self, search_path: str | None = None) -> None:
+        """Make the warm sessions as good as new before their next scenario.
+
+        Each one gets ``discard all`` (settings, temporary tables, prepared
+        statements, session locks) and, when ``search_path`` is given, that
+        search_path: a long-lived runner can move on to the next test's schema
+        without paying for new connections.
+        """
+        self._search_path = search_path
+        for session in self._sessions.values():
+            session.stale = True
+
     def close(self) -> None:
         """Stop every worker and close every connection."""
         sessions, self._sessions = self._sessions, {}
@@ -649,26 +684,47 @@ class ScenarioRunner:
     # -- internals --
 
     def _open(self, names: list[str]) -> None:
+        """Make sure every named session is connected and clean; start the monitor."""
         if self._monitor is None:
             self._monitor = _Monitor(self.source, self.timeout)
         missing = [name for name in names if name not in self._sessions]
         if missing:
             opened = _open_in_parallel([lambda: _connect(self.source) for _ in missing])
-            for name, conn in zip(missing, opened):
+            for name, conn in zip(missing, opened, strict=True):
                 self._sessions[name] = _Session(name, conn)
+                self._sessions[name].stale = self._search_path is not None
+        stale = [self._sessions[name] for name in names if self._sessions[name].stale]
+        if stale:
+            self._housekeep(stale, "discard all")
+            if self._search_path is not None:
+                self._housekeep(stale, "select pg_catalog.set_config('search_path', %s, false)",
+                                (self._search_path,))
+            for session in stale:
+                session.stale = False
 
     def _end_transactions(self, names: list[str]) -> None:
         """Roll back what a scenario left open, so the next one starts clean."""
-        for name in names:
-            session = self._sessions[name]
-            if session.in_transaction:
-                job = _Job(StepResult(0, name, "rollback"), "rollback", time.perf_counter())
-                session.send(job)
-                if not job.done.wait(self.timeout):
-                    self._abandon()
-                    raise ScenarioError(f"{name}: rollback at the end of the scenario did not finish")
-                session.pending = None
-                session.in_transaction = False
+        open_ones = [self._sessions[name] for name in names if self._sessions[name].in_transaction]
+        if open_ones:
+            self._housekeep(open_ones, "rollback")
+
+    def _housekeep(self, sessions: list[_Session], sql: str, params: tuple = ()) -> None:
+        """Run one statement on each session, all at once, outside any transcript."""
+        jobs = []
+        for session in sessions:
+            job = _Job(StepResult(0, session.name, sql), sql, time.perf_counter(), params)
+            session.send(job)
+            jobs.append((session, job))
+        for session, job in jobs:
+            if not job.done.wait(self.timeout):
+                self._abandon()
+                raise ScenarioError(f"{session.name}: `{sql}` did not finish "
+                                    f"within {self.timeout:g} s")
+            session.pending = None
+            session.in_transaction = job.in_transaction
+            if job.result.status != "ok":
+                self._abandon()
+                raise ScenarioError(f"{session.name}: `{sql}` failed: {job.result.outcome()}")
 
     def _abandon(self) -> None:
         """Cancel whatever still runs, then drop every session (they may be mid-statement)."""
@@ -707,10 +763,12 @@ class _Run:
     def execute(self) -> ScenarioResult:
         for index, step in enumerate(self.schedule, start=1):
             session = self.sessions[step.session]
-            if session.pending is not None:
-                self._await(session, f"before {step.session}'s next step (step {index})")
+            why = f"before {step.session}'s next step (step {index})"
+            self._await(session, why)
             if self._begins_implicitly(session):
-                self._perform(session, StepResult(0, session.name, f"begin transaction isolation level {self.level}"))
+                begin = f"begin transaction isolation level {self.level}"
+                self._perform(session, StepResult(0, session.name, begin))
+                self._await(session, why)
             result = StepResult(index, step.session, _statement_text(step.sql))
             self.result.steps.append(result)
             self._perform(session, result, sql=step.sql)
@@ -764,10 +822,13 @@ class _Run:
             self._finish(session, job, unblocked=True)
 
     def _await(self, session: _Session, why: str) -> None:
+        """Wait (bounded) for the session's pending step, if it has one, to finish."""
         job = session.pending
+        if job is None:
+            return
         if not job.done.wait(self.runner.timeout):
-            self._stuck(f"{session.name}: `{job.result.sql}` is still blocked after "
-                        f"{self.runner.timeout:g} s, waited for {why}")
+            self._stuck(f"{session.name}: `{job.result.sql}` has not finished after "
+                        f"{self.runner.timeout:g} s (waited for it {why})")
         self._finish(session, job, unblocked=True)
 
     def _finish(self, session: _Session, job: _Job, *, unblocked: bool) -> None:
@@ -783,13 +844,14 @@ class _Run:
 
     def _stuck(self, message: str) -> None:
         for session in self.waiting:
-            self.result.lines.append(f"-- {session.name}: still waiting: {session.pending.result.sql}")
+            waiting_sql = session.pending.result.sql
+            self.result.lines.append(f"-- {session.name}: still waiting: {waiting_sql}")
         raise ScheduleStuck(f"schedule stuck: {message}", self.result)
 
 
 def _check(schedule: list[Step], result: ScenarioResult) -> None:
     problems = []
-    for step, observed in zip(schedule, result.steps):
+    for step, observed in zip(schedule, result.steps, strict=True):
         problem = step.expect.mismatch(observed)
         if problem is not None:
             problems.append(

@@ -1,0 +1,276 @@
+"""``python -m acid_lab run FILE.sql [FILE2.sql ...] [--dsn DSN] [--json]``.
+
+Runs annotated SQL scripts (see :mod:`acid_lab.script`) and prints what
+happened, in Hermitage's notation or, with ``--json``, as one JSON object::
+
+    {"server_version": "15.18",
+     "scripts": [{"script": "path.sql",
+                  "steps": [{"session", "sql", "blocked", "status",
+                             "sqlstate", "rows", "error"}, ...]}]}
+
+Each script runs in a clean place of its own: a fresh schema, first on the
+search_path of its setup connection and of every session, dropped afterwards.
+Sessions are autocommit at the libpq level; transaction control is the
+script's own, and an SQL error is an outcome, not a reason to stop.
+
+Exit status: 0 when every script ran, 2 when a script cannot be parsed
+(nothing runs then), 1 when a schedule could not finish -- or when there is
+no usable server (unreachable, or too old to report blocked sessions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import secrets
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import psycopg2
+import psycopg2.extensions
+from psycopg2 import sql
+
+from acid_lab.scenario import (
+    DEFAULT_TIMEOUT,
+    RAW,
+    ScenarioError,
+    ScenarioRunner,
+    ScheduleStuck,
+    StepResult,
+    require_blocked_check,
+)
+from acid_lab.script import Script, ScriptError, load_script
+
+EXIT_OK, EXIT_STUCK, EXIT_UNPARSABLE = 0, 1, 2
+CONNECT_TIMEOUT = 10
+# Dropping a script's schema waits at most this long for stray locks.
+DROP_LOCK_TIMEOUT = "5s"
+
+
+class UnusableServer(Exception):
+    """No server to run scripts on; the message is the one line to print."""
+
+
+@dataclass
+class ScriptRun:
+    """One script's outcome: its setup results, its steps, and why it stopped early."""
+
+    script: Script
+    setup: list[StepResult]
+    steps: list[StepResult]
+    transcript: str
+    stuck: str | None = None  # the error, when the schedule could not finish
+
+    def as_json(self) -> dict[str, Any]:
+        return {"script": self.script.path, "steps": [step.as_json() for step in self.steps]}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Fill ``parser`` (e.g. the ``run`` subparser of ``python -m acid_lab``)."""
+    parser.add_argument("scripts", nargs="+", metavar="FILE.sql",
+                        help="annotated SQL scripts: statements tagged -- T1, -- T2, ...")
+    parser.add_argument("--dsn", help="run on this PostgreSQL (libpq DSN or URI); "
+                                      "default: a temporary server")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object instead of the transcripts")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m acid_lab run``."""
+    return add_arguments(argparse.ArgumentParser(
+        prog="python -m acid_lab run",
+        description="Run annotated SQL scripts (Hermitage notation) deterministically, "
+                    "one session per tag, and show what each statement did.",
+    ))
+
+
+def run_command(args: Sequence[str] | argparse.Namespace, *,
+                out: TextIO | None = None, err: TextIO | None = None,
+                timeout: float = DEFAULT_TIMEOUT) -> int:
+    """The ``run`` subcommand: ``args`` is its argv (without "run") or parsed arguments.
+
+    ``timeout`` bounds every wait of the schedules, in seconds.
+    """
+    out = out or sys.stdout
+    err = err or sys.stderr
+    if not isinstance(args, argparse.Namespace):
+        args = build_parser().parse_args(list(args))
+    try:
+        scripts = [load_script(path) for path in args.scripts]
+    except ScriptError as error:
+        print(f"error: {error}", file=err)
+        return EXIT_UNPARSABLE
+    try:
+        with _server(args.dsn) as dsn:
+            version = _check_server(dsn)
+            runs = [run_script(script, dsn, timeout=timeout) for script in scripts]
+    except (UnusableServer, ScenarioError) as error:
+        print(f"error: {error}", file=err)
+        return EXIT_STUCK
+    except psycopg2.Error as error:  # e.g. no right to create the script's schema
+        print(f"error: {' '.join(str(error).split())}", file=err)
+        return EXIT_STUCK
+    # Piped into `head`, say: the reader has all it wanted.
+    with contextlib.suppress(BrokenPipeError):
+        _print_runs(runs, version, as_json=args.json, out=out)
+    for run in runs:
+        if args.json:  # the JSON has no place for setup; do not let a failure pass unseen
+            for result in run.setup:
+                if result.status == "error":
+                    print(f"warning: {run.script.path}: setup `{result.sql}` failed: "
+                          f"{result.outcome()}", file=err)
+        if run.stuck is not None:
+            print(f"error: {run.script.path}: {run.stuck}", file=err)
+            if args.json:  # the transcript is not in the JSON; keep it visible
+                print(run.transcript, file=err)
+    return EXIT_STUCK if any(run.stuck is not None for run in runs) else EXIT_OK
+
+
+def _print_runs(runs: list[ScriptRun], version: str, *, as_json: bool, out: TextIO) -> None:
+    if as_json:
+        json.dump({"server_version": version,
+                   "scripts": [run.as_json() for run in runs if run.stuck is None]},
+                  out, default=str)
+        out.write("\n")
+    else:
+        for number, run in enumerate(runs):
+            if number:
+                out.write("\n")
+            out.write(f"-- {run.script.path} (PostgreSQL {version})\n{run.transcript}\n")
+    out.flush()
+
+
+@contextlib.contextmanager
+def _server(dsn: str | None) -> Iterator[str]:
+    """The DSN to run on: the one given, or a temporary server's."""
+    if dsn:
+        yield dsn
+        return
+    from acid_lab.server import ServerError, temporary_server
+
+    try:
+        with temporary_server() as cluster:
+            yield cluster.dsn
+    except ServerError as error:
+        raise UnusableServer(f"cannot start a temporary server: {error}") from None
+
+
+def _describe(dsn: str) -> str:
+    """Where a DSN points, without its password."""
+    try:
+        params = psycopg2.extensions.parse_dsn(dsn)
+    except psycopg2.ProgrammingError:
+        return "the server"
+    host = params.get("host", "localhost")
+    port = params.get("port", "5432")
+    return f"{host}:{port}" + (f" database {params['dbname']}" if "dbname" in params else "")
+
+
+def _admin_connection(dsn: str) -> psycopg2.extensions.connection:
+    try:
+        conn = psycopg2.connect(dsn, connect_timeout=CONNECT_TIMEOUT)
+    except psycopg2.ProgrammingError as error:
+        raise UnusableServer(f"--dsn is not a valid connection string: {error}") from None
+    except psycopg2.OperationalError as error:
+        message = " ".join(str(error).split())
+        raise UnusableServer(f"cannot connect to {_describe(dsn)}: {message}") from None
+    conn.autocommit = True
+    return conn
+
+
+def _check_server(dsn: str) -> str:
+    """The server's version ("15.18"), if it can run scripts at all."""
+    conn = _admin_connection(dsn)
+    try:
+        try:
+            require_blocked_check(conn)
+        except ScenarioError as error:
+            raise UnusableServer(str(error)) from None
+        with conn.cursor() as cursor:
+            cursor.execute("show server_version")
+            return cursor.fetchone()[0].split()[0]
+    finally:
+        conn.close()
+
+
+def _with_search_path(dsn: str, schema: str) -> str:
+    """``dsn`` plus libpq options that put ``schema`` first on the search_path."""
+    params = psycopg2.extensions.parse_dsn(dsn)
+    options = f"{params.get('options', '')} -c search_path={schema},public".strip()
+    return psycopg2.extensions.make_dsn(dsn, options=options)
+
+
+def run_script(script: Script, dsn: str, *, timeout: float = DEFAULT_TIMEOUT) -> ScriptRun:
+    """Run one script in a fresh schema of its own and drop the schema afterwards."""
+    schema = f"acid_lab_run_{secrets.token_hex(4)}"
+    ident = sql.Identifier(schema)
+    admin = _admin_connection(dsn)
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(sql.SQL("create schema {}").format(ident))
+        try:
+            place = _with_search_path(dsn, schema)
+            setup = _run_setup(script, place)
+            return _run_steps(script, place, setup, timeout)
+        finally:
+            with admin.cursor() as cursor:
+                cursor.execute(sql.SQL("set lock_timeout = {}").format(
+                    sql.Literal(DROP_LOCK_TIMEOUT)))
+                cursor.execute(sql.SQL("drop schema {} cascade").format(ident))
+    finally:
+        admin.close()
+
+
+def _run_setup(script: Script, place: str) -> list[StepResult]:
+    """The untagged statements, in autocommit, before any session connects."""
+    results = []
+    if not script.setup:
+        return results
+    conn = psycopg2.connect(place, connect_timeout=CONNECT_TIMEOUT)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cursor:
+            for number, statement in enumerate(script.setup, start=1):
+                result = StepResult(number, "setup", statement.sql)
+                try:
+                    cursor.execute(statement.sql)
+                    result.status, result.command = "ok", cursor.statusmessage
+                    if cursor.description is not None:
+                        result.rows = [list(row) for row in cursor.fetchall()]
+                except psycopg2.Error as error:
+                    result.status, result.sqlstate = "error", error.pgcode
+                    diag = error.diag.message_primary if error.diag else None
+                    result.error = diag or " ".join(str(error).split())
+                results.append(result)
+    finally:
+        conn.close()
+    return results
+
+
+def _run_steps(script: Script, place: str, setup: list[StepResult],
+               timeout: float) -> ScriptRun:
+    setup_lines = [
+        f"{result.sql}; -- setup{', ' if result.status == 'error' else '. '}{result.outcome()}"
+        for result in setup
+    ]
+    with ScenarioRunner(place, timeout=timeout) as runner:
+        try:
+            result = runner.run(RAW, script.schedule(), check=False)
+        except ScheduleStuck as stuck:
+            return ScriptRun(script, setup, stuck.result.steps,
+                             "\n".join(setup_lines + stuck.result.lines),
+                             stuck=str(stuck).split("\n", 1)[0])
+    return ScriptRun(script, setup, result.steps, "\n".join(setup_lines + result.lines))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Stand-alone entry point: ``python -m acid_lab.cli FILE.sql ...``."""
+    return run_command(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
