@@ -1,0 +1,456 @@
+"""Atomicity: all of a transaction, or none of it.
+
+**The promise.** A transaction bundles statements into one unit of work. Moving
+30 from alice to bob is four statements (``acid_lab.bank.TRANSFER``)::
+
+    update accounts set balance = balance - 30 where id = 1   -- debit alice
+    update accounts set balance = balance + 30 where id = 2   -- credit bob
+    insert into audit (account_id, delta) values (1, -30)
+    insert into audit (account_id, delta) values (2, 30)
+
+The database applies all four (COMMIT) or none (ROLLBACK, or any failure
+before the commit is done). Nobody ever sees alice debited and bob not
+credited. In the course notes' words: queue up your INSERT/UPDATE/DELETE in a
+transaction and commit it; if anything goes wrong, roll back, and the queue
+is cleared.
+
+**Without it**, any failure halfway -- the application raises, a constraint
+refuses a row, a statement times out, the server process or the client dies,
+the database picks the transaction as a deadlock victim -- would leave 30 gone
+from alice and never arrived at bob.
+
+**How PostgreSQL does it.** Every row version a transaction writes is stamped
+with its transaction id, and whether anyone else sees that version depends on
+one fact: did that transaction commit? (MVCC; the answer is one record in the
+commit log, written at COMMIT.) Until then the new versions are invisible to
+everyone else; after an abort they stay invisible for ever, and VACUUM clears
+them away later. Rolling back therefore undoes nothing row by row: the
+transaction simply never commits. After an error the server refuses every
+further statement of the transaction (25P02) until the client ends it, and a
+COMMIT then answers ROLLBACK. Savepoints (subtransactions) give smaller units
+inside. DDL is transactional too: CREATE, ALTER and DROP TABLE roll back with
+the rest.
+
+Every test below runs the bank of ``acid_lab.schema.BANK``: alice (account 1)
+has 100, bob (account 2) has 50, the audit trail is empty. ``observer`` is the
+session that stands for everyone else. ``test_atomicity_failures.py`` goes on
+with transactions that die halfway: exceptions, broken rules, timeouts, killed
+server processes and clients, deadlocks.
+"""
+
+import contextlib
+
+import pytest
+from psycopg2 import errors
+from sqlalchemy import insert, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from acid_lab.bank import audit_sums, balances, run, transfer_statements
+from acid_lab.faults import InjectedFailure
+from acid_lab.models import Account, AuditEntry
+from acid_lab.schema import BANK, BANK_ACCOUNTS, create
+
+pytestmark = pytest.mark.atomicity
+
+# What everyone else may see: one of these two states, never anything in between.
+UNTOUCHED = ({1: 100, 2: 50}, {})                    # (balances, audit sums per account)
+TRANSFERRED = ({1: 70, 2: 80}, {1: -30, 2: 30})      # alice sent bob 30
+
+ACCOUNTS = Account.__table__
+AUDIT = AuditEntry.__table__
+
+
+@pytest.fixture
+def bank(observer):
+    """The bank: alice (1) has 100, bob (2) has 50, no audit rows."""
+    create(observer, BANK, BANK_ACCOUNTS)
+
+
+def seen_by_everyone(observer):
+    """The bank as any other session sees it: (balances, audit sums)."""
+    return balances(observer), audit_sums(observer)
+
+
+def transfer(amount=30, source=1, target=2):
+    return transfer_statements(source, target, amount)
+
+
+# ------------------------------------------------------------------ one transfer, three APIs
+# The same four statements through the three layers a Python app may use. Each
+# function runs the whole transfer and then ends the transaction its API's way.
+
+
+def psycopg2_commit(connect, engine):
+    conn = connect()                 # psycopg2 opens a transaction at the first statement
+    run(conn, transfer())
+    conn.commit()
+
+
+def psycopg2_with_block(connect, engine):
+    conn = connect()
+    with conn:                       # COMMIT when the block ends normally
+        run(conn, transfer())
+
+
+def core_engine_begin(connect, engine):
+    with engine.begin() as db:       # COMMIT when the block ends normally
+        db.execute(update(ACCOUNTS).where(ACCOUNTS.c.id == 1)
+                   .values(balance=ACCOUNTS.c.balance - 30))
+        db.execute(update(ACCOUNTS).where(ACCOUNTS.c.id == 2)
+                   .values(balance=ACCOUNTS.c.balance + 30))
+        db.execute(insert(AUDIT), [{"account_id": 1, "delta": -30},
+                                   {"account_id": 2, "delta": 30}])
+
+
+def orm_transfer(session):
+    alice, bob = session.get(Account, 1), session.get(Account, 2)
+    alice.balance -= 30
+    bob.balance += 30
+    session.add_all([AuditEntry(account_id=1, delta=-30), AuditEntry(account_id=2, delta=30)])
+    session.flush()                  # the UPDATEs and INSERTs reach the server, uncommitted
+
+
+def orm_session_commit(connect, engine):
+    with Session(engine) as session:
+        orm_transfer(session)
+        session.commit()
+
+
+def psycopg2_rollback(connect, engine):
+    conn = connect()
+    run(conn, transfer())
+    conn.rollback()
+
+
+def psycopg2_with_block_raises(connect, engine):
+    conn = connect()
+    with contextlib.suppress(InjectedFailure), conn:   # ROLLBACK when the block raises
+        run(conn, transfer())
+        raise InjectedFailure("the application fails before the block ends")
+
+
+def core_connection_rollback(connect, engine):
+    with engine.connect() as db:     # "autobegin": a transaction starts at the first statement
+        db.execute(update(ACCOUNTS).where(ACCOUNTS.c.id == 1)
+                   .values(balance=ACCOUNTS.c.balance - 30))
+        db.execute(update(ACCOUNTS).where(ACCOUNTS.c.id == 2)
+                   .values(balance=ACCOUNTS.c.balance + 30))
+        db.rollback()
+
+
+def core_engine_begin_raises(connect, engine):
+    with contextlib.suppress(InjectedFailure), engine.begin() as db:  # ROLLBACK on exception
+        db.execute(update(ACCOUNTS).where(ACCOUNTS.c.id == 1)
+                   .values(balance=ACCOUNTS.c.balance - 30))
+        raise InjectedFailure("the application fails before the block ends")
+
+
+def orm_session_rollback(connect, engine):
+    with Session(engine) as session:
+        orm_transfer(session)
+        session.rollback()
+
+
+def orm_session_begin_raises(connect, engine):
+    with contextlib.suppress(InjectedFailure), Session(engine) as session, session.begin():
+        orm_transfer(session)
+        raise InjectedFailure("the application fails before the block ends")
+
+
+@pytest.mark.usefixtures("bank")
+@pytest.mark.parametrize("transfer_via", [
+    pytest.param(psycopg2_commit, id="psycopg2: conn.commit()"),
+    pytest.param(psycopg2_with_block, id="psycopg2: with conn"),
+    pytest.param(core_engine_begin, id="SQLAlchemy Core: engine.begin()"),
+    pytest.param(orm_session_commit, id="ORM: session.commit()"),
+])
+def test_a_committed_transfer_is_seen_whole(transfer_via, connect, engine, observer):
+    """Scenario: the transfer runs through one API and commits.
+
+    Outcome: everyone sees all of it: both balances moved, both audit rows.
+    """
+    transfer_via(connect, engine)
+
+    assert seen_by_everyone(observer) == TRANSFERRED, "atomicity: a commit applies every change"
+
+
+@pytest.mark.usefixtures("bank")
+@pytest.mark.parametrize("transfer_via", [
+    pytest.param(psycopg2_rollback, id="psycopg2: conn.rollback()"),
+    pytest.param(psycopg2_with_block_raises, id="psycopg2: with conn, block raises"),
+    pytest.param(core_connection_rollback, id="SQLAlchemy Core: connection.rollback()"),
+    pytest.param(core_engine_begin_raises, id="SQLAlchemy Core: engine.begin(), block raises"),
+    pytest.param(orm_session_rollback, id="ORM: session.rollback() after flush"),
+    pytest.param(orm_session_begin_raises, id="ORM: session.begin(), block raises"),
+])
+def test_a_rolled_back_transfer_leaves_no_trace(transfer_via, connect, engine, observer):
+    """Scenario: the transfer's statements reach the server, then the transaction rolls back.
+
+    Outcome: nobody ever sees any of it: balances and audit trail as before.
+    """
+    transfer_via(connect, engine)
+
+    assert seen_by_everyone(observer) == UNTOUCHED, "atomicity: a rollback leaves nothing"
+
+
+# --------------------------------------------------------------------------- the queue
+
+
+@pytest.mark.parametrize("end, after", [
+    pytest.param("commit", [(1, 11), (3, 30)], id="commit: the queue is applied"),
+    pytest.param("rollback", [(1, 10), (2, 20)], id="rollback: the queue is cleared"),
+])
+def test_changes_queue_up_in_the_transaction_until_it_ends(connect, observer, end, after):
+    """The course notes' picture: INSERT, UPDATE, DELETE queue up; COMMIT or ROLLBACK decides.
+
+    Scenario: on Hermitage's table test (1, 10), (2, 20) a session inserts (3, 30),
+    updates row 1 to 11 and deletes row 2; then it commits, or rolls back.
+    Outcome: the session sees its own changes at once, everyone else sees
+    none of them while the transaction is open, and afterwards all or none.
+    """
+    conn = connect()
+    run(conn, [("insert into test (id, value) values (3, 30)", None),
+               ("update test set value = 11 where id = 1", None),
+               ("delete from test where id = 2", None)])
+
+    assert rows_of_test(conn) == [(1, 11), (3, 30)], "a session sees its own queued changes"
+    assert rows_of_test(observer) == [(1, 10), (2, 20)], "others see none before the end"
+    getattr(conn, end)()
+    assert rows_of_test(observer) == after, f"atomicity: {end} decides for all three changes"
+
+
+def rows_of_test(conn):
+    with conn.cursor() as cur:
+        cur.execute("select id, value from test order by id")
+        return cur.fetchall()
+
+
+@pytest.mark.usefixtures("bank")
+@pytest.mark.parametrize("end, accounts_after", [
+    pytest.param("commit", {1: 100, 2: 50, 3: 0}, id="commit: carol is in"),
+    pytest.param("rollback", {1: 100, 2: 50}, id="rollback: carol never was"),
+])
+def test_the_orm_session_queues_objects_until_flush(engine, observer, end, accounts_after):
+    """SQLAlchemy's unit of work: ``session.add()`` queues in Python, flush sends, commit decides.
+
+    Scenario: session.add(Account carol); then flush; then commit or rollback.
+    Outcome: after add the object is only pending in the session (nothing sent);
+    after flush its INSERT ran in the open transaction, still invisible to
+    others; commit makes it everyone's, rollback clears it from the session
+    and from the database.
+    """
+    with Session(engine) as session:
+        carol = Account(id=3, owner="carol")
+        session.add(carol)
+        assert carol in session.new, "add() only queues the object in the session"
+        session.flush()
+        assert carol not in session.new, "flush() sent the INSERT"
+        assert balances(observer) == {1: 100, 2: 50}, "a flushed INSERT is not yet committed"
+        getattr(session, end)()
+        assert not session.new, "the session's queue is empty after the transaction ends"
+
+    assert balances(observer) == accounts_after, f"atomicity: {end} decides for the INSERT"
+
+
+@pytest.mark.usefixtures("bank")
+def test_a_single_statement_is_atomic_too(observer):
+    """Scenario: in autocommit mode, one UPDATE takes 60 from every account.
+
+    Outcome: alice's row (100 -> 40) would pass, bob's (50 -> -10) violates
+    no_negative_balance; the statement fails as a whole and alice keeps 100.
+    """
+    with pytest.raises(errors.CheckViolation):
+        run(observer, [("update accounts set balance = balance - 60", None)])
+
+    assert balances(observer) == {1: 100, 2: 50}, "atomicity: a statement is all or nothing"
+
+
+# --------------------------------------------------------------------------- partial rollback
+
+
+@pytest.mark.usefixtures("bank")
+def test_rolling_back_to_a_savepoint_undoes_only_its_part(connect, observer):
+    """Scenario: debit and credit; SAVEPOINT; a mistaken extra credit of 1000 to bob;
+    ROLLBACK TO SAVEPOINT; the audit rows; COMMIT.
+
+    Outcome: the mistake is gone, everything else is committed.
+    """
+    conn = connect()
+    statements = transfer()
+    run(conn, statements[:2])
+    run(conn, [("savepoint mistake", None),
+               ("update accounts set balance = balance + 1000 where id = 2", None),
+               ("rollback to savepoint mistake", None)])
+    run(conn, statements[2:])
+    conn.commit()
+
+    assert seen_by_everyone(observer) == TRANSFERRED, "a savepoint undoes only its own part"
+
+
+@pytest.mark.usefixtures("bank")
+def test_an_error_inside_a_savepoint_spares_the_rest_of_the_transaction(connect, observer):
+    """Scenario: debit and credit; SAVEPOINT; an audit row for unknown account 99 fails;
+    ROLLBACK TO SAVEPOINT; the right audit rows; COMMIT.
+
+    Outcome: the error aborted only the subtransaction; the transaction goes on
+    and commits the whole transfer.
+    """
+    conn = connect()
+    statements = transfer()
+    run(conn, statements[:2])
+    run(conn, [("savepoint audit", None)])
+    with pytest.raises(errors.ForeignKeyViolation):
+        run(conn, [("insert into audit (account_id, delta) values (99, -30)", None)])
+    run(conn, [("rollback to savepoint audit", None)])
+    run(conn, statements[2:])
+    conn.commit()
+
+    assert seen_by_everyone(observer) == TRANSFERRED, "the savepoint contained the error"
+
+
+@pytest.mark.usefixtures("bank")
+def test_sqlalchemy_begin_nested_undoes_only_its_part(engine, observer):
+    """Scenario: an ORM session moves the money and adds the audit rows; inside
+    ``session.begin_nested()`` (a SAVEPOINT) it adds an audit row for unknown
+    account 99, which fails at flush; then the session commits.
+
+    Outcome: IntegrityError (ForeignKeyViolation) leaves the nested block, whose
+    savepoint is rolled back; the commit keeps the transfer.
+    """
+    with Session(engine) as session:
+        orm_transfer(session)
+        with pytest.raises(IntegrityError) as failure, session.begin_nested():
+            session.add(AuditEntry(account_id=99, delta=5))
+            session.flush()
+        session.commit()
+
+    assert isinstance(failure.value.orig, errors.ForeignKeyViolation)
+    assert seen_by_everyone(observer) == TRANSFERRED, "begin_nested() undid only its part"
+
+
+@pytest.mark.usefixtures("bank")
+@pytest.mark.parametrize("next_statement", [
+    pytest.param("select 1", id="select"),
+    pytest.param("update accounts set balance = balance + 30 where id = 2", id="update"),
+    pytest.param("insert into audit (account_id, delta) values (1, -30)", id="insert"),
+    pytest.param("savepoint too_late", id="savepoint"),
+])
+def test_after_an_error_the_transaction_refuses_every_statement(connect, next_statement):
+    """Scenario: the debit overdraws alice (23514); the session sends one more statement.
+
+    Outcome: InFailedSqlTransaction (25P02) whatever the statement, until the
+    transaction ends; after ROLLBACK the session works again.
+    """
+    conn = connect()
+    with pytest.raises(errors.CheckViolation):
+        run(conn, transfer(amount=150)[:1])
+
+    with pytest.raises(errors.InFailedSqlTransaction):
+        run(conn, [(next_statement, None)])
+    conn.rollback()
+    run(conn, [("select 1", None)])
+
+
+@pytest.mark.usefixtures("bank")
+def test_commit_of_a_failed_transaction_rolls_back(connect, observer):
+    """Scenario: in an explicit transaction (BEGIN ... COMMIT sent as SQL), the debit
+    succeeds, the audit row for account 99 fails; then the client sends COMMIT.
+
+    Outcome: the server answers COMMIT with ROLLBACK: the debit is gone too.
+    """
+    conn = connect(autocommit=True)  # transaction control by SQL statements
+    run(conn, [("begin", None), transfer()[0]])
+    with pytest.raises(errors.ForeignKeyViolation):
+        run(conn, [("insert into audit (account_id, delta) values (99, 30)", None)])
+
+    with conn.cursor() as cur:
+        cur.execute("commit")
+        assert cur.statusmessage == "ROLLBACK", "COMMIT of a failed transaction rolls back"
+    assert seen_by_everyone(observer) == UNTOUCHED, "atomicity: nothing of it was committed"
+
+
+@pytest.mark.usefixtures("bank")
+def test_psycopg2_commit_of_a_failed_transaction_rolls_back_quietly(connect, observer):
+    """Scenario: the same through psycopg2: debit, failing audit row, ``conn.commit()``.
+
+    Outcome: commit() returns without an error, yet nothing was committed. An
+    application must not take a quiet commit() for success after an error it
+    swallowed.
+    """
+    conn = connect()
+    run(conn, transfer()[:1])
+    with pytest.raises(errors.ForeignKeyViolation):
+        run(conn, [("insert into audit (account_id, delta) values (99, 30)", None)])
+
+    conn.commit()
+    assert seen_by_everyone(observer) == UNTOUCHED, "atomicity: commit() after an error is void"
+
+
+# --------------------------------------------------------------------------- transactional DDL
+
+SCHEMA_BEFORE = {"accounts": ["id", "owner", "balance"],
+                 "audit": ["entry", "account_id", "delta"]}
+
+
+def tables_and_columns(conn):
+    """This place's tables (but Hermitage's) and their columns, in order."""
+    with conn.cursor() as cur:
+        cur.execute("""select table_name::text,
+                              array_agg(column_name::text order by ordinal_position)
+                       from information_schema.columns
+                       where table_schema = current_schema() and table_name <> 'test'
+                       group by 1 order by 1""")
+        return dict(cur.fetchall())
+
+
+@pytest.mark.usefixtures("bank")
+@pytest.mark.parametrize("ddl, schema_inside", [
+    pytest.param(["create table loans (id int primary key, account_id int references accounts)",
+                  "insert into loans values (1, 1)"],
+                 {**SCHEMA_BEFORE, "loans": ["id", "account_id"]}, id="create table"),
+    pytest.param(["alter table accounts add column currency text not null default 'EUR'"],
+                 {**SCHEMA_BEFORE, "accounts": ["id", "owner", "balance", "currency"]},
+                 id="alter table add column"),
+    pytest.param(["alter table accounts drop column owner"],
+                 {**SCHEMA_BEFORE, "accounts": ["id", "balance"]}, id="alter table drop column"),
+    pytest.param(["drop table audit"], {"accounts": ["id", "owner", "balance"]},
+                 id="drop table"),
+])
+def test_ddl_rolls_back_with_the_transaction(connect, observer, ddl, schema_inside):
+    """Scenario: a transaction changes the schema (and the data in it), then rolls back.
+
+    Outcome: inside, the session sees its new schema; after ROLLBACK the tables,
+    their columns and their rows are exactly as before -- DDL is transactional
+    in PostgreSQL.
+    """
+    conn = connect()
+    run(conn, [(statement, None) for statement in ddl])
+    assert tables_and_columns(conn) == schema_inside, "the session sees its own DDL"
+
+    conn.rollback()
+
+    assert tables_and_columns(observer) == SCHEMA_BEFORE, "atomicity: DDL rolled back"
+    assert seen_by_everyone(observer) == UNTOUCHED, "atomicity: the data is as before"
+
+
+@pytest.mark.usefixtures("bank")
+def test_ddl_and_data_commit_together(connect, observer):
+    """Scenario: one transaction creates table loans, inserts a loan, adds a column
+    to it and fills it; then commits.
+
+    Outcome: everyone sees the new table, its new column and its row at once.
+    """
+    conn = connect()
+    run(conn, [("create table loans (id int primary key, account_id int references accounts)",
+                None),
+               ("insert into loans values (1, 1)", None),
+               ("alter table loans add column amount int", None),
+               ("update loans set amount = 500", None)])
+    assert "loans" not in tables_and_columns(observer), "others see no uncommitted DDL"
+    conn.commit()
+
+    assert tables_and_columns(observer)["loans"] == ["id", "account_id", "amount"]
+    with observer.cursor() as cur:
+        cur.execute("select * from loans")
+        assert cur.fetchall() == [(1, 1, 500)], "the data committed with the DDL"
