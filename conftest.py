@@ -1,8 +1,9 @@
 """Wiring: the server, each test's place, connections and markers, built from acid_lab.
 
 Fixtures, from session to test (each documented in one line):
-target -> place_keeper -> place -> connect -> observer / engine; fresh_database
-and crash_cluster for the tests that need a database or a server of their own.
+target -> place_keeper -> place -> connect -> observer / engine; run (the
+scenario runner); fresh_database and crash_cluster for the tests that need a
+database or a server of their own.
 """
 
 import os
@@ -13,6 +14,7 @@ from hypothesis import HealthCheck, settings
 
 from acid_lab.connections import ConnectionFactory, make_engine
 from acid_lab.places import PlaceKeeper
+from acid_lab.scenario import ScenarioRunner
 from acid_lab.server import CrashableCluster, ServerError, find_binaries, server_account
 from acid_lab.target import check_reachable, open_target, own_database, parse_dsn
 
@@ -116,6 +118,20 @@ def engine(target, place):
     sa_engine = make_engine(target.info, place)
     yield sa_engine
     sa_engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def scenario_sessions(target):
+    """Scenario sessions kept warm for the whole run: logging in dominates a short scenario."""
+    with ScenarioRunner(target.info.dsn()) as runner:
+        yield runner
+
+
+@pytest.fixture
+def run(scenario_sessions, place):
+    """Runs a schedule on this test's place: ``run(level, steps)`` -> ScenarioResult."""
+    scenario_sessions.reset(search_path=place)
+    return scenario_sessions
 
 
 @pytest.fixture

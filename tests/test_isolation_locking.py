@@ -32,7 +32,6 @@ from acid_lab.scenario import (
     READ_COMMITTED,
     T1,
     T2,
-    ScenarioRunner,
     aborts,
     blocks,
     sees,
@@ -44,13 +43,6 @@ pytestmark = pytest.mark.isolation
 
 READ_ROW_1 = "select value from test where id = 1"
 LOCK_ROW_1 = "select value from test where id = 1 for update"
-
-
-@pytest.fixture
-def run(connect):
-    """A scenario runner on this test's place: run(level, steps)."""
-    with ScenarioRunner(connect) as runner:
-        yield runner
 
 
 @pytest.fixture

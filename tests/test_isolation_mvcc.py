@@ -26,7 +26,6 @@ from acid_lab.scenario import (
     REPEATABLE_READ,
     T1,
     T2,
-    ScenarioRunner,
     anything,
     blocks,
     sees,
@@ -38,13 +37,6 @@ pytestmark = pytest.mark.isolation
 READ_ROW_1 = "select value from test where id = 1"
 SHARE_LOCK_ROW_1 = "select value from test where id = 1 for share"
 VERSION_OF_ROW_1 = "select value, xmin::text, xmax::text, ctid::text from test where id = 1"
-
-
-@pytest.fixture
-def run(connect):
-    """A scenario runner on this test's place: run(level, steps)."""
-    with ScenarioRunner(connect) as runner:
-        yield runner
 
 
 @pytest.mark.parametrize("read, t2_write", [

@@ -19,7 +19,6 @@ import io
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -375,10 +374,10 @@ def test_a_closed_runner_leaves_no_thread_and_no_connection(connect):
         (T1, "commit"),
     ])
     connections = [s.conn for s in runner._sessions.values()] + [runner._monitor.conn]
+    threads = [s._thread for s in runner._sessions.values()] + [runner._monitor._thread]
     runner.close()
 
-    assert not [t.name for t in threading.enumerate() if t.name.startswith("scenario-")], \
-        "every worker thread must be joined"
+    assert not [t.name for t in threads if t.is_alive()], "every worker thread must be joined"
     assert all(conn.closed for conn in connections), "every connection must be closed"
 
 

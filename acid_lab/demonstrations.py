@@ -1,0 +1,345 @@
+"""Atomicity, consistency and durability in one line each, for the ACID report.
+
+Each demonstration does the real thing on a real server and says, in one
+short line, what it observed -- plus whether that is what the property
+promises (``ok``). None of them trusts documentation: a server that did not
+keep a promise shows up as ``ok=False`` with what it did instead.
+
+* Atomicity and consistency run in a fresh place (a schema holding a tiny
+  bank: ``accounts`` with a CHECK, a UNIQUE and a foreign key from
+  ``payments``), through a ``connect``-like factory
+  (:class:`acid_lab.connections.ConnectionFactory`).
+* Durability needs a server that may be killed: a
+  :class:`acid_lab.server.CrashableCluster` of its own (fsync on), crashed with
+  SIGKILL of every server process and restarted, so that WAL replay decides
+  what is still there. With an existing server (``--dsn``) these are skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import psycopg2
+from psycopg2 import errors
+
+from acid_lab.connections import ConnectionFactory
+from acid_lab.places import PlaceKeeper
+from acid_lab.server import CrashableCluster, ServerError
+
+ATOMICITY, CONSISTENCY, DURABILITY = "atomicity", "consistency", "durability"
+SKIPPED_WITH_DSN = "skipped: needs a server the report starts itself"
+
+BANK = """
+create table accounts (
+    id int primary key,
+    owner text not null unique,
+    balance int not null check (balance >= 0)
+);
+create table payments (
+    id int primary key,
+    account_id int not null references accounts (id),
+    amount int not null
+);
+insert into accounts (id, owner, balance) values (1, 'alice', 100), (2, 'bob', 50);
+"""
+BALANCES = "select balance from accounts order by id"
+OPENING_BALANCES = [100, 50]
+
+# The crash cluster's settings. A WAL writer that wakes every 10 s (not every
+# 200 ms) makes the window in which an asynchronous commit lives only in
+# memory wide enough to crash into every time; no autovacuum, so that no
+# background transaction flushes the WAL for us.
+CRASH_SETTINGS = {"wal_writer_delay": "10s", "autovacuum": "off"}
+
+
+@dataclass(frozen=True)
+class Shown:
+    """What one demonstration observed. ``ok`` is None when it was skipped."""
+
+    letter: str
+    name: str
+    outcome: str
+    ok: bool | None
+
+    def as_json(self) -> dict:
+        """The demonstration object of ``report --json``."""
+        return {"letter": self.letter, "name": self.name, "outcome": self.outcome, "ok": self.ok}
+
+
+@dataclass(frozen=True)
+class Demonstration:
+    """One property shown by a small program: ``show(where)`` -> (ok, observed outcome)."""
+
+    letter: str
+    name: str
+    show: Callable[..., tuple[bool, str]]
+
+    def run(self, where) -> Shown:
+        try:
+            ok, outcome = self.show(where)
+        except (psycopg2.Error, ServerError, OSError) as error:
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            ok, outcome = False, f"could not run: {first_line}"
+        return Shown(self.letter, self.name, outcome, ok)
+
+    def skipped(self, reason: str = SKIPPED_WITH_DSN) -> Shown:
+        return Shown(self.letter, self.name, reason, None)
+
+
+# --------------------------------------------------------------------------- small verbs
+
+
+def _balances(connect: ConnectionFactory) -> list[int]:
+    """What everyone else sees now (a new autocommit session)."""
+    with contextlib.closing(connect(autocommit=True)) as observer, observer.cursor() as cur:
+        cur.execute(BALANCES)
+        return [balance for (balance,) in cur.fetchall()]
+
+
+def _count(connect: ConnectionFactory, query: str) -> int:
+    """A ``select count(*) ...`` as everyone else sees it now."""
+    with contextlib.closing(connect(autocommit=True)) as observer, observer.cursor() as cur:
+        cur.execute(query)
+        return cur.fetchone()[0]
+
+
+def _refused(connect: ConnectionFactory, statement: str) -> psycopg2.Error | None:
+    """Run one statement in its own transaction; the error that refused it, or None."""
+    conn = connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement)
+        conn.commit()
+        return None
+    except psycopg2.Error as error:
+        conn.rollback()
+        return error
+    finally:
+        conn.close()
+
+
+def _said(error: psycopg2.Error | None) -> str:
+    return "accepted" if error is None else f"refused with {error.pgcode}"
+
+
+class _ClientFailed(Exception):
+    """The application fails between two statements of a transaction."""
+
+
+# --------------------------------------------------------------------------- atomicity
+
+
+def interrupted_transfer(connect: ConnectionFactory) -> tuple[bool, str]:
+    """Debit alice, then the client fails before crediting bob: the debit is undone."""
+    conn = connect()
+    with contextlib.suppress(_ClientFailed), conn, conn.cursor() as cur:
+        # `with conn`: commit on success, roll back on an exception -- the usual client pattern
+        cur.execute("update accounts set balance = balance - 30 where id = 1")
+        raise _ClientFailed("crash between the debit and the credit")
+    conn.close()
+    after = _balances(connect)
+    unchanged = after == OPENING_BALANCES
+    return unchanged, (f"the client failed after the debit, the transaction rolled back: "
+                       f"balances {after[0]} and {after[1]}, "
+                       f"{'as before' if unchanged else 'NOT 100 and 50 as before'}")
+
+
+def error_aborts_whole_transaction(connect: ConnectionFactory) -> tuple[bool, str]:
+    """An insert, then an error: every later statement gets 25P02, COMMIT rolls back."""
+    conn = connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("insert into accounts (id, owner, balance) values (3, 'carol', 10)")
+            failure = _attempt(cur, "select 1 / 0")
+            after = _attempt(cur, "update accounts set balance = 0 where id = 2")
+            cur.execute("commit")
+            answer = cur.statusmessage
+    finally:
+        conn.close()
+    carol = _count(connect, "select count(*) from accounts where owner = 'carol'")
+    ok = (isinstance(failure, errors.DivisionByZero)
+          and isinstance(after, errors.InFailedSqlTransaction)
+          and answer == "ROLLBACK" and carol == 0)
+    return ok, (f"error {_code(failure)}, next statement {_code(after)}, COMMIT answered "
+                f"{answer}; the insert before the error is {'gone' if carol == 0 else 'STORED'}")
+
+
+def _attempt(cur, statement: str) -> psycopg2.Error | None:
+    try:
+        cur.execute(statement)
+    except psycopg2.Error as error:
+        return error
+    return None
+
+
+def _code(error: psycopg2.Error | None) -> str:
+    return "none" if error is None else error.pgcode
+
+
+# --------------------------------------------------------------------------- consistency
+
+
+def check_refuses_overdraft(connect: ConnectionFactory) -> tuple[bool, str]:
+    """Withdraw more than the balance: the CHECK refuses the update (23514)."""
+    error = _refused(connect, "update accounts set balance = balance - 500 where id = 1")
+    after = _balances(connect)[0]
+    return isinstance(error, errors.CheckViolation) and after == 100, (
+        f"withdraw 500 from 100: {_said(error)}; balance {after}")
+
+
+def foreign_key_refuses_orphan(connect: ConnectionFactory) -> tuple[bool, str]:
+    """A payment for an account that does not exist: the foreign key refuses it (23503)."""
+    error = _refused(connect, "insert into payments (id, account_id, amount) values (1, 99, 5)")
+    stored = _count(connect, "select count(*) from payments")
+    return isinstance(error, errors.ForeignKeyViolation) and stored == 0, (
+        f"payment for account 99, which does not exist: {_said(error)}; "
+        f"payments stored: {stored}")
+
+
+def unique_refuses_duplicate(connect: ConnectionFactory) -> tuple[bool, str]:
+    """A second account for the same owner: the UNIQUE constraint refuses it (23505)."""
+    error = _refused(connect, "insert into accounts (id, owner, balance) values (3, 'alice', 0)")
+    alices = _count(connect, "select count(*) from accounts where owner = 'alice'")
+    return isinstance(error, errors.UniqueViolation) and alices == 1, (
+        f"a second account for owner 'alice': {_said(error)}; accounts of alice: {alices}")
+
+
+# --------------------------------------------------------------------------- durability
+
+
+def _session(cluster: CrashableCluster, **settings: str) -> psycopg2.extensions.connection:
+    options = " ".join(f"-c {name}={value}" for name, value in settings.items())
+    conn = psycopg2.connect(**cluster.info.params(**({"options": options} if options else {})))
+    conn.autocommit = True
+    return conn
+
+
+def _rows_after_restart(cluster: CrashableCluster, table: str) -> list[str]:
+    with contextlib.closing(_session(cluster)) as conn, conn.cursor() as cur:
+        cur.execute(f"select note from {table} order by note")
+        return [note for (note,) in cur.fetchall()]
+
+
+def committed_survives_crash(cluster: CrashableCluster) -> tuple[bool, str]:
+    """A commit, an unfinished transaction, SIGKILL, restart: WAL replay keeps exactly the first."""
+    with contextlib.closing(_session(cluster)) as conn, conn.cursor() as cur:
+        cur.execute("create table crash_notes (note text)")
+        conn.autocommit = False
+        cur.execute("insert into crash_notes values ('committed')")
+        conn.commit()
+    in_flight = _session(cluster)
+    try:
+        with in_flight.cursor() as cur:
+            cur.execute("begin; insert into crash_notes values ('in flight')")
+        cluster.crash()
+    finally:
+        in_flight.close()
+    cluster.restart()
+    replayed = "redo starts" in cluster.startup_log()
+    notes = _rows_after_restart(cluster, "crash_notes")
+    ok = notes == ["committed"] and replayed
+    return ok, (f"after SIGKILL of every server process and a restart "
+                f"({'WAL replayed' if replayed else 'NO WAL replay in the log'}): "
+                f"committed row {'there' if 'committed' in notes else 'LOST'}, "
+                f"unfinished transaction's row {'STILL THERE' if 'in flight' in notes else 'gone'}")
+
+
+def asynchronous_commit_lost(cluster: CrashableCluster) -> tuple[bool, str]:
+    """Two acknowledged commits just before a crash: synchronous_commit on keeps its row, off not.
+
+    With ``off`` the server answers COMMIT before the commit's WAL is written;
+    it sits in shared memory until the WAL writer's next round (10 s here), and
+    SIGKILL takes shared memory with it. The synchronous commit goes first: its
+    WAL flush would also carry any earlier asynchronous commit to disk.
+    """
+    with contextlib.closing(_session(cluster)) as conn, conn.cursor() as cur:
+        cur.execute("create table async_notes (note text)")
+    for mode in ("on", "off"):
+        with contextlib.closing(_session(cluster, synchronous_commit=mode)) as conn, \
+                conn.cursor() as cur:
+            cur.execute("insert into async_notes values (%s)", (f"synchronous_commit={mode}",))
+    cluster.crash()
+    cluster.restart()
+    notes = _rows_after_restart(cluster, "async_notes")
+    kept_on, kept_off = "synchronous_commit=on" in notes, "synchronous_commit=off" in notes
+    return kept_on and not kept_off, (
+        f"both commits acknowledged, then SIGKILL + restart: synchronous_commit = on "
+        f"{'kept' if kept_on else 'LOST'}, synchronous_commit = off "
+        f"{'kept (the WAL writer flushed it first)' if kept_off else 'lost'}")
+
+
+# --------------------------------------------------------------------------- the catalog
+
+IN_A_PLACE: tuple[Demonstration, ...] = (
+    Demonstration(ATOMICITY, "a transfer interrupted after its debit leaves both balances "
+                             "as they were", interrupted_transfer),
+    Demonstration(ATOMICITY, "an error mid-transaction aborts the whole transaction",
+                  error_aborts_whole_transaction),
+    Demonstration(CONSISTENCY, "CHECK (balance >= 0) refuses an overdraft",
+                  check_refuses_overdraft),
+    Demonstration(CONSISTENCY, "a foreign key refuses a payment for a missing account",
+                  foreign_key_refuses_orphan),
+    Demonstration(CONSISTENCY, "UNIQUE refuses a second account for the same owner",
+                  unique_refuses_duplicate),
+)
+
+ON_A_CRASHABLE_SERVER: tuple[Demonstration, ...] = (
+    Demonstration(DURABILITY, "committed data survives a crash of every server process",
+                  committed_survives_crash),
+    Demonstration(DURABILITY, "synchronous_commit = off can lose an acknowledged commit; "
+                              "on keeps it", asynchronous_commit_lost),
+)
+
+ALL: tuple[Demonstration, ...] = IN_A_PLACE + ON_A_CRASHABLE_SERVER
+
+
+@contextlib.contextmanager
+def fresh_bank(keeper: PlaceKeeper, info) -> Iterator[ConnectionFactory]:
+    """A connection factory to a new place holding the bank; dropped afterwards."""
+    name = keeper.create(BANK)
+    connect = ConnectionFactory(info, name)
+    try:
+        yield connect
+    finally:
+        leftovers = connect.backend_pids()
+        connect.close_all()
+        keeper.drop(name, leftovers)
+
+
+def show_in_places(info, done: Callable[[Shown], None] = lambda shown: None) -> list[Shown]:
+    """Run the atomicity and consistency demonstrations, each in a fresh place on ``info``."""
+    keeper = PlaceKeeper(psycopg2.connect(**info.params()))
+    shown = []
+    try:
+        for demonstration in IN_A_PLACE:
+            with fresh_bank(keeper, info) as connect:
+                shown.append(demonstration.run(connect))
+            done(shown[-1])
+    finally:
+        keeper.close()
+    return shown
+
+
+def show_on_crashable_server(done: Callable[[Shown], None] = lambda shown: None) -> list[Shown]:
+    """Run the durability demonstrations on a CrashableCluster of their own."""
+    shown: list[Shown] = []
+    try:
+        with CrashableCluster(settings=CRASH_SETTINGS) as cluster:
+            for demonstration in ON_A_CRASHABLE_SERVER:
+                if not cluster.running:  # the one before failed between crash and restart
+                    cluster.restart()
+                shown.append(demonstration.run(cluster))
+                done(shown[-1])
+    except ServerError as error:
+        reason = f"could not run: {str(error).splitlines()[0]}"
+        for demonstration in ON_A_CRASHABLE_SERVER[len(shown):]:
+            shown.append(Shown(demonstration.letter, demonstration.name, reason, False))
+            done(shown[-1])
+    return shown
+
+
+def skip_crash_demonstrations() -> list[Shown]:
+    """The durability lines when the report runs on an existing server."""
+    return [demonstration.skipped() for demonstration in ON_A_CRASHABLE_SERVER]

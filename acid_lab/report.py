@@ -1,0 +1,418 @@
+"""The ACID report: what this PostgreSQL guarantees, observed live.
+
+``python -m acid_lab report [--dsn DSN] [--json] [--out DIR]`` runs, on a
+temporary server (or the one ``--dsn`` names):
+
+* the isolation matrix: every anomaly of :data:`acid_lab.catalog.MATRIX` at
+  every isolation level, each cell decided by running that scenario now, in a
+  fresh place of its own (the same scenario definitions the isolation tests
+  run, so the report and the tests cannot drift apart);
+* the atomicity, consistency and durability demonstrations of
+  :mod:`acid_lab.demonstrations`, one line each with what they observed
+  (durability needs a server the report starts itself: skipped with --dsn).
+
+It prints a coloured matrix on a terminal (plain text otherwise), or with
+``--json`` one JSON object::
+
+    {"server_version": "15.18",
+     "matrix": {"G0": {"read uncommitted": "prevented", ...}, ...},
+     "demonstrations": [{"letter": "atomicity", "name": "...",
+                         "outcome": "...", "ok": true}, ...]}
+
+``--out DIR`` also writes the report as Markdown and as one self-contained
+HTML page with every scenario's timeline (see :mod:`acid_lab.report_files`).
+
+Exit status: 0 when the report was made (whatever it shows), 1 when it could
+not be (no usable server, a scenario that could not finish), 2 for bad usage,
+130 after Ctrl-C (once everything it started is stopped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import queue
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+import psycopg
+import psycopg2
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from acid_lab import demonstrations
+from acid_lab.catalog import MATRIX, Anomaly, Observation, observe
+from acid_lab.connections import ConnectionFactory
+from acid_lab.demonstrations import Shown
+from acid_lab.places import PlaceKeeper
+from acid_lab.scenario import LEVELS, ScenarioError, ScenarioRunner
+from acid_lab.server import ConnectionInfo, ServerError
+from acid_lab.target import Target, open_target
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+PREVENTED, POSSIBLE = "prevented", "possible"
+MARK = {PREVENTED: "✓", POSSIBLE: "✗"}
+DEMO_MARK = {True: "✓", False: "✗", None: "–"}
+# Scenarios run at once, each in its own place; measured in bench/bench_report.py.
+WORKERS = 4
+KEY_LINES = (f"{MARK[PREVENTED]} prevented: the scenario ran and the anomaly did not happen "
+             "(the server made a session wait, aborted one, or kept its snapshot).",
+             f"{MARK[POSSIBLE]} possible: the anomaly happened, just now, on this server.")
+KEY = " ".join(KEY_LINES)
+
+
+class ReportError(Exception):
+    """The report cannot be made; the message is the one line to print."""
+
+
+@dataclass
+class Report:
+    """Everything the report shows: the server, the matrix cells, the demonstrations."""
+
+    server_version: str
+    server: str                                  # which PostgreSQL, version and path
+    observations: dict[tuple[str, str], Observation]   # (anomaly code, level) -> cell
+    demonstrations: list[Shown]
+    seconds: float = 0.0                         # wall time of the whole run
+    made_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    anomalies: tuple[Anomaly, ...] = MATRIX
+    levels: tuple[str, ...] = LEVELS
+
+    def cell(self, code: str, level: str) -> str:
+        """"prevented" or "possible", as observed."""
+        return POSSIBLE if self.observations[code, level].possible else PREVENTED
+
+    def matrix(self) -> dict[str, dict[str, str]]:
+        return {anomaly.code: {level: self.cell(anomaly.code, level) for level in self.levels}
+                for anomaly in self.anomalies}
+
+    def as_json(self) -> dict:
+        """The object ``report --json`` prints."""
+        return {"server_version": self.server_version,
+                "matrix": self.matrix(),
+                "demonstrations": [shown.as_json() for shown in self.demonstrations]}
+
+    def summary(self) -> str:
+        ran = sum(shown.ok is not None for shown in self.demonstrations)
+        return (f"Observed live just now: {len(self.observations)} scenarios and {ran} "
+                f"demonstrations in {self.seconds:.1f} s ({self.made_at:%Y-%m-%d %H:%M} UTC).")
+
+
+# --------------------------------------------------------------------------- making it
+
+
+class _Progress:
+    """Named progress tasks; shown with rich on a terminal, silent elsewhere."""
+
+    def __init__(self, progress: Progress | None):
+        self.progress = progress
+        self.tasks: dict[str, int] = {}
+
+    def add(self, name: str, total: int) -> None:
+        if self.progress is not None:
+            self.tasks[name] = self.progress.add_task(name, total=total)
+
+    def advance(self, name: str) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.tasks[name])
+
+
+@contextlib.contextmanager
+def _progress_display(console: Console | None) -> Iterator[_Progress]:
+    if console is None or not console.is_terminal:
+        yield _Progress(None)
+        return
+    with Progress(TextColumn("{task.description:<42}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:
+        yield _Progress(progress)
+
+
+MATRIX_TASK = "isolation matrix (one scenario per cell)"
+PLACE_TASK = "atomicity and consistency"
+CRASH_TASK = "durability (a server of its own, crashed)"
+SERVER_TASK = "starting PostgreSQL"
+
+
+def make_report(dsn: str | None = None, *, workers: int = WORKERS,
+                progress_console: Console | None = None) -> Report:
+    """Start (or reach) the server, run everything, return the Report.
+
+    The durability demonstrations start their own server at once, beside the
+    report's: server starts and stops are most of the wall time.
+    Raises ReportError when there is no usable server or a scenario cannot finish.
+    """
+    began = time.perf_counter()
+    server_task = SERVER_TASK if dsn is None else "reaching the server"
+    with _progress_display(progress_console) as progress, \
+            ThreadPoolExecutor(max_workers=2, thread_name_prefix="report-demo") as side:
+        for task, total in ((server_task, 1), (MATRIX_TASK, len(MATRIX) * len(LEVELS)),
+                            (PLACE_TASK, len(demonstrations.IN_A_PLACE)),
+                            (CRASH_TASK, len(demonstrations.ON_A_CRASHABLE_SERVER))):
+            progress.add(task, total)
+        crash = None
+        if dsn is None:
+            crash = side.submit(demonstrations.show_on_crashable_server,
+                                lambda shown: progress.advance(CRASH_TASK))
+        with _target(dsn) as target:
+            progress.advance(server_task)
+            in_places = side.submit(demonstrations.show_in_places, target.info,
+                                    lambda shown: progress.advance(PLACE_TASK))
+            observations = observe_matrix(target.info, workers=workers,
+                                          done=lambda observation: progress.advance(MATRIX_TASK))
+            shown = in_places.result()
+        if crash is None:
+            shown += demonstrations.skip_crash_demonstrations()
+            progress.advance(CRASH_TASK)
+        else:
+            shown += crash.result()
+    return Report(target.version, target.description, observations, shown,
+                  seconds=time.perf_counter() - began)
+
+
+@contextlib.contextmanager
+def _target(dsn: str | None) -> Iterator[Target]:
+    """open_target, with every way of failing to get a server turned into one line."""
+    try:
+        with open_target(dsn) as target:
+            yield target
+    except ServerError as error:
+        raise ReportError(str(error).splitlines()[0]) from None
+    except (psycopg.Error, psycopg2.Error) as error:
+        # the janitor (psycopg 3) creating the report's own database, e.g. no CREATEDB right
+        message = " ".join(str(error).split())
+        raise ReportError(f"cannot create the report's database on the server: {message}") \
+            from None
+
+
+def observe_matrix(info: ConnectionInfo, *, workers: int = WORKERS,
+                   done: Callable[[Observation], None] = lambda observation: None
+                   ) -> dict[tuple[str, str], Observation]:
+    """Every anomaly at every level, ``workers`` at a time, each in a fresh place on ``info``.
+
+    Raises ReportError naming the cell when a scenario cannot be observed.
+    """
+    idle: queue.Queue[_Worker] = queue.Queue()
+    opened = []
+    try:
+        for _ in range(workers):
+            opened.append(_Worker(info))
+            idle.put(opened[-1])
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="report-cell") as pool:
+            futures = {(anomaly.code, level): pool.submit(_observe_cell, idle, anomaly, level)
+                       for anomaly in MATRIX for level in LEVELS}
+            try:
+                observations = {}
+                for cell, future in futures.items():
+                    observations[cell] = future.result()
+                    done(observations[cell])
+            except BaseException:
+                for future in futures.values():
+                    future.cancel()
+                raise
+    finally:
+        for worker in opened:
+            worker.close()
+    return observations
+
+
+class _Worker:
+    """Warm sessions (a ScenarioRunner) that move from place to place, one cell at a time.
+
+    Reusing the sessions saves a few logins per cell; ``reset`` gives them a
+    clean slate (``discard all``) and the new place's search_path each time.
+    """
+
+    def __init__(self, info: ConnectionInfo):
+        self.keeper = PlaceKeeper(psycopg2.connect(**info.params()))
+        self.connect = ConnectionFactory(info)
+        self.runner = ScenarioRunner(self.connect)
+
+    def observe(self, anomaly: Anomaly, level: str) -> Observation:
+        place = self.keeper.create()
+        self.connect.schema = place  # sessions opened from now on start there
+        self.runner.reset(search_path=place)
+        try:
+            return observe(anomaly, level, self.runner)
+        finally:
+            self.keeper.drop(place)
+
+    def close(self) -> None:
+        self.runner.close()
+        self.connect.close_all()
+        self.keeper.close()
+
+
+def _observe_cell(idle: queue.Queue[_Worker], anomaly: Anomaly, level: str) -> Observation:
+    worker = idle.get(timeout=60)
+    try:
+        return worker.observe(anomaly, level)
+    except (ScenarioError, psycopg2.Error) as error:
+        raise ReportError(f"{anomaly.code} at {level} could not be observed: {error}") from None
+    finally:
+        idle.put(worker)
+
+
+# --------------------------------------------------------------------------- showing it
+
+
+def legend_lines(report: Report) -> list[tuple[str, str]]:
+    """(code, plain words) for each anomaly."""
+    return [(anomaly.code, f"{anomaly.name} — {anomaly.legend}") for anomaly in report.anomalies]
+
+
+def plain_text(report: Report) -> str:
+    """The report for a file or a pipe: no colours, fixed-width columns."""
+    codes = [anomaly.code for anomaly in report.anomalies]
+    first = max(len(level) for level in report.levels) + 2
+
+    def row(label: str, cells: list[str]) -> str:
+        # each column as wide as its anomaly code, plus two spaces
+        return (label.ljust(first) + "".join(cell.ljust(len(code) + 2)
+                                             for cell, code in zip(cells, codes, strict=True))
+                ).rstrip()
+
+    lines = ["ACID report", report.server, report.summary(), "",
+             f"Isolation ({MARK[PREVENTED]} prevented, {MARK[POSSIBLE]} possible)", "",
+             row("", codes)]
+    lines += [row(level, [MARK[report.cell(code, level)] for code in codes])
+              for level in report.levels]
+    lines += ["", "Legend"]
+    code_width = max(len(code) for code in codes) + 2
+    lines += [f"  {code.ljust(code_width)}{words}" for code, words in legend_lines(report)]
+    lines += ["", *KEY_LINES, "", "Atomicity, consistency, durability"]
+    letter_width = max(len(shown.letter) for shown in report.demonstrations) + 2
+    lines += [f"  {DEMO_MARK[shown.ok]} {shown.letter.ljust(letter_width)}{shown.name} — "
+              f"{shown.outcome}" for shown in report.demonstrations]
+    return "\n".join(lines) + "\n"
+
+
+def print_rich(report: Report, console: Console) -> None:
+    """The report on a terminal: a coloured matrix, the legend, the demonstrations."""
+    console.print(Text("ACID report", style="bold"))
+    console.print(report.server, style="cyan", highlight=False)
+    console.print(report.summary(), style="dim", highlight=False)
+    console.print()
+    # no box: the eleven columns still fit an 80-column terminal
+    matrix = Table(title="Isolation: what each level prevents", title_justify="left",
+                   title_style="bold", box=None, pad_edge=False, padding=(0, 1),
+                   header_style="bold underline")
+    matrix.add_column("level", no_wrap=True, min_width=max(map(len, report.levels)))
+    for anomaly in report.anomalies:
+        matrix.add_column(anomaly.code, justify="center", no_wrap=True,
+                          min_width=len(anomaly.code))
+    style = {PREVENTED: "bold green", POSSIBLE: "bold red"}
+    for level in report.levels:
+        cells = (report.cell(anomaly.code, level) for anomaly in report.anomalies)
+        matrix.add_row(level, *(Text(MARK[cell], style=style[cell]) for cell in cells))
+    console.print(matrix)
+    console.print()
+    legend = Table.grid(padding=(0, 2))
+    legend.add_column(style="bold", no_wrap=True)
+    legend.add_column()
+    for code, words in legend_lines(report):
+        legend.add_row(code, words)
+    console.print(legend)
+    for line, colour in zip(KEY_LINES, ("green", "red"), strict=True):
+        mark, words = line.split(" ", 1)
+        console.print(Text.assemble((mark, f"bold {colour}"), " ", (words, "dim")))
+    console.print()
+    demos = Table(title="Atomicity, consistency, durability", title_justify="left",
+                  box=box.SIMPLE_HEAVY, title_style="bold")
+    demos.add_column("")
+    demos.add_column("letter", no_wrap=True)
+    demos.add_column("demonstration")
+    demos.add_column("observed")
+    demo_style = {True: "bold green", False: "bold red", None: "dim"}
+    for shown in report.demonstrations:
+        demos.add_row(Text(DEMO_MARK[shown.ok], style=demo_style[shown.ok]), shown.letter,
+                      shown.name, Text(shown.outcome, style="dim" if shown.ok is None else ""))
+    console.print(demos)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m acid_lab report",
+        description="Run the isolation matrix and the atomicity, consistency and durability "
+                    "demonstrations on a PostgreSQL, live, and show what it guarantees.")
+    parser.add_argument("--dsn", default=os.environ.get("ACID_LAB_DSN"),
+                        help="an existing PostgreSQL (libpq DSN or URI; default: $ACID_LAB_DSN, "
+                             "else a temporary server). The report works in a database of its "
+                             "own there and drops it; durability is skipped.")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--out", metavar="DIR", type=Path,
+                        help="also write acid-report.md and acid-report.html (timelines) here")
+    parser.add_argument("--workers", type=int, default=WORKERS,
+                        help=f"scenarios run at once, each in its own place (default {WORKERS})")
+    return parser
+
+
+def report_command(argv: Sequence[str], *, out: TextIO | None = None,
+                   err: TextIO | None = None) -> int:
+    """``python -m acid_lab report ...``; ``argv`` without the word "report"."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        args = build_parser().parse_args(list(argv))
+    except SystemExit as exit_:
+        return EXIT_OK if exit_.code == 0 else EXIT_USAGE
+    if args.workers < 1:
+        print("error: --workers must be at least 1", file=err)
+        return EXIT_USAGE
+    err_console = Console(file=err)
+    try:
+        report = make_report(args.dsn, workers=args.workers, progress_console=err_console)
+    except ReportError as error:
+        print(f"error: {error}", file=err)
+        return EXIT_FAILED
+    except KeyboardInterrupt:  # everything started has been stopped on the way out
+        print("interrupted", file=err)
+        return EXIT_INTERRUPTED
+    _emit(report, args.json, out)
+    if args.out is not None:
+        from acid_lab.report_files import write_files
+
+        try:
+            written = write_files(report, args.out)
+        except OSError as error:
+            print(f"error: cannot write the report to {args.out}: {error}", file=err)
+            return EXIT_FAILED
+        for path in written:
+            print(f"wrote {path}", file=err)
+    return EXIT_OK
+
+
+def _emit(report: Report, as_json: bool, out: TextIO) -> None:
+    if as_json:
+        json.dump(report.as_json(), out, ensure_ascii=False)
+        out.write("\n")
+        return
+    console = Console(file=out)
+    if console.is_terminal:
+        print_rich(report, console)
+    else:
+        out.write(plain_text(report))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Stand-alone entry point: ``python -m acid_lab.report ...``."""
+    return report_command(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
