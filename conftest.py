@@ -12,9 +12,11 @@ import psycopg2
 import pytest
 from hypothesis import HealthCheck, settings
 
+from acid_lab.bank import fleet_rows
 from acid_lab.connections import ConnectionFactory, make_engine
 from acid_lab.places import PlaceKeeper
 from acid_lab.scenario import ScenarioRunner
+from acid_lab.schema import BANK, BANK_ACCOUNTS, DRIVERS, DRIVERS_ROWS, create
 from acid_lab.server import CrashableCluster, ServerError, find_binaries, server_account
 from acid_lab.target import check_reachable, open_target, own_database, parse_dsn
 
@@ -118,6 +120,22 @@ def engine(target, place):
     sa_engine = make_engine(target.info, place)
     yield sa_engine
     sa_engine.dispose()
+
+
+@pytest.fixture
+def bank(observer):
+    """The bank in this test's place: alice (1) has 100, bob (2) has 50, no audit rows."""
+    create(observer, BANK, BANK_ACCOUNTS)
+
+
+@pytest.fixture
+def fleet(observer):
+    """Drivers Ada (1: vehicles 10, 11) and Grace (2: vehicle 20), inspections, one booking.
+
+    Returns the rows of every fleet table, to compare with after a refused change.
+    """
+    create(observer, DRIVERS, DRIVERS_ROWS)
+    return fleet_rows(observer)
 
 
 @pytest.fixture(scope="session")

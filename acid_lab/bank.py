@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from psycopg2 import sql
 
+from acid_lab.schema import FLEET_TABLES
+
 TRANSFER = (
     "update accounts set balance = balance - %(amount)s where id = %(source)s",
     "update accounts set balance = balance + %(amount)s where id = %(target)s",
@@ -26,8 +28,9 @@ TRANSFER = (
 )
 
 
-def transfer_statements(source: int, target: int, amount: int) -> list[tuple[str, dict]]:
-    """The four statements of a transfer, each with its parameters."""
+def transfer_statements(source: int = 1, target: int = 2,
+                        amount: int = 30) -> list[tuple[str, dict]]:
+    """The four statements of a transfer, each with its parameters (default: alice pays bob 30)."""
     params = {"source": source, "target": target, "amount": amount}
     return [(statement, params) for statement in TRANSFER]
 
@@ -37,6 +40,19 @@ def run(conn, statements: list[tuple[str, dict]]) -> None:
     with conn.cursor() as cur:
         for statement, params in statements:
             cur.execute(statement, params)
+
+
+def execute(conn, statement: str) -> None:
+    """Execute one statement without parameters."""
+    run(conn, [(statement, None)])
+
+
+def one_transaction(connect, *statements: str) -> None:
+    """Run the statements as one transaction of a new session; commit if all succeed."""
+    conn = connect()
+    with conn:
+        for statement in statements:
+            execute(conn, statement)
 
 
 class Bank:
@@ -86,6 +102,11 @@ def audit_sums(conn) -> dict[int, int]:
         return dict(cur.fetchall())
 
 
+def seen_by_everyone(conn) -> tuple[dict[int, int], dict[int, int]]:
+    """The bank as any other session sees it: (balances, audit sums)."""
+    return balances(conn), audit_sums(conn)
+
+
 def snapshot(conn, *tables: str) -> dict[str, list[tuple]]:
     """Every row of the given tables, sorted: compare two to see that nothing changed."""
     contents = {}
@@ -94,3 +115,8 @@ def snapshot(conn, *tables: str) -> dict[str, list[tuple]]:
             cur.execute(sql.SQL("select * from {} as r order by r").format(sql.Identifier(table)))
             contents[table] = [tuple(row) for row in cur.fetchall()]
     return contents
+
+
+def fleet_rows(conn) -> dict[str, list[tuple]]:
+    """Every row of the drivers-and-vehicles tables (``schema.DRIVERS``)."""
+    return snapshot(conn, *FLEET_TABLES)

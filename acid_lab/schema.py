@@ -128,6 +128,8 @@ insert into bookings (vehicle_id, during) values
 
 # A BEFORE trigger rejects a bad row with a SQLSTATE of its own (class 23:
 # an integrity violation, so every client library files it as one).
+FLEET_TABLES = ("drivers", "vehicles", "inspections", "bookings")
+
 INSPECTION_DATE_TRIGGER = """
 create function no_future_inspection() returns trigger language plpgsql as $$
 begin

@@ -26,34 +26,17 @@ from pathlib import Path
 
 import psycopg2
 
+from acid_lab.catalog import RESTORE_HERMITAGE
+from acid_lab.connections import search_path_option
+from acid_lab.interleavings import Interleaver
+from acid_lab.places import PlaceKeeper
+from acid_lab.scenario import SERIALIZABLE, ScenarioRunner
+from acid_lab.serializability import FINAL_STATE, LOST_UPDATE, WRITE_SKEW
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from acid_lab.catalog import RESTORE_HERMITAGE  # noqa: E402
-from acid_lab.connections import search_path_option  # noqa: E402
-from acid_lab.interleavings import Interleaver  # noqa: E402
-from acid_lab.places import PlaceKeeper  # noqa: E402
-from acid_lab.scenario import SERIALIZABLE, T1, T2, ScenarioRunner  # noqa: E402
-from acid_lab.serializability import FINAL_STATE, Transaction  # noqa: E402
-
 CHAPTER_BUDGET_S = 15.0
 
-RACES = {
-    "write skew": (
-        Transaction(T1, ("select sum(value) from test",
-                         "update test set value = (select sum(value) from test) where id = 1",
-                         "commit")),
-        Transaction(T2, ("select sum(value) from test",
-                         "update test set value = (select sum(value) from test) where id = 2",
-                         "commit")),
-    ),
-    "lost update": (
-        Transaction(T1, ("select value from test where id = 1",
-                         "update test set value = value + 1 where id = 1", "commit")),
-        Transaction(T2, ("select value from test where id = 1",
-                         "update test set value = value + 2 where id = 1", "commit")),
-    ),
-}
+RACES = {"write skew": WRITE_SKEW, "lost update": LOST_UPDATE}
 
 
 @contextlib.contextmanager

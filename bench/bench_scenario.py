@@ -25,15 +25,12 @@ import contextlib
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import psycopg2
 from psycopg2 import sql
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from acid_lab.places import new_schema_name  # noqa: E402
-from acid_lab.scenario import (  # noqa: E402
+from acid_lab.places import new_schema_name
+from acid_lab.scenario import (
     REPEATABLE_READ,
     T1,
     T2,

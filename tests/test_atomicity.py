@@ -46,10 +46,9 @@ from sqlalchemy import insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from acid_lab.bank import audit_sums, balances, run, transfer_statements
+from acid_lab.bank import balances, run, seen_by_everyone, transfer_statements
 from acid_lab.faults import InjectedFailure
 from acid_lab.models import Account, AuditEntry
-from acid_lab.schema import BANK, BANK_ACCOUNTS, create
 
 pytestmark = pytest.mark.atomicity
 
@@ -61,21 +60,6 @@ ACCOUNTS = Account.__table__
 AUDIT = AuditEntry.__table__
 
 
-@pytest.fixture
-def bank(observer):
-    """The bank: alice (1) has 100, bob (2) has 50, no audit rows."""
-    create(observer, BANK, BANK_ACCOUNTS)
-
-
-def seen_by_everyone(observer):
-    """The bank as any other session sees it: (balances, audit sums)."""
-    return balances(observer), audit_sums(observer)
-
-
-def transfer(amount=30, source=1, target=2):
-    return transfer_statements(source, target, amount)
-
-
 # ------------------------------------------------------------------ one transfer, three APIs
 # The same four statements through the three layers a Python app may use. Each
 # function runs the whole transfer and then ends the transaction its API's way.
@@ -83,14 +67,14 @@ def transfer(amount=30, source=1, target=2):
 
 def psycopg2_commit(connect, engine):
     conn = connect()                 # psycopg2 opens a transaction at the first statement
-    run(conn, transfer())
+    run(conn, transfer_statements())
     conn.commit()
 
 
 def psycopg2_with_block(connect, engine):
     conn = connect()
     with conn:                       # COMMIT when the block ends normally
-        run(conn, transfer())
+        run(conn, transfer_statements())
 
 
 def core_engine_begin(connect, engine):
@@ -119,14 +103,14 @@ def orm_session_commit(connect, engine):
 
 def psycopg2_rollback(connect, engine):
     conn = connect()
-    run(conn, transfer())
+    run(conn, transfer_statements())
     conn.rollback()
 
 
 def psycopg2_with_block_raises(connect, engine):
     conn = connect()
     with contextlib.suppress(InjectedFailure), conn:   # ROLLBACK when the block raises
-        run(conn, transfer())
+        run(conn, transfer_statements())
         raise InjectedFailure("the application fails before the block ends")
 
 
@@ -277,7 +261,7 @@ def test_rolling_back_to_a_savepoint_undoes_only_its_part(connect, observer):
     Outcome: the mistake is gone, everything else is committed.
     """
     conn = connect()
-    statements = transfer()
+    statements = transfer_statements()
     run(conn, statements[:2])
     run(conn, [("savepoint mistake", None),
                ("update accounts set balance = balance + 1000 where id = 2", None),
@@ -297,7 +281,7 @@ def test_an_error_inside_a_savepoint_spares_the_rest_of_the_transaction(connect,
     and commits the whole transfer.
     """
     conn = connect()
-    statements = transfer()
+    statements = transfer_statements()
     run(conn, statements[:2])
     run(conn, [("savepoint audit", None)])
     with pytest.raises(errors.ForeignKeyViolation):
@@ -344,7 +328,7 @@ def test_after_an_error_the_transaction_refuses_every_statement(connect, next_st
     """
     conn = connect()
     with pytest.raises(errors.CheckViolation):
-        run(conn, transfer(amount=150)[:1])
+        run(conn, transfer_statements(amount=150)[:1])
 
     with pytest.raises(errors.InFailedSqlTransaction):
         run(conn, [(next_statement, None)])
@@ -360,7 +344,7 @@ def test_commit_of_a_failed_transaction_rolls_back(connect, observer):
     Outcome: the server answers COMMIT with ROLLBACK: the debit is gone too.
     """
     conn = connect(autocommit=True)  # transaction control by SQL statements
-    run(conn, [("begin", None), transfer()[0]])
+    run(conn, [("begin", None), transfer_statements()[0]])
     with pytest.raises(errors.ForeignKeyViolation):
         run(conn, [("insert into audit (account_id, delta) values (99, 30)", None)])
 
@@ -379,7 +363,7 @@ def test_psycopg2_commit_of_a_failed_transaction_rolls_back_quietly(connect, obs
     swallowed.
     """
     conn = connect()
-    run(conn, transfer()[:1])
+    run(conn, transfer_statements()[:1])
     with pytest.raises(errors.ForeignKeyViolation):
         run(conn, [("insert into audit (account_id, delta) values (99, 30)", None)])
 

@@ -29,7 +29,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from psycopg2 import errors
 
-from acid_lab.bank import audit_sums, balances, run, transfer_statements
+from acid_lab.bank import audit_sums, balances, run, seen_by_everyone, transfer_statements
 from acid_lab.faults import (
     CONNECTION_LOST,
     ClientProcess,
@@ -38,28 +38,12 @@ from acid_lab.faults import (
     wait_for_backend_exit,
     wait_until_blocked,
 )
-from acid_lab.schema import BANK, BANK_ACCOUNTS, create
 
 pytestmark = pytest.mark.atomicity
 
 # What everyone else may see: one of these two states, never anything in between.
 UNTOUCHED = ({1: 100, 2: 50}, {})                    # (balances, audit sums per account)
 TRANSFERRED = ({1: 70, 2: 80}, {1: -30, 2: 30})      # alice sent bob 30
-
-
-@pytest.fixture
-def bank(observer):
-    """The bank: alice (1) has 100, bob (2) has 50, no audit rows."""
-    create(observer, BANK, BANK_ACCOUNTS)
-
-
-def seen_by_everyone(observer):
-    """The bank as any other session sees it: (balances, audit sums)."""
-    return balances(observer), audit_sums(observer)
-
-
-def transfer(amount=30, source=1, target=2):
-    return transfer_statements(source, target, amount)
 
 
 def as_literal_sql(conn, statements):
@@ -87,7 +71,7 @@ def test_an_exception_in_the_application_undoes_the_transfer(connect, observer, 
     """
     conn = connect()
     with pytest.raises(InjectedFailure), conn:
-        run(conn, transfer()[:done])
+        run(conn, transfer_statements()[:done])
         raise InjectedFailure(f"the application fails after statement {done}")
 
     assert seen_by_everyone(observer) == UNTOUCHED, "atomicity: an exception undoes it all"
@@ -95,11 +79,11 @@ def test_an_exception_in_the_application_undoes_the_transfer(connect, observer, 
 
 @pytest.mark.usefixtures("bank")
 @pytest.mark.parametrize("statements, failing, error", [
-    pytest.param(transfer(amount=150), 1, errors.CheckViolation,
+    pytest.param(transfer_statements(amount=150), 1, errors.CheckViolation,
                  id="statement 1: the debit overdraws alice (23514)"),
-    pytest.param(transfer(amount=-60), 2, errors.CheckViolation,
+    pytest.param(transfer_statements(amount=-60), 2, errors.CheckViolation,
                  id="statement 2: amount -60, the credit overdraws bob (23514)"),
-    pytest.param(transfer(target=99), 4, errors.ForeignKeyViolation,
+    pytest.param(transfer_statements(target=99), 4, errors.ForeignKeyViolation,
                  id="statement 4: the audit row of unknown account 99 (23503)"),
 ])
 def test_a_statement_that_breaks_a_rule_undoes_the_transfer(connect, observer, statements,
@@ -140,7 +124,7 @@ def test_a_statement_cancelled_by_statement_timeout_undoes_the_transfer(connect,
     conn = connect()
 
     with pytest.raises(errors.QueryCanceled), conn:
-        statements = transfer()
+        statements = transfer_statements()
         run(conn, statements[:cancelled - 1])
         run(conn, [("set local statement_timeout = '100ms'", None), statements[cancelled - 1]])
     holder.rollback()
@@ -158,7 +142,7 @@ def test_a_terminated_server_process_takes_its_transaction_with_it(connect, obse
     the transaction back when the process ended; nothing of it is seen.
     """
     conn = connect()
-    run(conn, transfer()[:done])
+    run(conn, transfer_statements()[:done])
 
     terminate_backend(observer, conn.info.backend_pid)
 
@@ -185,7 +169,7 @@ def test_a_killed_client_process_commits_nothing(connect, observer, done, killed
     transaction back; only a transfer whose COMMIT had completed stays.
     """
     holder = connect()
-    statements = as_literal_sql(observer, transfer()) + ["commit"]
+    statements = as_literal_sql(observer, transfer_statements()) + ["commit"]
     with ClientProcess(connect.dsn()) as client:
         reports = client.run(["begin", *statements[:done]])
         assert all(report.ok for report in reports), reports
@@ -212,7 +196,7 @@ def test_a_deadlock_victim_loses_its_whole_transaction(connect, observer):
     undone; T1 goes on and commits. Everyone sees T1's transfer and nothing of T2.
     """
     t1_statements = ["begin", "set local deadlock_timeout = '10s'",
-                     *as_literal_sql(observer, transfer(30, source=1, target=2))]
+                     *as_literal_sql(observer, transfer_statements(1, 2, 30))]
     t2 = connect()
     try:
         run(t2, [("set local deadlock_timeout = '10ms'", None)])
@@ -220,12 +204,12 @@ def test_a_deadlock_victim_loses_its_whole_transaction(connect, observer):
         pytest.skip("choosing the deadlock victim needs a superuser (deadlock_timeout)")
     with ClientProcess(connect.dsn()) as t1:
         assert all(report.ok for report in t1.run(t1_statements[:3]))  # T1 debits alice
-        run(t2, transfer(20, source=2, target=1)[:1])               # T2 debits bob
+        run(t2, transfer_statements(2, 1, 20)[:1])               # T2 debits bob
         t1.send(t1_statements[3])                                    # T1 credits bob: waits
         wait_until_blocked(observer, t1.backend_pid)
 
         with pytest.raises(errors.DeadlockDetected):
-            run(t2, transfer(20, source=2, target=1)[1:2])          # T2 credits alice: cycle
+            run(t2, transfer_statements(2, 1, 20)[1:2])          # T2 credits alice: cycle
         t2.rollback()
 
         assert t1.wait_report().ok, "the survivor's waiting statement goes on"

@@ -40,39 +40,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from acid_lab.bank import balances, run, snapshot
+from acid_lab.bank import balances, execute, fleet_rows, one_transaction, snapshot
 from acid_lab.models import Account, Base, Driver, Vehicle
-from acid_lab.schema import BANK, BANK_ACCOUNTS, DRIVERS, DRIVERS_ROWS, create
 
 pytestmark = pytest.mark.consistency
-
-FLEET = ("drivers", "vehicles", "inspections", "bookings")
-
-
-@pytest.fixture
-def fleet(observer):
-    """Drivers Ada (1: vehicles 10, 11) and Grace (2: vehicle 20), inspections, one booking."""
-    create(observer, DRIVERS, DRIVERS_ROWS)
-    return snapshot(observer, *FLEET)
-
-
-@pytest.fixture
-def bank(observer):
-    """The bank: alice (1) has 100, bob (2) has 50, no audit rows."""
-    create(observer, BANK, BANK_ACCOUNTS)
-
-
-def execute(conn, statement):
-    run(conn, [(statement, None)])
-
-
-def one_transaction(connect, *statements):
-    """Run the statements as one transaction of a new session; commit if all succeed."""
-    conn = connect()
-    with conn:
-        for statement in statements:
-            execute(conn, statement)
-
 
 # --------------------------------------------------------------------------- declared rules
 
@@ -116,7 +87,7 @@ def test_a_statement_breaking_a_declared_rule_is_refused(fleet, connect, observe
         one_transaction(connect, statement)
 
     assert failure.value.pgcode == sqlstate
-    assert snapshot(observer, *FLEET) == fleet, "consistency: a refused statement changes nothing"
+    assert fleet_rows(observer) == fleet, "consistency: a refused statement changes nothing"
 
 
 @pytest.fixture
@@ -144,7 +115,7 @@ def test_on_delete_restrict_keeps_a_driver_who_has_vehicles(fleet, connect, obse
         one_transaction(connect, "delete from drivers where id = 1")
 
     assert failure.value.pgcode == sqlstate
-    assert snapshot(observer, *FLEET) == fleet, "consistency: a refused delete changes nothing"
+    assert fleet_rows(observer) == fleet, "consistency: a refused delete changes nothing"
 
 
 @pytest.mark.usefixtures("bank")
@@ -196,7 +167,7 @@ def test_deleting_a_vehicle_cascades_to_its_inspections_and_bookings(fleet, conn
     """
     one_transaction(connect, "delete from vehicles where id = 10")
 
-    after = snapshot(observer, *FLEET)
+    after = fleet_rows(observer)
     assert [row[0] for row in after["vehicles"]] == [11, 20]
     assert after["inspections"] == [row for row in fleet["inspections"] if row[0] != 10]
     assert after["bookings"] == [], "the booking of vehicle 10 went with it"
@@ -232,11 +203,11 @@ def test_array_and_jsonb_columns_obey_their_checks(fleet, connect, observer, sta
     """
     if error is None:
         one_transaction(connect, statement)
-        assert snapshot(observer, *FLEET) != fleet, "a valid value is stored"
+        assert fleet_rows(observer) != fleet, "a valid value is stored"
     else:
         with pytest.raises(error):
             one_transaction(connect, statement)
-        assert snapshot(observer, *FLEET) == fleet, "consistency: a refused value changes nothing"
+        assert fleet_rows(observer) == fleet, "consistency: a refused value changes nothing"
 
 
 # --------------------------------------------------------------------------- checked at commit
@@ -310,7 +281,7 @@ def test_a_deferred_violation_fails_the_commit(fleet, connect, observer):
 
     with pytest.raises(errors.ForeignKeyViolation):
         conn.commit()
-    assert snapshot(observer, *FLEET) == fleet, "consistency: an invalid commit changes nothing"
+    assert fleet_rows(observer) == fleet, "consistency: an invalid commit changes nothing"
 
 
 # --------------------------------------------------------------------------- the ORM

@@ -20,13 +20,9 @@ import pytest
 from psycopg2 import IntegrityError as Psycopg2IntegrityError
 from psycopg2 import errors
 
-from acid_lab.bank import balances, run, snapshot
+from acid_lab.bank import balances, execute, fleet_rows, one_transaction, snapshot
 from acid_lab.schema import (
-    BANK,
-    BANK_ACCOUNTS,
     BANK_AUDIT_TRIGGER,
-    DRIVERS,
-    DRIVERS_ROWS,
     FUTURE_INSPECTION_SQLSTATE,
     INSPECTION_DATE_TRIGGER,
     THREE_VEHICLES_TRIGGER,
@@ -35,34 +31,6 @@ from acid_lab.schema import (
 )
 
 pytestmark = pytest.mark.consistency
-
-FLEET = ("drivers", "vehicles", "inspections", "bookings")
-
-
-@pytest.fixture
-def fleet(observer):
-    """Drivers Ada (1: vehicles 10, 11) and Grace (2: vehicle 20), inspections, one booking."""
-    create(observer, DRIVERS, DRIVERS_ROWS)
-    return snapshot(observer, *FLEET)
-
-
-@pytest.fixture
-def bank(observer):
-    """The bank: alice (1) has 100, bob (2) has 50, no audit rows."""
-    create(observer, BANK, BANK_ACCOUNTS)
-
-
-def execute(conn, statement):
-    run(conn, [(statement, None)])
-
-
-def one_transaction(connect, *statements):
-    """Run the statements as one transaction of a new session; commit if all succeed."""
-    conn = connect()
-    with conn:
-        for statement in statements:
-            execute(conn, statement)
-
 
 @pytest.mark.parametrize("inspected_on, error", [
     pytest.param("2020-06-01", None, id="a past date: accepted"),
@@ -86,7 +54,7 @@ def test_a_before_trigger_refuses_a_bad_row_with_its_own_sqlstate(fleet, connect
     with pytest.raises(error) as failure:
         one_transaction(connect, statement)
     assert failure.value.pgcode == FUTURE_INSPECTION_SQLSTATE == "23V01"
-    assert snapshot(observer, *FLEET) == fleet, "consistency: the trigger's refusal changed nothing"
+    assert fleet_rows(observer) == fleet, "consistency: the trigger's refusal changed nothing"
 
 
 def audit_trail(conn):

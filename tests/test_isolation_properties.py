@@ -33,7 +33,7 @@ from acid_lab.scenario import (
     T1,
     T2,
 )
-from acid_lab.serializability import Referee, Transaction
+from acid_lab.serializability import LOST_UPDATE, PHANTOM, WRITE_SKEW, Referee, Transaction
 
 pytestmark = pytest.mark.isolation
 
@@ -50,33 +50,6 @@ def obeys_the_law(judged) -> bool:
 
 
 # -- every interleaving ---------------------------------------------------------
-
-# Two transactions each, given without an order.
-WRITE_SKEW = (  # each reads the total, then writes it into its own row
-    Transaction(T1, ("select sum(value) from test",
-                     "update test set value = (select sum(value) from test) where id = 1",
-                     "commit")),
-    Transaction(T2, ("select sum(value) from test",
-                     "update test set value = (select sum(value) from test) where id = 2",
-                     "commit")),
-)
-LOST_UPDATE = (  # read-modify-write of the same row
-    Transaction(T1, ("select value from test where id = 1",
-                     "update test set value = value + 1 where id = 1",
-                     "commit")),
-    Transaction(T2, ("select value from test where id = 1",
-                     "update test set value = value + 2 where id = 1",
-                     "commit")),
-)
-PHANTOM = (  # each counts the big rows, then inserts one
-    Transaction(T1, ("select count(*) from test where value > 15",
-                     "insert into test (id, value) values (3, 30)",
-                     "commit")),
-    Transaction(T2, ("select count(*) from test where value > 15",
-                     "insert into test (id, value) values (4, 40)",
-                     "commit")),
-)
-
 
 @pytest.mark.parametrize("race, level, valid, invalid, lawless", [
     pytest.param(WRITE_SKEW, SERIALIZABLE, 20, 0, 0,
