@@ -32,6 +32,9 @@ settings.register_profile("ci", deadline=None, derandomize=True, database=None,
 settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 
+SERVER_LINE = pytest.StashKey[str]()  # what the header says about the server
+
+
 def pytest_addoption(parser):
     parser.addoption("--dsn", default=os.environ.get("ACID_LAB_DSN"),
                      help="run against an existing PostgreSQL (libpq DSN or URI); "
@@ -51,9 +54,6 @@ def pytest_configure(config):
             config.stash[SERVER_LINE] = f"temporary server: {binaries.describe()}"
     except ServerError as error:
         raise pytest.UsageError(str(error)) from None
-
-
-SERVER_LINE = pytest.StashKey[str]()
 
 
 def pytest_report_header(config):

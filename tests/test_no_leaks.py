@@ -26,12 +26,16 @@ REPO = Path(__file__).resolve().parent.parent
 BOUND = 60  # seconds any single wait may take
 
 PROBE = textwrap.dedent('''
-    import os, threading
+    import faulthandler, os, signal, threading
     import pytest
 
     pytestmark = pytest.mark.foundation
 
     def test_probe(target, connect):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # stacks, if it ever hangs
+        # Ctrl-C as in a terminal, even when this run inherited SIGINT ignored
+        # (as every command started in the background by a shell does)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         connect().cursor().execute("select 1")
         workdir = target.cluster.workdir.path
         postmaster = (workdir / "data" / "postmaster.pid").read_text().split()[0]
@@ -110,6 +114,14 @@ def test_no_server_and_no_folder_outlive_the_run(mode, extra_args, interrupt, ex
             if interrupt is not None:
                 run.send_signal(interrupt)
             output, _ = run.communicate(timeout=BOUND)
+        except subprocess.TimeoutExpired:
+            run.send_signal(signal.SIGUSR1)  # the probe prints where it is stuck
+            try:
+                output, _ = run.communicate(timeout=5)
+            except subprocess.TimeoutExpired:
+                run.kill()
+                output, _ = run.communicate(timeout=BOUND)
+            pytest.fail(f"the probe run did not end within {BOUND} s:\n{output}")
         finally:
             if run.poll() is None:
                 run.kill()

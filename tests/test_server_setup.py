@@ -55,7 +55,8 @@ def test_a_wrong_pg_bindir_stops_the_run_with_one_clear_line():
 
     Outcome: pytest stops at once (usage error, exit 4) and says what is wrong.
     """
-    run = _pytest("tests/test_foundation.py", env={"PG_BINDIR": "/nonexistent/bin"})
+    run = _pytest("tests/test_foundation.py",
+                  env={"PG_BINDIR": "/nonexistent/bin", "ACID_LAB_PG": ""})
     assert run.returncode == 4, run.stdout + run.stderr
     assert "PG_BINDIR=/nonexistent/bin does not hold pg_ctl, initdb, postgres" in run.stderr
     assert "Traceback" not in run.stderr
