@@ -2,8 +2,8 @@
 
 Fixtures, from session to test (each documented in one line):
 target -> place_keeper -> place -> connect -> observer / engine; run (the
-scenario runner); fresh_database and crash_cluster for the tests that need a
-database or a server of their own.
+scenario runner); fresh_database for a test that needs a whole database. (The
+durability chapter starts the servers it crashes in its own module.)
 """
 
 import os
@@ -17,7 +17,7 @@ from acid_lab.connections import ConnectionFactory, make_engine
 from acid_lab.places import PlaceKeeper
 from acid_lab.scenario import ScenarioRunner
 from acid_lab.schema import BANK, BANK_ACCOUNTS, DRIVERS, DRIVERS_ROWS, create
-from acid_lab.server import CrashableCluster, ServerError, find_binaries, server_account
+from acid_lab.server import ServerError, find_binaries, server_account
 from acid_lab.target import check_reachable, open_target, own_database, parse_dsn
 
 CHAPTERS = ("atomicity", "consistency", "isolation", "durability", "foundation", "engine")
@@ -157,12 +157,3 @@ def fresh_database(target):
     """A whole database of this test's own (empty), dropped afterwards."""
     with own_database(target.info, prefix="acid_lab_test") as info:
         yield info
-
-
-@pytest.fixture
-def crash_cluster(target):
-    """A server of this test's own, fsync on, that the test may crash and restart."""
-    if not target.managed:
-        pytest.skip("crashing a server needs one the suite starts itself; --dsn is set")
-    with CrashableCluster() as cluster:
-        yield cluster

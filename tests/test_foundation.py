@@ -120,6 +120,20 @@ def test_a_database_created_for_a_test_is_dropped_afterwards(target, observer):
                (info.dbname,)) == 0, "a test's own database is dropped at teardown"
 
 
+def test_a_test_may_have_a_whole_database_of_its_own(fresh_database, connect):
+    """Scenario: a test asks for ``fresh_database`` and logs in there.
+
+    Outcome: a database other than the place's, empty of the demo table.
+    """
+    own = psycopg2.connect(**fresh_database.params())
+    try:
+        assert one(own, "select current_database()") == fresh_database.dbname
+        assert one(own, "select to_regclass('test') is null"), "a new database starts empty"
+    finally:
+        own.close()
+    assert one(connect(), "select current_database()") != fresh_database.dbname
+
+
 def test_the_observer_sees_committed_data_only(connect, observer):
     """Scenario: a session changes row 1 and has not committed; then it commits.
 
