@@ -150,10 +150,10 @@ def _server(dsn: str | None) -> Iterator[str]:
     if dsn:
         yield dsn
         return
-    from acid_lab.server import ServerError, temporary_server
+    from acid_lab.server import Cluster, ServerError
 
     try:
-        with temporary_server() as cluster:
+        with Cluster() as cluster:
             yield cluster.dsn
     except ServerError as error:
         raise UnusableServer(f"cannot start a temporary server: {error}") from None
@@ -184,15 +184,14 @@ def _admin_connection(dsn: str) -> psycopg2.extensions.connection:
 
 def _check_server(dsn: str) -> str:
     """The server's version ("15.18"), if it can run scripts at all."""
+    from acid_lab.server import server_version
     conn = _admin_connection(dsn)
     try:
         try:
             require_blocked_check(conn)
         except ScenarioError as error:
             raise UnusableServer(str(error)) from None
-        with conn.cursor() as cursor:
-            cursor.execute("show server_version")
-            return cursor.fetchone()[0].split()[0]
+        return server_version(conn)
     finally:
         conn.close()
 

@@ -31,14 +31,16 @@ def _postmaster_pid(datadir: Path) -> int | None:
     return pid if str(datadir).encode() in command_line else None
 
 
-def _wait_for_exit(pid: int, timeout: float) -> None:
-    """Wait until ``pid`` has exited, without polling: a pidfd becomes readable then."""
+def wait_for_exit(pid: int, timeout: float) -> bool:
+    """True once ``pid`` has exited (or never existed), without polling: a pidfd
+    becomes readable then; False when ``timeout`` seconds pass first."""
     try:
         fd = os.pidfd_open(pid)
-    except (ProcessLookupError, OSError):
-        return
+    except OSError:  # ProcessLookupError included: already gone
+        return True
     try:
-        select.select([fd], [], [], timeout)
+        readable, _, _ = select.select([fd], [], [], timeout)
+        return bool(readable)
     finally:
         os.close(fd)
 
@@ -51,7 +53,7 @@ def clean_up(pg_ctl: str, datadir: Path, workdir: Path) -> None:
                            capture_output=True, timeout=STOP_TIMEOUT, check=False)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)  # pg_ctl failed; this pid is the postmaster we started
-        _wait_for_exit(pid, STOP_TIMEOUT)
+        wait_for_exit(pid, STOP_TIMEOUT)
     shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -13,6 +13,7 @@ account, because PostgreSQL refuses to run as root.
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import importlib.util
 import os
@@ -27,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,15 +80,19 @@ class Binaries:
 
     @property
     def version(self) -> str:
-        out = subprocess.run(
-            [str(self.program("postgres")), "--version"],
-            capture_output=True, text=True, check=True, timeout=30,
-        ).stdout
-        match = re.search(r"(\d+(?:\.\d+)?)", out)
-        return match.group(1) if match else out.strip()
+        return _postgres_version(self.program("postgres"))
 
     def describe(self) -> str:
         return f"PostgreSQL {self.version} from {self.bindir} ({self.source})"
+
+
+@functools.cache
+def _postgres_version(postgres: Path) -> str:
+    """'15.18' from ``postgres --version`` (asked once per program)."""
+    out = subprocess.run([str(postgres), "--version"], capture_output=True, text=True,
+                         check=True, timeout=30).stdout
+    match = re.search(r"(\d+(?:\.\d+)?)", out)
+    return match.group(1) if match else out.strip()
 
 
 def _complete(bindir: Path) -> bool:
@@ -422,21 +426,22 @@ class Cluster:
 
     # -- the executor
 
-    def _options(self) -> str:
-        return " ".join(f"-c {name}={value}" for name, value in self.settings.items())
+    def _new_executor(self) -> _Executor:
+        """pytest-postgresql's executor for this cluster, on a newly chosen free port."""
+        self.port = port_for.select_random()
+        options = " ".join(f"-c {name}={value}" for name, value in self.settings.items())
+        return _Executor(
+            executable=str(self.pg_ctl), host=HOST, port=self.port,
+            datadir=str(self.workdir.data), unixsocketdir=str(self.workdir.socket),
+            logfile=str(self.workdir.log), startparams=f"-w -t {START_TIMEOUT}",
+            dbname="postgres", user=SUPERUSER, password=self.password,
+            postgres_options=options, timeout=START_TIMEOUT, account=self.account,
+        )
 
     def _start_server(self) -> None:
         last_error: Exception | None = None
         for _attempt in range(3):  # a free port can be taken between choice and bind
-            self.port = port_for.select_random()
-            self._executor = _Executor(
-                executable=str(self.pg_ctl), host=HOST, port=self.port,
-                datadir=str(self.workdir.data), unixsocketdir=str(self.workdir.socket),
-                logfile=str(self.workdir.log), startparams=f"-w -t {START_TIMEOUT}",
-                dbname="postgres", user=SUPERUSER, password=self.password,
-                postgres_options=self._options(), timeout=START_TIMEOUT,
-                account=self.account,
-            )
+            self._executor = self._new_executor()
             try:
                 self._executor.start()
                 # mirakuru returns once the port is open; `pg_ctl start -w` exits when
@@ -446,7 +451,8 @@ class Cluster:
                 last_error = ServerError(f"pg_ctl start exited {self._executor.process.returncode}")
             except Exception as error:  # noqa: BLE001 - reported with the log below
                 last_error = error
-                if "could not bind" not in self.log_tail() and "in use" not in self.log_tail():
+                log = self.log_tail()
+                if "could not bind" not in log and "in use" not in log:
                     break
         raise ServerError(
             f"PostgreSQL did not start ({last_error}). Server log:\n{self.log_tail()}"
@@ -490,14 +496,7 @@ class CrashableCluster(Cluster):
 
     def _start_server(self) -> None:
         # initdb through the executor, then run postgres ourselves
-        self.port = port_for.select_random()
-        self._executor = _Executor(
-            executable=str(self.pg_ctl), host=HOST, port=self.port,
-            datadir=str(self.workdir.data), unixsocketdir=str(self.workdir.socket),
-            logfile=str(self.workdir.log), startparams="-w", dbname="postgres",
-            user=SUPERUSER, password=self.password, postgres_options=self._options(),
-            timeout=START_TIMEOUT, account=self.account,
-        )
+        self._executor = self._new_executor()
         self._executor.init_directory()
         self.restart()
 
@@ -688,13 +687,6 @@ def _wait_until_exited(pidfds: list[int], processes: list[psutil.Process],
             raise ServerError(f"{len(waiting)} server processes survived SIGKILL")
         readable, _, _ = select.select(list(waiting), [], [], remaining)
         waiting.difference_update(readable)
-
-
-@contextlib.contextmanager
-def temporary_server(**kwargs) -> Iterator[Cluster]:
-    """A cluster for the command line tools; ``.dsn`` logs in as its superuser."""
-    with Cluster(**kwargs) as cluster:
-        yield cluster
 
 
 def server_version(conn) -> str:

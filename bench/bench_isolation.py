@@ -44,9 +44,9 @@ def hermitage_place(dsn: str | None):
     """A DSN whose search_path is a fresh schema holding Hermitage's table."""
     with contextlib.ExitStack() as stack:
         if dsn is None:
-            from acid_lab.server import temporary_server
+            from acid_lab.server import Cluster
 
-            dsn = stack.enter_context(temporary_server()).dsn
+            dsn = stack.enter_context(Cluster()).dsn
         keeper = PlaceKeeper(psycopg2.connect(dsn))
         stack.callback(keeper.close)
         schema = keeper.create()

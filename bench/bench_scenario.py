@@ -60,9 +60,9 @@ def bench_place(dsn: str | None):
     """A DSN whose search_path starts at a fresh schema holding the test table."""
     with contextlib.ExitStack() as stack:
         if dsn is None:
-            from acid_lab.server import temporary_server
+            from acid_lab.server import Cluster
 
-            dsn = stack.enter_context(temporary_server()).dsn
+            dsn = stack.enter_context(Cluster()).dsn
         admin = psycopg2.connect(dsn)
         admin.autocommit = True
         stack.callback(admin.close)

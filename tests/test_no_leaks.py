@@ -10,7 +10,6 @@ Outcome every time: the postmaster is gone and so is its folder.
 """
 
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -19,6 +18,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
+from acid_lab.guard import wait_for_exit
 
 pytestmark = [pytest.mark.foundation, pytest.mark.own_server]
 
@@ -71,19 +72,6 @@ def _read_probe_line(run: subprocess.Popen) -> tuple[int, int, Path]:
     raise AssertionError("the probe never started its server:\n" + "".join(seen))
 
 
-def _wait_for_exit(pid: int) -> bool:
-    """True once ``pid`` has exited (or never existed); False after BOUND seconds."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        readable, _, _ = select.select([fd], [], [], BOUND)
-        return bool(readable)
-    finally:
-        os.close(fd)
-
-
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
@@ -128,7 +116,7 @@ def test_no_server_and_no_folder_outlive_the_run(mode, extra_args, interrupt, ex
                 run.wait(timeout=BOUND)
 
         assert run.returncode == exit_code, f"pytest ended unexpectedly:\n{output}"
-        assert _wait_for_exit(guard), "the guard process must finish its cleanup"
-        assert _wait_for_exit(postmaster) and not _alive(postmaster), \
+        assert wait_for_exit(guard, BOUND), "the guard process must finish its cleanup"
+        assert wait_for_exit(postmaster, BOUND) and not _alive(postmaster), \
             f"a server process (pid {postmaster}) outlived the run"
         assert not workdir.exists(), f"the server folder {workdir} outlived the run"
