@@ -1,7 +1,7 @@
 """Wiring: the server, each test's place, connections and markers, built from acid_lab.
 
 Fixtures, from session to test (each documented in one line):
-target -> place_keeper -> place -> connect -> observer / engine; run (the
+target -> place_keeper -> connect (and its place) -> observer / engine; run (the
 scenario runner); fresh_database for a test that needs a whole database. (The
 durability chapter starts the servers it crashes in its own module.)
 """
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from acid_lab.bank import fleet_rows
-from acid_lab.connections import ConnectionFactory, make_engine
+from acid_lab.connections import make_engine
 from acid_lab.places import PlaceKeeper
 from acid_lab.scenario import ScenarioRunner
 from acid_lab.schema import BANK, BANK_ACCOUNTS, DRIVERS, DRIVERS_ROWS, create
@@ -90,22 +90,16 @@ def place_keeper(target):
 
 
 @pytest.fixture
-def place(place_keeper):
-    """A fresh schema holding the demo table test(id, value) = (1, 10), (2, 20)."""
-    name = place_keeper.create()
-    yield name
-    place_keeper.drop(name)
+def connect(target, place_keeper):
+    """Factory of psycopg2 connections to this test's place; all closed at teardown."""
+    with place_keeper.place(target.info) as factory:
+        yield factory
 
 
 @pytest.fixture
-def connect(target, place, place_keeper):
-    """Factory of psycopg2 connections to this test's place; all closed at teardown."""
-    factory = ConnectionFactory(target.info, place)
-    yield factory
-    leftovers = factory.backend_pids()
-    factory.close_all()
-    if leftovers:
-        place_keeper.drop(place, leftovers)
+def place(connect):
+    """This test's fresh schema, holding the demo table test(id, value) = (1, 10), (2, 20)."""
+    return connect.schema
 
 
 @pytest.fixture

@@ -25,13 +25,10 @@ from collections.abc import Callable
 from typing import Any
 
 from acid_lab.scenario import (
-    DEFAULT_TIMEOUT,
     OBSERVER,
-    RAW,
     T1,
     T2,
     T3,
-    ConnectionSource,
     Expectation,
     ScenarioResult,
     ScenarioRunner,
@@ -94,7 +91,7 @@ class Outcomes:
 
     def committed(self, key: str) -> bool:
         """The ``commit`` step really committed (a failed transaction answers ROLLBACK)."""
-        return self.ok(key) and (self[key].command or "").upper() == "COMMIT"
+        return self[key].committed
 
     def rows(self, key: str) -> list[list[Any]] | None:
         """The rows the step returned; None when it failed."""
@@ -112,7 +109,6 @@ class Anomaly:
     code: str
     name: str
     legend: str
-    setup: str
     schedule: tuple[Line, ...]
     # Did the anomaly happen? Decided from the observed step results.
     occurred: Callable[[Outcomes], bool] = dataclasses.field(repr=False)
@@ -152,21 +148,12 @@ class Anomaly:
         """POSSIBLE when the anomaly happened in this run, else PREVENTED."""
         return POSSIBLE if self.happened(result) else PREVENTED
 
-    def script(self) -> str:
-        """The schedule in Hermitage's notation (per-level outcomes left open)."""
-        return "\n".join(
-            f"{line.sql}; -- {line.session}"
-            + (f". {line.expect!r}" if line.key is None else f" [{line.key}]")
-            for line in self.schedule)
-
-
 # -- G0, G1: what read committed already prevents ------------------------------
 
 G0 = Anomaly(
     code="G0", name="dirty write",
     legend="A transaction overwrites a value that another transaction wrote "
            "but has not committed yet.",
-    setup="",
     schedule=(
         (T1, "update test set value = 11 where id = 1"),
         (T2, "update test set value = 12 where id = 1", "t2_update"),  # BLOCKS on T1's write
@@ -185,7 +172,6 @@ G1A = Anomaly(
     code="G1a", name="aborted read",
     legend="A transaction reads a value written by another transaction that "
            "later rolls back.",
-    setup="",
     schedule=(
         (T1, "update test set value = 101 where id = 1"),
         (T2, _FINAL, "t2_read"),          # during T1: does T2 see 101?
@@ -200,7 +186,6 @@ G1B = Anomaly(
     code="G1b", name="intermediate read",
     legend="A transaction reads a value that another transaction wrote and then "
            "changed again before committing.",
-    setup="",
     schedule=(
         (T1, "update test set value = 101 where id = 1"),
         (T2, _FINAL, "t2_read"),          # T1's intermediate 101, or 10?
@@ -216,7 +201,6 @@ G1C = Anomaly(
     code="G1c", name="circular information flow",
     legend="Two transactions each read a value the other one wrote before "
            "either of them committed.",
-    setup="",
     schedule=(
         (T1, "update test set value = 11 where id = 1"),
         (T2, "update test set value = 22 where id = 2"),
@@ -232,7 +216,6 @@ OTV = Anomaly(
     code="OTV", name="observed transaction vanishes",
     legend="A transaction sees one write of a committed transaction, then reads "
            "an older value that this transaction had overwritten.",
-    setup="",
     schedule=(
         (T1, "update test set value = 11 where id = 1"),
         (T1, "update test set value = 19 where id = 2"),
@@ -256,7 +239,6 @@ PMP = Anomaly(
     code="PMP", name="predicate-many-preceders",
     legend="A transaction searches twice and the second search finds a row that "
            "another transaction committed in between.",
-    setup="",
     schedule=(
         (T1, "select * from test where value = 30", sees()),
         (T2, "insert into test (id, value) values (3, 30)"),
@@ -271,7 +253,6 @@ PMP_WRITE = Anomaly(
     code="PMP-write", name="predicate-many-preceders, write predicate",
     legend="A waiting DELETE re-checks its condition on the row another "
            "transaction just committed, and leaves behind a row that matches it.",
-    setup="",
     schedule=(
         (T1, "update test set value = value + 10"),
         (T2, "delete from test where value = 20 returning *", "t2_delete"),  # BLOCKS on T1
@@ -287,7 +268,6 @@ P4 = Anomaly(
     code="P4", name="lost update",
     legend="Two transactions read the same value and both write it back; "
            "one of the two updates silently disappears.",
-    setup="",
     schedule=(
         (T1, "select value from test where id = 1", sees(10)),
         (T2, "select value from test where id = 1", sees(10)),
@@ -305,7 +285,6 @@ G_SINGLE = Anomaly(
     code="G-single", name="read skew",
     legend="A transaction sees part of another transaction's changes and misses "
            "the rest, e.g. a total that never existed.",
-    setup="",
     schedule=(
         (T1, "select value from test where id = 1", sees(10)),
         (T2, "select value from test where id = 1", sees(10)),
@@ -323,7 +302,6 @@ G_SINGLE_PREDICATE = Anomaly(
     code="G-single-predicate", name="read skew, predicate read",
     legend="A transaction's second search sees another transaction's committed "
            "change that its first search did not.",
-    setup="",
     schedule=(
         (T1, "select * from test where value % 5 = 0 order by id", sees((1, 10), (2, 20))),
         (T2, "update test set value = 12 where value = 10"),
@@ -338,7 +316,6 @@ G_SINGLE_WRITE_PREDICATE = Anomaly(
     code="G-single-write-predicate", name="read skew, write predicate",
     legend="A transaction reads one row before another transaction commits and "
            "then deletes by a condition judged after it.",
-    setup="",
     schedule=(
         (T1, "select value from test where id = 1", sees(10)),
         (T2, _FINAL, sees((1, 10), (2, 20))),
@@ -358,7 +335,6 @@ G2_ITEM = Anomaly(
     code="G2-item", name="write skew",
     legend="Two transactions read the same rows, then each updates a different "
            "one, so that together they break a rule each of them checked.",
-    setup="",
     schedule=(
         (T1, "select * from test where id in (1, 2) order by id", sees((1, 10), (2, 20))),
         (T2, "select * from test where id in (1, 2) order by id", sees((1, 10), (2, 20))),
@@ -375,7 +351,6 @@ G2 = Anomaly(
     code="G2", name="anti-dependency cycle",
     legend="Two transactions each search for rows, find none, and each insert a "
            "row that the other's search would have found.",
-    setup="",
     schedule=(
         (T1, "select * from test where value % 3 = 0", sees()),
         (T2, "select * from test where value % 3 = 0", sees()),
@@ -395,7 +370,6 @@ READ_ONLY = Anomaly(
     code="G2-read-only", name="read-only transaction anomaly",
     legend="A transaction that only reads sees a state that no serial order of "
            "the writing transactions could produce.",
-    setup="",
     schedule=(
         (T1, _FINAL, sees((1, 10), (2, 20))),
         (T2, "update test set value = value + 5 where id = 2"),
@@ -414,7 +388,6 @@ READ_ONLY_DEFERRABLE = Anomaly(
     code="G2-read-only-deferrable", name="read-only anomaly, read only deferrable",
     legend="A READ ONLY DEFERRABLE transaction waits for a snapshot on which no "
            "anomaly is possible, instead of seeing one or aborting a writer.",
-    setup="",
     schedule=(
         (T1, _FINAL, sees((1, 10), (2, 20))),
         (T2, "update test set value = value + 5 where id = 2"),
@@ -437,14 +410,6 @@ VARIANTS: tuple[Anomaly, ...] = (PMP_WRITE, G_SINGLE_PREDICATE, G_SINGLE_WRITE_P
 CATALOG: tuple[Anomaly, ...] = MATRIX + VARIANTS
 
 
-def by_code(code: str) -> Anomaly:
-    """The anomaly called ``code`` ("G0", "PMP-write", ...)."""
-    for anomaly in CATALOG:
-        if anomaly.code == code:
-            return anomaly
-    raise KeyError(f"no anomaly {code!r}; known: {[a.code for a in CATALOG]}")
-
-
 # -- observing an anomaly live ---------------------------------------------------
 
 @dataclasses.dataclass
@@ -461,21 +426,10 @@ class Observation:
         return POSSIBLE if self.possible else PREVENTED
 
 
-def observe(anomaly: Anomaly, level: str, source: ConnectionSource | ScenarioRunner, *,
-            timeout: float = DEFAULT_TIMEOUT) -> Observation:
-    """Run ``anomaly.setup``, then its schedule at ``level`` (``check=False``), and judge.
+def observe(anomaly: Anomaly, level: str, runner: ScenarioRunner) -> Observation:
+    """Run the anomaly's schedule at ``level`` (``check=False``) and judge it.
 
-    ``source``: a connection factory or DSN of a fresh place holding Hermitage's
-    table, or a warm :class:`ScenarioRunner` already on such a place.
+    ``runner``: a :class:`ScenarioRunner` on a fresh place holding Hermitage's table.
     """
-    if isinstance(source, ScenarioRunner):
-        return _observe(anomaly, level, source)
-    with ScenarioRunner(source, timeout=timeout) as runner:
-        return _observe(anomaly, level, runner)
-
-
-def _observe(anomaly: Anomaly, level: str, runner: ScenarioRunner) -> Observation:
-    if anomaly.setup.strip():
-        runner.run(RAW, [Step(OBSERVER, anomaly.setup)])  # raises if the setup fails
     result = runner.run(level, anomaly.steps(), check=False)
     return Observation(anomaly, level, anomaly.happened(result), result)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import secrets
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -31,8 +30,8 @@ from typing import Any, TextIO
 
 import psycopg2
 import psycopg2.extensions
-from psycopg2 import sql
 
+from acid_lab.places import PlaceKeeper
 from acid_lab.scenario import (
     DEFAULT_TIMEOUT,
     RAW,
@@ -46,8 +45,6 @@ from acid_lab.script import Script, ScriptError, load_script
 
 EXIT_OK, EXIT_STUCK, EXIT_UNPARSABLE = 0, 1, 2
 CONNECT_TIMEOUT = 10
-# Dropping a script's schema waits at most this long for stray locks.
-DROP_LOCK_TIMEOUT = "5s"
 
 
 class UnusableServer(Exception):
@@ -205,23 +202,17 @@ def _with_search_path(dsn: str, schema: str) -> str:
 
 def run_script(script: Script, dsn: str, *, timeout: float = DEFAULT_TIMEOUT) -> ScriptRun:
     """Run one script in a fresh schema of its own and drop the schema afterwards."""
-    schema = f"acid_lab_run_{secrets.token_hex(4)}"
-    ident = sql.Identifier(schema)
-    admin = _admin_connection(dsn)
+    keeper = PlaceKeeper(_admin_connection(dsn))
     try:
-        with admin.cursor() as cursor:
-            cursor.execute(sql.SQL("create schema {}").format(ident))
+        schema = keeper.create(setup_sql="")  # the script's own setup fills it
         try:
             place = _with_search_path(dsn, schema)
             setup = _run_setup(script, place)
             return _run_steps(script, place, setup, timeout)
         finally:
-            with admin.cursor() as cursor:
-                cursor.execute(sql.SQL("set lock_timeout = {}").format(
-                    sql.Literal(DROP_LOCK_TIMEOUT)))
-                cursor.execute(sql.SQL("drop schema {} cascade").format(ident))
+            keeper.drop(schema)
     finally:
-        admin.close()
+        keeper.close()
 
 
 def _run_setup(script: Script, place: str) -> list[StepResult]:
@@ -262,7 +253,7 @@ def _run_steps(script: Script, place: str, setup: list[StepResult],
         except ScheduleStuck as stuck:
             return ScriptRun(script, setup, stuck.result.steps,
                              "\n".join(setup_lines + stuck.result.lines),
-                             stuck=str(stuck).split("\n", 1)[0])
+                             stuck=stuck.message)
     return ScriptRun(script, setup, result.steps, "\n".join(setup_lines + result.lines))
 
 

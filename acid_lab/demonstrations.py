@@ -298,14 +298,8 @@ ALL: tuple[Demonstration, ...] = IN_A_PLACE + ON_A_CRASHABLE_SERVER
 @contextlib.contextmanager
 def fresh_bank(keeper: PlaceKeeper, info) -> Iterator[ConnectionFactory]:
     """A connection factory to a new place holding the bank; dropped afterwards."""
-    name = keeper.create(BANK)
-    connect = ConnectionFactory(info, name)
-    try:
+    with keeper.place(info, BANK) as connect:
         yield connect
-    finally:
-        leftovers = connect.backend_pids()
-        connect.close_all()
-        keeper.drop(name, leftovers)
 
 
 def show_in_places(info, done: Callable[[Shown], None] = lambda shown: None) -> list[Shown]:

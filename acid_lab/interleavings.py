@@ -78,10 +78,6 @@ class Exploration:
     interleavings: list[Interleaving]
     invalid: int  # merges never run: a step was due while its session was blocked
 
-    @property
-    def total(self) -> int:
-        return len(self.interleavings) + self.invalid
-
 
 class Interleaver:
     """Runs merges of two sessions' steps on ``runner`` at ``level``.
@@ -141,10 +137,6 @@ class Interleaver:
 
     # -- knowledge of blocked sessions --
 
-    @property
-    def _length(self) -> int:
-        return sum(len(steps) for steps in self.steps.values())
-
     def _left(self, prefix: Order, session: str) -> int:
         return len(self.steps[session]) - prefix.count(session)
 
@@ -193,9 +185,7 @@ class Interleaver:
     def _learn(self, order: Order, steps: list[StepResult]) -> None:
         """Record which sessions each prefix of this run left blocked."""
         latest: dict[str, StepResult] = {}
-        for p in range(1, len(steps)):
-            if p > len(order):
-                break
+        for p in range(1, min(len(steps), len(order) + 1)):
             latest[steps[p - 1].session] = steps[p - 1]
             sent = steps[p].started
             self._blocked[order[:p]] = frozenset(

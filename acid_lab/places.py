@@ -12,11 +12,14 @@ import contextlib
 import itertools
 import os
 import secrets
+from collections.abc import Iterator
 
 import psycopg2
 from psycopg2 import sql
 
+from acid_lab.connections import ConnectionFactory
 from acid_lab.schema import HERMITAGE
+from acid_lab.server import ConnectionInfo
 
 DROP_LOCK_TIMEOUT = "5s"
 _counter = itertools.count(1)
@@ -51,6 +54,19 @@ class PlaceKeeper:
                 cur.execute("select pg_terminate_backend(%s)", (pid,))
             cur.execute(sql.SQL("set lock_timeout = {}").format(sql.Literal(DROP_LOCK_TIMEOUT)))
             cur.execute(sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(name)))
+
+    @contextlib.contextmanager
+    def place(self, info: ConnectionInfo,
+              setup_sql: str = HERMITAGE) -> Iterator[ConnectionFactory]:
+        """Sessions to a new place; afterwards they are closed and the place dropped."""
+        name = self.create(setup_sql)
+        connect = ConnectionFactory(info, name)
+        try:
+            yield connect
+        finally:
+            leftovers = connect.backend_pids()
+            connect.close_all()
+            self.drop(name, leftovers)
 
     def close(self) -> None:
         with contextlib.suppress(psycopg2.Error):

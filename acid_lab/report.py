@@ -52,7 +52,7 @@ from rich.table import Table
 from rich.text import Text
 
 from acid_lab import demonstrations
-from acid_lab.catalog import MATRIX, Anomaly, Observation, observe
+from acid_lab.catalog import MATRIX, POSSIBLE, PREVENTED, Anomaly, Observation, observe
 from acid_lab.connections import ConnectionFactory
 from acid_lab.demonstrations import Shown
 from acid_lab.places import PlaceKeeper
@@ -61,7 +61,6 @@ from acid_lab.server import ConnectionInfo, ServerError
 from acid_lab.target import Target, open_target
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-PREVENTED, POSSIBLE = "prevented", "possible"
 MARK = {PREVENTED: "✓", POSSIBLE: "✗"}
 DEMO_MARK = {True: "✓", False: "✗", None: "–"}
 # Scenarios run at once, each in its own place; measured in bench/bench_report.py.
@@ -92,7 +91,7 @@ class Report:
 
     def cell(self, code: str, level: str) -> str:
         """"prevented" or "possible", as observed."""
-        return POSSIBLE if self.observations[code, level].possible else PREVENTED
+        return self.observations[code, level].verdict
 
     def matrix(self) -> dict[str, dict[str, str]]:
         return {anomaly.code: {level: self.cell(anomaly.code, level) for level in self.levels}
@@ -241,7 +240,6 @@ class _Worker:
 
     def observe(self, anomaly: Anomaly, level: str) -> Observation:
         place = self.keeper.create()
-        self.connect.schema = place  # sessions opened from now on start there
         self.runner.reset(search_path=place)
         try:
             return observe(anomaly, level, self.runner)

@@ -139,12 +139,8 @@ def timeline_table(result: ScenarioResult) -> str:
 # --------------------------------------------------------------------------- the page
 
 
-def _setup_html(setup: str) -> str:
-    start = ("Starts from Hermitage's table <code>test (id, value)</code> = "
-             "<code>(1, 10), (2, 20)</code>, in a fresh place")
-    if not setup.strip():
-        return start + "."
-    return f"{start}, then: <code>{html.escape(' '.join(setup.split()))}</code>"
+STARTING_POINT = ("Starts from Hermitage's table <code>test (id, value)</code> = "
+                  "<code>(1, 10), (2, 20)</code>, in a fresh place.")
 
 
 def _anchor(*parts: str) -> str:
@@ -250,7 +246,7 @@ def _timelines_html(report: Report) -> str:
             f'<section class="anomaly" id="{_anchor(anomaly.code)}">'
             f"<h3>{html.escape(anomaly.code)}: {html.escape(anomaly.name)}</h3>"
             f"<p>{html.escape(anomaly.legend)}</p>"
-            f"<p>{_setup_html(anomaly.setup)}</p>")
+            f"<p>{STARTING_POINT}</p>")
         for level in report.levels:
             observation = report.observations[anomaly.code, level]
             cell = report.cell(anomaly.code, level)

@@ -103,6 +103,7 @@ class ScheduleStuck(ScenarioError):
     """
 
     def __init__(self, message: str, result: ScenarioResult):
+        self.message = message
         self.result = result
         self.transcript = result.transcript
         super().__init__(f"{message}\n\ntranscript so far:\n{_indent(self.transcript)}")
@@ -133,6 +134,11 @@ class StepResult:
     command: str | None = None  # the server's command tag, e.g. "UPDATE 1"
     started: float = 0.0  # seconds from the start of the scenario
     elapsed: float | None = None  # seconds from sending to finishing
+
+    @property
+    def committed(self) -> bool:
+        """A ``commit`` that really committed (one in a failed transaction answers ROLLBACK)."""
+        return self.status == "ok" and (self.command or "").upper() == "COMMIT"
 
     @property
     def finished(self) -> bool:
@@ -355,11 +361,6 @@ def sees(*rows: Any) -> Expectation:
     no rows at all.
     """
     return _Sees(row if isinstance(row, (tuple, list)) else (row,) for row in rows)
-
-
-def sees_rows(rows: Iterable[Sequence[Any]]) -> Expectation:
-    """The step returns exactly ``rows`` (a list of tuples or lists), in order."""
-    return _Sees(rows)
 
 
 def aborts(error: str | type | None = None) -> Expectation:

@@ -63,10 +63,6 @@ class Script:
     setup: list[Statement]
     steps: list[Statement]
 
-    @property
-    def sessions(self) -> list[str]:
-        return list(dict.fromkeys(step.session for step in self.steps))
-
     def schedule(self) -> list[Step]:
         """The steps as a scenario schedule; every outcome is an observation."""
         return [Step(step.session, step.sql, anything) for step in self.steps]

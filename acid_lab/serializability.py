@@ -42,9 +42,6 @@ class Transaction:
     def steps(self) -> list[Step]:
         return [Step(self.session, sql, anything) for sql in self.statements]
 
-    def script(self) -> str:
-        return "\n".join(f"{sql}; -- {self.session}" for sql in self.statements)
-
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
@@ -75,8 +72,7 @@ def outcome(result: ScenarioResult, sessions: Sequence[str]) -> Outcome:
 
 def _committed(steps: list[StepResult]) -> bool:
     # A commit in a failed transaction answers ROLLBACK, without an error.
-    return (bool(steps) and all(step.status == "ok" for step in steps)
-            and (steps[-1].command or "").upper() == "COMMIT")
+    return bool(steps) and all(step.status == "ok" for step in steps) and steps[-1].committed
 
 
 def _rows(step: StepResult) -> Any:
