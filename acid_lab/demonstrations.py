@@ -26,7 +26,7 @@ from psycopg2 import errors
 
 from acid_lab.connections import ConnectionFactory
 from acid_lab.places import PlaceKeeper
-from acid_lab.server import CrashableCluster, ServerError
+from acid_lab.server import SLOW_WAL_WRITER, CrashableCluster, ServerError
 
 ATOMICITY, CONSISTENCY, DURABILITY = "atomicity", "consistency", "durability"
 SKIPPED_WITH_DSN = "skipped: needs a server the report starts itself"
@@ -47,11 +47,6 @@ insert into accounts (id, owner, balance) values (1, 'alice', 100), (2, 'bob', 5
 BALANCES = "select balance from accounts order by id"
 OPENING_BALANCES = [100, 50]
 
-# The crash cluster's settings. A WAL writer that wakes every 10 s (not every
-# 200 ms) makes the window in which an asynchronous commit lives only in
-# memory wide enough to crash into every time; no autovacuum, so that no
-# background transaction flushes the WAL for us.
-CRASH_SETTINGS = {"wal_writer_delay": "10s", "autovacuum": "off"}
 
 
 @dataclass(frozen=True)
@@ -320,7 +315,7 @@ def show_on_crashable_server(done: Callable[[Shown], None] = lambda shown: None)
     """Run the durability demonstrations on a CrashableCluster of their own."""
     shown: list[Shown] = []
     try:
-        with CrashableCluster(settings=CRASH_SETTINGS) as cluster:
+        with CrashableCluster(settings=SLOW_WAL_WRITER) as cluster:
             for demonstration in ON_A_CRASHABLE_SERVER:
                 if not cluster.running:  # the one before failed between crash and restart
                     cluster.restart()

@@ -10,9 +10,9 @@ The tools, from the gentlest failure to the harshest:
 * ``ClientProcess`` — a real client program in a child process
   (``python -m acid_lab.client``) that runs one statement per request and
   reports after each; the test can SIGKILL it at any point and reap it.
-* ``wait_until_blocked(via, pid)`` / ``wait_until_running(via, pid)`` /
-  ``wait_for_backend_exit(via, pid)`` — bounded waits that ask the server,
-  never sleep in the client: they order a test's steps around a failure.
+* ``wait_until_blocked(via, pid)`` / ``wait_for_backend_exit(via, pid)`` —
+  bounded waits that ask the server, never sleep in the client: they order a
+  test's steps around a failure.
 
 ``via`` is always a connection of the test's own, best an autocommit one (the
 ``observer``): waits run as one server-side statement and raise
@@ -100,21 +100,6 @@ def wait_until_blocked(via, pid: int, timeout: float = WAIT_TIMEOUT) -> list[int
         return cur.fetchone()[0]
 
 
-def wait_until_running(via, pid: int, query_start: str = "",
-                       timeout: float = WAIT_TIMEOUT) -> None:
-    """Return once server process ``pid`` is executing a statement (state 'active').
-
-    ``query_start``, when given, must begin the statement's text: it tells this
-    statement apart from the one before it.
-    """
-    _wait_on_server(
-        via,
-        sql.SQL("exists (select from pg_stat_activity where pid = {} and state = 'active'"
-                " and starts_with(query, {}))").format(sql.Literal(pid),
-                                                       sql.Literal(query_start)),
-        timeout, f"server process {pid} to run {query_start or 'a statement'!r}")
-
-
 def terminate_backend(via, pid: int, timeout: float = WAIT_TIMEOUT) -> None:
     """End the server process ``pid`` from another session and wait until it is gone.
 
@@ -173,7 +158,6 @@ class ClientProcess:
         self.timeout = timeout
         self.backend_pid: int | None = None   # the server process serving this client
         self.returncode: int | None = None    # set once reaped: 0 after quit(), -9 after kill()
-        self.reports: list[StatementReport] = []
         self.stderr = ""
         self._process: subprocess.Popen | None = None
         self._buffer = b""
@@ -196,11 +180,6 @@ class ClientProcess:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    @property
-    def pid(self) -> int:
-        """The operating-system pid of the child client process."""
-        return self._process.pid
 
     @property
     def alive(self) -> bool:
@@ -237,9 +216,7 @@ class ClientProcess:
         message = self._read_message("the client's report")
         self._pending -= 1
         message.pop("event")
-        report = StatementReport(**message)
-        self.reports.append(report)
-        return report
+        return StatementReport(**message)
 
     def execute(self, statement: str) -> StatementReport:
         """Run one statement in the child and return its report (SQL errors included)."""

@@ -59,6 +59,15 @@ REPEATABLE_READ = "repeatable read"
 SERIALIZABLE = "serializable"
 LEVELS = (READ_UNCOMMITTED, READ_COMMITTED, REPEATABLE_READ, SERIALIZABLE)
 
+
+
+def begin_sql(level: str) -> str:
+    """The statement that opens a transaction at ``level``."""
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, not {level!r}")
+    return f"begin transaction isolation level {level}"
+
+
 #: Level for schedules whose SQL does its own transaction control (scripts).
 RAW = None
 
@@ -767,8 +776,7 @@ class _Run:
             why = f"before {step.session}'s next step (step {index})"
             self._await(session, why)
             if self._begins_implicitly(session):
-                begin = f"begin transaction isolation level {self.level}"
-                self._perform(session, StepResult(0, session.name, begin))
+                self._perform(session, StepResult(0, session.name, begin_sql(self.level)))
                 self._await(session, why)
             result = StepResult(index, step.session, _statement_text(step.sql))
             self.result.steps.append(result)

@@ -376,10 +376,6 @@ class Cluster:
         return self.info.dsn()
 
     @property
-    def socket_dir(self) -> Path:
-        return self.workdir.socket
-
-    @property
     def version(self) -> str:
         return self.binaries.version
 
@@ -628,6 +624,11 @@ class CrashableCluster(Cluster):
                         f"Server log:\n{self._startup_log_tail()}"
                     )
 
+
+# A WAL writer that wakes every 10 s (the longest allowed, not every 200 ms) makes
+# the window in which an asynchronous commit lives only in memory wide enough to
+# crash into every time; no autovacuum, whose commits would flush the WAL for us.
+SLOW_WAL_WRITER = {"wal_writer_delay": "10s", "autovacuum": "off"}
 
 PIDFILE_STATUS_LINE = 8  # LOCK_FILE_LINE_PM_STATUS in PostgreSQL's miscadmin.h
 READY_POLL = 0.005       # seconds between two looks at postmaster.pid while starting

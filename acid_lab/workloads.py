@@ -41,7 +41,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg2
-import psycopg2.errorcodes
 import psycopg2.extensions
 from psycopg2 import errors
 
@@ -51,10 +50,9 @@ from acid_lab.scenario import (  # noqa: F401 - the levels are part of this modu
     READ_UNCOMMITTED,
     REPEATABLE_READ,
     SERIALIZABLE,
+    begin_sql,
 )
 
-SERIALIZATION_FAILURE = psycopg2.errorcodes.SERIALIZATION_FAILURE  # "40001"
-DEADLOCK_DETECTED = psycopg2.errorcodes.DEADLOCK_DETECTED  # "40P01"
 #: What an application retries: the server gave up on the transaction, not on the data.
 RETRYABLE = (errors.SerializationFailure, errors.DeadlockDetected)
 
@@ -148,15 +146,10 @@ class Lockstep:
 class _FreeRunning:
     """The lockstep stand-in when workers run free: nobody waits for anybody."""
 
-    parties = 0
-
     def arrive_and_wait(self) -> None:
         pass
 
     def leave(self) -> None:
-        pass
-
-    def reset(self, parties: int) -> None:
         pass
 
     def abort(self, why: str) -> None:
@@ -289,13 +282,6 @@ class QueueResult(Tally):
 
 
 # -- the driver ---------------------------------------------------------------
-
-def begin_sql(level: str) -> str:
-    """The statement that opens each transaction of a workload."""
-    if level not in LEVELS:
-        raise ValueError(f"level must be one of {LEVELS}, not {level!r}")
-    return f"begin isolation level {level}"
-
 
 def run_workers(sessions: list, *, level: str, transaction: Transaction,
                 rounds: int | None = None, retry: bool = True, lockstep: bool = True,
@@ -628,5 +614,4 @@ def job_queue(connect: ConnectionSource, *, workers: int, jobs: int, claim: str 
 
 
 def _fields(tally: Tally) -> dict:
-    return {"level": tally.level, "commits": tally.commits,
-            "aborts": tally.aborts, "retries": tally.retries}
+    return {field.name: getattr(tally, field.name) for field in dataclasses.fields(Tally)}

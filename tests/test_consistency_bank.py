@@ -27,20 +27,9 @@ from hypothesis.stateful import (
 )
 from psycopg2 import errors
 
-from acid_lab.bank import Bank, audit_sums, balances, run, snapshot
-from acid_lab.schema import BANK, create
+from acid_lab.bank import Bank, audit_sums, balances, execute, snapshot
 
 pytestmark = pytest.mark.consistency
-
-
-@pytest.fixture
-def bank(observer):
-    """The bank's tables, without accounts: each example opens its own."""
-    create(observer, BANK)
-
-
-def execute(conn, statement):
-    run(conn, [(statement, None)])
 
 
 ACCOUNT_IDS = st.integers(min_value=1, max_value=4)

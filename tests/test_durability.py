@@ -65,7 +65,7 @@ from acid_lab.faults import (
     wait_until_wal_writer_sleeps,
 )
 from acid_lab.places import PlaceKeeper
-from acid_lab.server import CrashableCluster
+from acid_lab.server import SLOW_WAL_WRITER, CrashableCluster
 
 pytestmark = [pytest.mark.durability]
 
@@ -74,8 +74,6 @@ WRITERS = 4                  # threads committing at once in the load test
 CRASHES = 3                  # crashes in the load test
 COMMITS_BEFORE_CRASH = 150   # acknowledged commits between two crashes of the load test
 ASYNC_COMMITS = 10
-SLOW_WAL_WRITER = {"wal_writer_delay": "10s",  # the longest allowed: it sleeps through the test
-                   "autovacuum": "off"}         # its commits would flush the WAL for everyone
 
 
 # --------------------------------------------------------------------------- helper verbs
@@ -149,10 +147,11 @@ def engines(target, place):
 
 
 @pytest.fixture(scope="module")
-def crash_server(target):
-    """A server of this module's own (fsync on) that its tests crash and restart in turn."""
-    if not target.managed:
-        pytest.skip("crashing a server needs one the suite starts itself; --dsn is set")
+def crash_server():
+    """A server of this module's own (fsync on) that its tests crash and restart in turn.
+
+    Only tests marked own_server use it: with --dsn they are skipped before it starts.
+    """
     with CrashableCluster() as server:
         yield server
 
