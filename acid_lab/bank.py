@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from psycopg2 import sql
 
+from acid_lab.queries import execute
 from acid_lab.schema import FLEET_TABLES
 
 TRANSFER = (
@@ -40,11 +41,6 @@ def run(conn, statements: list[tuple[str, dict]]) -> None:
     with conn.cursor() as cur:
         for statement, params in statements:
             cur.execute(statement, params)
-
-
-def execute(conn, statement: str) -> None:
-    """Execute one statement without parameters."""
-    run(conn, [(statement, None)])
 
 
 def one_transaction(connect, *statements: str) -> None:

@@ -49,6 +49,7 @@ from sqlalchemy.orm import Session
 from acid_lab.bank import balances, run, seen_by_everyone, transfer_statements
 from acid_lab.faults import InjectedFailure
 from acid_lab.models import Account, AuditEntry
+from acid_lab.queries import demo_rows, execute
 
 pytestmark = pytest.mark.atomicity
 
@@ -198,16 +199,10 @@ def test_changes_queue_up_in_the_transaction_until_it_ends(connect, observer, en
                ("update test set value = 11 where id = 1", None),
                ("delete from test where id = 2", None)])
 
-    assert rows_of_test(conn) == [(1, 11), (3, 30)], "a session sees its own queued changes"
-    assert rows_of_test(observer) == [(1, 10), (2, 20)], "others see none before the end"
+    assert demo_rows(conn) == [(1, 11), (3, 30)], "a session sees its own queued changes"
+    assert demo_rows(observer) == [(1, 10), (2, 20)], "others see none before the end"
     getattr(conn, end)()
-    assert rows_of_test(observer) == after, f"atomicity: {end} decides for all three changes"
-
-
-def rows_of_test(conn):
-    with conn.cursor() as cur:
-        cur.execute("select id, value from test order by id")
-        return cur.fetchall()
+    assert demo_rows(observer) == after, f"atomicity: {end} decides for all three changes"
 
 
 @pytest.mark.usefixtures("bank")
@@ -245,7 +240,7 @@ def test_a_single_statement_is_atomic_too(observer):
     no_negative_balance; the statement fails as a whole and alice keeps 100.
     """
     with pytest.raises(errors.CheckViolation):
-        run(observer, [("update accounts set balance = balance - 60", None)])
+        execute(observer, "update accounts set balance = balance - 60")
 
     assert balances(observer) == {1: 100, 2: 50}, "atomicity: a statement is all or nothing"
 
@@ -283,10 +278,10 @@ def test_an_error_inside_a_savepoint_spares_the_rest_of_the_transaction(connect,
     conn = connect()
     statements = transfer_statements()
     run(conn, statements[:2])
-    run(conn, [("savepoint audit", None)])
+    execute(conn, "savepoint audit")
     with pytest.raises(errors.ForeignKeyViolation):
-        run(conn, [("insert into audit (account_id, delta) values (99, -30)", None)])
-    run(conn, [("rollback to savepoint audit", None)])
+        execute(conn, "insert into audit (account_id, delta) values (99, -30)")
+    execute(conn, "rollback to savepoint audit")
     run(conn, statements[2:])
     conn.commit()
 
@@ -331,9 +326,9 @@ def test_after_an_error_the_transaction_refuses_every_statement(connect, next_st
         run(conn, transfer_statements(amount=150)[:1])
 
     with pytest.raises(errors.InFailedSqlTransaction):
-        run(conn, [(next_statement, None)])
+        execute(conn, next_statement)
     conn.rollback()
-    run(conn, [("select 1", None)])
+    execute(conn, "select 1")
 
 
 @pytest.mark.usefixtures("bank")
@@ -346,7 +341,7 @@ def test_commit_of_a_failed_transaction_rolls_back(connect, observer):
     conn = connect(autocommit=True)  # transaction control by SQL statements
     run(conn, [("begin", None), transfer_statements()[0]])
     with pytest.raises(errors.ForeignKeyViolation):
-        run(conn, [("insert into audit (account_id, delta) values (99, 30)", None)])
+        execute(conn, "insert into audit (account_id, delta) values (99, 30)")
 
     with conn.cursor() as cur:
         cur.execute("commit")
@@ -365,7 +360,7 @@ def test_psycopg2_commit_of_a_failed_transaction_rolls_back_quietly(connect, obs
     conn = connect()
     run(conn, transfer_statements()[:1])
     with pytest.raises(errors.ForeignKeyViolation):
-        run(conn, [("insert into audit (account_id, delta) values (99, 30)", None)])
+        execute(conn, "insert into audit (account_id, delta) values (99, 30)")
 
     conn.commit()
     assert seen_by_everyone(observer) == UNTOUCHED, "atomicity: commit() after an error is void"

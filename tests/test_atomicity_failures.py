@@ -38,6 +38,7 @@ from acid_lab.faults import (
     wait_for_backend_exit,
     wait_until_blocked,
 )
+from acid_lab.queries import execute
 
 pytestmark = pytest.mark.atomicity
 
@@ -120,7 +121,7 @@ def test_a_statement_cancelled_by_statement_timeout_undoes_the_transfer(connect,
     the statements before it included.
     """
     holder = connect()
-    run(holder, [(lock, None)])
+    execute(holder, lock)
     conn = connect()
 
     with pytest.raises(errors.QueryCanceled), conn:
@@ -174,7 +175,7 @@ def test_a_killed_client_process_commits_nothing(connect, observer, done, killed
         reports = client.run(["begin", *statements[:done]])
         assert all(report.ok for report in reports), reports
         if killed_while_waiting:
-            run(holder, [("select from accounts where id = 2 for update", None)])
+            execute(holder, "select from accounts where id = 2 for update")
             client.send(statements[done])
             assert wait_until_blocked(observer, client.backend_pid) == [holder.info.backend_pid]
         assert client.kill() == -signal.SIGKILL, "the client died at once, mid-transaction"
@@ -199,7 +200,7 @@ def test_a_deadlock_victim_loses_its_whole_transaction(connect, observer):
                      *as_literal_sql(observer, transfer_statements(1, 2, 30))]
     t2 = connect()
     try:
-        run(t2, [("set local deadlock_timeout = '10ms'", None)])
+        execute(t2, "set local deadlock_timeout = '10ms'")
     except errors.InsufficientPrivilege:
         pytest.skip("choosing the deadlock victim needs a superuser (deadlock_timeout)")
     with ClientProcess(connect.dsn()) as t1:
@@ -278,7 +279,7 @@ def test_a_transaction_is_all_or_nothing_for_any_operations(connect, observer, o
     database refused), everyone sees the bank exactly as before; otherwise
     exactly as after every operation. Never anything in between.
     """
-    run(observer, [(RESET, None)])
+    execute(observer, RESET)
     statements = [s for operation in operations_ for s in statements_of(operation)]
     fail_at = None if failure is None else min(failure[1], len(statements))
     conn = connect()
@@ -311,9 +312,9 @@ def inject(failure, conn, observer):
     if failure == "application raises":
         raise InjectedFailure("the application fails mid-transaction")
     if failure == "statement breaks a rule":
-        run(conn, [("update accounts set balance = -1 where id = 1", None)])
+        execute(conn, "update accounts set balance = -1 where id = 1")
     if failure == "server process terminated":
         terminate_backend(observer, conn.info.backend_pid)
-        run(conn, [("select 1", None)])
+        execute(conn, "select 1")
     raise AssertionError(f"{failure} did not fail")
 

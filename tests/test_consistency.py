@@ -40,8 +40,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from acid_lab.bank import balances, execute, fleet_rows, one_transaction, snapshot
+from acid_lab.bank import balances, fleet_rows, one_transaction, snapshot
 from acid_lab.models import Account, Base, Driver, Vehicle
+from acid_lab.queries import execute
 
 pytestmark = pytest.mark.consistency
 

@@ -27,7 +27,8 @@ from hypothesis.stateful import (
 )
 from psycopg2 import errors
 
-from acid_lab.bank import Bank, audit_sums, balances, execute, snapshot
+from acid_lab.bank import Bank, audit_sums, balances, snapshot
+from acid_lab.queries import execute
 
 pytestmark = pytest.mark.consistency
 

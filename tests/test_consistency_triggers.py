@@ -20,7 +20,8 @@ import pytest
 from psycopg2 import IntegrityError as Psycopg2IntegrityError
 from psycopg2 import errors
 
-from acid_lab.bank import balances, execute, fleet_rows, one_transaction, snapshot
+from acid_lab.bank import balances, fleet_rows, one_transaction, snapshot
+from acid_lab.queries import execute
 from acid_lab.schema import (
     BANK_AUDIT_TRIGGER,
     FUTURE_INSPECTION_SQLSTATE,

@@ -65,6 +65,7 @@ from acid_lab.faults import (
     wait_until_wal_writer_sleeps,
 )
 from acid_lab.places import PlaceKeeper
+from acid_lab.queries import demo_rows, execute, one
 from acid_lab.server import SLOW_WAL_WRITER, CrashableCluster
 
 pytestmark = [pytest.mark.durability]
@@ -77,23 +78,6 @@ ASYNC_COMMITS = 10
 
 
 # --------------------------------------------------------------------------- helper verbs
-
-
-def execute(conn, query, params=None):
-    with conn.cursor() as cur:
-        cur.execute(query, params)
-
-
-def one(conn, query, params=None):
-    with conn.cursor() as cur:
-        cur.execute(query, params)
-        return cur.fetchone()[0]
-
-
-def demo_table(conn) -> list[tuple[int, int]]:
-    with conn.cursor() as cur:
-        cur.execute("select id, value from test order by id")
-        return cur.fetchall()
 
 
 def ids_in(conn, table: str) -> list[int]:
@@ -206,7 +190,7 @@ def test_a_killed_connection_keeps_its_commits_and_loses_its_open_transaction(co
 
     with pytest.raises(CONNECTION_LOST):
         execute(session, "select 1")
-    assert demo_table(connect()) == [(1, 11), (2, 20), (3, 30)], (
+    assert demo_rows(connect()) == [(1, 11), (2, 20), (3, 30)], (
         "durability: the commit made before the kill must survive it; "
         "atomicity: the transaction open at the kill must vanish entirely")
 
@@ -233,7 +217,7 @@ def test_sqlalchemy_invalidates_a_connection_killed_inside_a_transaction(engines
 
     with engine.begin() as conn:
         conn.execute(text("insert into test values (5, 50)"))
-    assert demo_table(observer) == [*DEMO_ROWS, (3, 30), (5, 50)], (
+    assert demo_rows(observer) == [*DEMO_ROWS, (3, 30), (5, 50)], (
         "durability: commits before and after the kill stay; the killed transaction's row 4 "
         "is gone")
 
@@ -298,7 +282,7 @@ def test_a_killed_client_process(connect, observer, statements, status, rows_aft
     wait_for_backend_exit(observer, client.backend_pid)
 
     assert xact_status(observer, xid) == status, "what became of the client's transaction"
-    assert demo_table(observer) == rows_after, (
+    assert demo_rows(observer) == rows_after, (
         "durability keeps what was committed; a killed client's open transaction is rolled back")
 
 
@@ -333,7 +317,7 @@ def test_a_crash_keeps_committed_transactions_and_aborts_the_one_in_flight(crash
         in recovery, f"the server must notice the crash:\n{recovery}"
     assert "redo starts at" in recovery, f"the server must replay the WAL:\n{recovery}"
     after = crash_place(autocommit=True)
-    assert demo_table(after) == [(1, 11), (2, 20), (3, 30)], (
+    assert demo_rows(after) == [(1, 11), (2, 20), (3, 30)], (
         "durability: the committed transaction survives the crash, the one in flight does not")
     assert (xact_status(after, t2_xid), xact_status(after, t1_xid)) == ("committed", "aborted"), (
         "recovery: a transaction with a commit record is committed, one without is aborted")
@@ -354,16 +338,16 @@ def test_a_prepared_transaction_survives_a_crash(crash_server, crash_place):
     execute(session, "update test set value = 11 where id = 1")
     execute(session, "insert into test values (3, 30)")
     execute(session, f"prepare transaction '{gid}'")
-    assert demo_table(session) == DEMO_ROWS, "a prepared transaction is not committed yet"
+    assert demo_rows(session) == DEMO_ROWS, "a prepared transaction is not committed yet"
 
     crash_and_restart(crash_server)
 
     after = crash_place(autocommit=True)
     assert one(after, "select count(*) from pg_prepared_xacts where gid = %s", (gid,)) == 1, (
         "durability: the prepared transaction must survive the crash")
-    assert demo_table(after) == DEMO_ROWS, "still prepared, still invisible"
+    assert demo_rows(after) == DEMO_ROWS, "still prepared, still invisible"
     execute(after, f"commit prepared '{gid}'")
-    assert demo_table(after) == [(1, 11), (2, 20), (3, 30)], (
+    assert demo_rows(after) == [(1, 11), (2, 20), (3, 30)], (
         "COMMIT PREPARED after the crash must commit everything the transaction did")
 
 

@@ -17,21 +17,10 @@ import psycopg2
 import pytest
 from psycopg2 import errors
 
+from acid_lab.queries import one, rows
 from acid_lab.target import own_database
 
 pytestmark = pytest.mark.foundation
-
-
-def one(conn, query, params=None):
-    with conn.cursor() as cur:
-        cur.execute(query, params)
-        return cur.fetchone()[0]
-
-
-def rows(conn, query, params=None):
-    with conn.cursor() as cur:
-        cur.execute(query, params)
-        return cur.fetchall()
 
 
 def test_each_connection_is_a_session_with_its_own_server_process(connect):

@@ -43,6 +43,7 @@ from sqlalchemy import NullPool, select
 
 from acid_lab.connections import sqlalchemy_url
 from acid_lab.faults import terminate_backend
+from acid_lab.queries import execute, rows
 from acid_lab.webapp import (
     HOOK_TIMEOUT,
     Parking,
@@ -90,33 +91,22 @@ def app_name(place):
     return f"acid_lab_webapp_{place}"
 
 
-def query(observer, sql, params=None):
-    with observer.cursor() as cur:
-        cur.execute(sql, params)
-        return cur.fetchall()
-
-
-def execute(observer, sql, params=None):
-    with observer.cursor() as cur:
-        cur.execute(sql, params)
-
-
 def put_stock(observer, item, quantity):
     execute(observer, "insert into stock (item, quantity) values (%s, %s)", (item, quantity))
 
 
 def stock_of(observer, item):
-    return query(observer, "select quantity from stock where item = %s", (item,))[0][0]
+    return rows(observer, "select quantity from stock where item = %s", (item,))[0][0]
 
 
 def server_sessions_of(observer, place):
-    return query(observer, "select count(*) from pg_stat_activity where application_name = %s",
+    return rows(observer, "select count(*) from pg_stat_activity where application_name = %s",
                  (app_name(place),))[0][0]
 
 
 def everything(observer):
     """Every row of the shop's tables, as the rest of the world sees them."""
-    return [query(observer, f"select * from {table} order by 1")
+    return [rows(observer, f"select * from {table} order by 1")
             for table in ("drivers", "vehicles", "stock")]
 
 
@@ -151,9 +141,9 @@ def test_a_request_that_fails_halfway_leaves_nothing_behind(make_app, observer):
 
     failed = client.post("/drivers", json={"name": "Ada", "vehicles": [
         {"plate": "AB-1", "seats": 4}, {"plate": "AB-2", "seats": 2}]})
-    left_behind = query(observer, "select (select count(*) from drivers),"
+    left_behind = rows(observer, "select (select count(*) from drivers),"
                                   " (select count(*) from vehicles)")[0]
-    worker_state = query(observer, "select state from pg_stat_activity where pid = %s",
+    worker_state = rows(observer, "select state from pg_stat_activity where pid = %s",
                          (worker_pid,))
     app.config["FAIL_AFTER_WRITES"] = None
     following = client.post("/drivers", json={"name": "Grace", "vehicles": [
@@ -321,7 +311,7 @@ def test_a_request_goes_web_client_web_server_database_server(make_app, observer
     app = make_app()
     response = app.test_client().get("/session")
     session = response.json
-    seen_by_server = query(observer, "select application_name, backend_type, client_addr"
+    seen_by_server = rows(observer, "select application_name, backend_type, client_addr"
                                      " from pg_stat_activity where pid = %s",
                            (session["backend_pid"],))
 

@@ -1,0 +1,26 @@
+"""Tiny verbs for a test body: run a statement, read one value, read the rows."""
+
+
+def execute(conn, query: str, params=None) -> None:
+    """Run one statement (no result wanted)."""
+    with conn.cursor() as cur:
+        cur.execute(query, params)
+
+
+def one(conn, query: str, params=None):
+    """The first column of the first row."""
+    with conn.cursor() as cur:
+        cur.execute(query, params)
+        return cur.fetchone()[0]
+
+
+def rows(conn, query: str, params=None) -> list[tuple]:
+    """Every row, as tuples."""
+    with conn.cursor() as cur:
+        cur.execute(query, params)
+        return cur.fetchall()
+
+
+def demo_rows(conn) -> list[tuple]:
+    """Hermitage's table ``test`` as (id, value) pairs, by id."""
+    return rows(conn, "select id, value from test order by id")
