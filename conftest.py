@@ -147,6 +147,16 @@ def run(scenario_sessions, place):
 
 
 @pytest.fixture
+def deadlock_timeout_settable(observer):
+    """Skip unless this login may set deadlock_timeout, which picks a deadlock's victim."""
+    try:
+        with observer.cursor() as cur:
+            cur.execute("set deadlock_timeout = '1s'; reset deadlock_timeout")
+    except psycopg2.errors.InsufficientPrivilege:
+        pytest.skip("setting deadlock_timeout needs a superuser (or GRANT SET) on this server")
+
+
+@pytest.fixture
 def fresh_database(target):
     """A whole database of this test's own (empty), dropped afterwards."""
     with own_database(target.info, prefix="acid_lab_test") as info:

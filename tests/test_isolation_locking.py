@@ -45,16 +45,6 @@ READ_ROW_1 = "select value from test where id = 1"
 LOCK_ROW_1 = "select value from test where id = 1 for update"
 
 
-@pytest.fixture
-def deadlock_timeout_settable(observer):
-    """Skip unless this login may set deadlock_timeout (a superuser setting)."""
-    try:
-        with observer.cursor() as cur:
-            cur.execute("set deadlock_timeout = '1s'; reset deadlock_timeout")
-    except errors.InsufficientPrivilege:
-        pytest.skip("setting deadlock_timeout needs a superuser (or GRANT SET) on this server")
-
-
 @pytest.mark.parametrize("read, t2_read, t2_write, row_1", [
     pytest.param(LOCK_ROW_1, blocks(then=sees(11)), "update test set value = 12 where id = 1", 12,
                  id="select for update: T2 waits, reads 11, writes 12"),

@@ -290,16 +290,13 @@ def test_raw_schedules_do_their_own_transaction_control(run):
     assert result.transcript == "show transaction_isolation; -- T1. Shows 'read committed'"
 
 
-def test_a_deadlock_aborts_one_session_with_40P01(run, observer):
+@pytest.mark.usefixtures("deadlock_timeout_settable")
+def test_a_deadlock_aborts_one_session_with_40P01(run):
     """Scenario: T1 and T2 lock rows 1 and 2 in opposite orders; T2 has the short deadlock_timeout.
 
     Outcome: both wait; T2's deadlock check fails it with DeadlockDetected,
     and T1 gets its lock.
     """
-    with observer.cursor() as cur:
-        cur.execute("select rolsuper from pg_roles where rolname = current_user")
-        if not cur.fetchone()[0]:
-            pytest.skip("setting deadlock_timeout needs a superuser")
     run(READ_COMMITTED, [
         (T1, "set local deadlock_timeout = '10s'"),
         (T2, "set local deadlock_timeout = '100ms'"),
