@@ -12,13 +12,13 @@ import psycopg2
 import pytest
 from hypothesis import HealthCheck, settings
 
-from acid_lab.bank import fleet_rows
-from acid_lab.connections import make_engine
-from acid_lab.places import PlaceKeeper
-from acid_lab.scenario import ScenarioRunner
-from acid_lab.schema import BANK, BANK_ACCOUNTS, DRIVERS, DRIVERS_ROWS, create
-from acid_lab.server import ServerError, find_binaries, server_account
-from acid_lab.target import check_reachable, open_target, own_database, parse_dsn
+from acid_lab.engine.scenario import ScenarioRunner
+from acid_lab.lessons.bank import fleet_rows
+from acid_lab.lessons.schema import BANK, BANK_ACCOUNTS, DRIVERS, DRIVERS_ROWS, create
+from acid_lab.servers.connections import make_engine
+from acid_lab.servers.places import PlaceKeeper
+from acid_lab.servers.server import ServerError, find_binaries, server_account
+from acid_lab.servers.target import check_reachable, open_target, own_database, parse_dsn
 
 CHAPTERS = ("atomicity", "consistency", "isolation", "durability", "foundation", "engine")
 

@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_command(rest)
     if command == "report":
-        from acid_lab.report import report_command
+        from acid_lab.report.console import report_command
 
         return report_command(rest)
     print(f"unknown command {command!r}\n{USAGE}", end="", file=sys.stderr)

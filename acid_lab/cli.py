@@ -1,6 +1,6 @@
 """``python -m acid_lab run FILE.sql [FILE2.sql ...] [--dsn DSN] [--json]``.
 
-Runs annotated SQL scripts (see :mod:`acid_lab.script`) and prints what
+Runs annotated SQL scripts (see :mod:`acid_lab.engine.script`) and prints what
 happened, in Hermitage's notation or, with ``--json``, as one JSON object::
 
     {"server_version": "15.18",
@@ -31,8 +31,7 @@ from typing import Any, TextIO
 import psycopg2
 import psycopg2.extensions
 
-from acid_lab.places import PlaceKeeper
-from acid_lab.scenario import (
+from acid_lab.engine.scenario import (
     DEFAULT_TIMEOUT,
     RAW,
     ScenarioError,
@@ -41,7 +40,8 @@ from acid_lab.scenario import (
     StepResult,
     require_blocked_check,
 )
-from acid_lab.script import Script, ScriptError, load_script
+from acid_lab.engine.script import Script, ScriptError, load_script
+from acid_lab.servers.places import PlaceKeeper
 
 EXIT_OK, EXIT_STUCK, EXIT_UNPARSABLE = 0, 1, 2
 CONNECT_TIMEOUT = 10
@@ -147,7 +147,7 @@ def _server(dsn: str | None) -> Iterator[str]:
     if dsn:
         yield dsn
         return
-    from acid_lab.server import Cluster, ServerError
+    from acid_lab.servers.server import Cluster, ServerError
 
     try:
         with Cluster() as cluster:
@@ -181,7 +181,7 @@ def _admin_connection(dsn: str) -> psycopg2.extensions.connection:
 
 def _check_server(dsn: str) -> str:
     """The server's version ("15.18"), if it can run scripts at all."""
-    from acid_lab.server import server_version
+    from acid_lab.servers.server import server_version
     conn = _admin_connection(dsn)
     try:
         try:

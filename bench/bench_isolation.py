@@ -3,7 +3,7 @@
     python bench/bench_isolation.py [--dsn DSN] [--rounds N] [--chapter-runs N] [--no-chapter]
 
 1. Exhaustive mode: all merges of two 3-step transactions (20 merges) are run
-   at serializable with ``acid_lab.interleavings.Interleaver.explore`` on one
+   at serializable with ``acid_lab.engine.interleavings.Interleaver.explore`` on one
    warm ``ScenarioRunner``: the probes that find out which sessions block, then
    every valid merge. Printed: valid interleavings per second (and schedules
    sent per second, probes included), median of N rounds, for a race without
@@ -26,12 +26,12 @@ from pathlib import Path
 
 import psycopg2
 
-from acid_lab.catalog import RESTORE_HERMITAGE
-from acid_lab.connections import search_path_option
-from acid_lab.interleavings import Interleaver
-from acid_lab.places import PlaceKeeper
-from acid_lab.scenario import SERIALIZABLE, ScenarioRunner
-from acid_lab.serializability import FINAL_STATE, LOST_UPDATE, WRITE_SKEW
+from acid_lab.checkers.serializability import FINAL_STATE, LOST_UPDATE, WRITE_SKEW
+from acid_lab.engine.interleavings import Interleaver
+from acid_lab.engine.scenario import SERIALIZABLE, ScenarioRunner
+from acid_lab.lessons.catalog import RESTORE_HERMITAGE
+from acid_lab.servers.connections import search_path_option
+from acid_lab.servers.places import PlaceKeeper
 
 REPO = Path(__file__).resolve().parent.parent
 CHAPTER_BUDGET_S = 15.0
@@ -44,7 +44,7 @@ def hermitage_place(dsn: str | None):
     """A DSN whose search_path is a fresh schema holding Hermitage's table."""
     with contextlib.ExitStack() as stack:
         if dsn is None:
-            from acid_lab.server import Cluster
+            from acid_lab.servers.server import Cluster
 
             dsn = stack.enter_context(Cluster()).dsn
         keeper = PlaceKeeper(psycopg2.connect(dsn))

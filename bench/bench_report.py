@@ -16,8 +16,8 @@ import subprocess
 import sys
 import time
 
-from acid_lab.report import observe_matrix
-from acid_lab.target import open_target
+from acid_lab.report.build import observe_matrix
+from acid_lab.servers.target import open_target
 
 
 def cells(observations) -> dict:

@@ -29,8 +29,7 @@ import time
 import psycopg2
 from psycopg2 import sql
 
-from acid_lab.places import new_schema_name
-from acid_lab.scenario import (
+from acid_lab.engine.scenario import (
     REPEATABLE_READ,
     T1,
     T2,
@@ -40,6 +39,7 @@ from acid_lab.scenario import (
     run_scenario,
     sees,
 )
+from acid_lab.servers.places import new_schema_name
 
 TARGET_MS = 15.0
 
@@ -60,7 +60,7 @@ def bench_place(dsn: str | None):
     """A DSN whose search_path starts at a fresh schema holding the test table."""
     with contextlib.ExitStack() as stack:
         if dsn is None:
-            from acid_lab.server import Cluster
+            from acid_lab.servers.server import Cluster
 
             dsn = stack.enter_context(Cluster()).dsn
         admin = psycopg2.connect(dsn)

@@ -18,9 +18,9 @@ import time
 import psycopg2
 from psycopg2 import sql
 
-from acid_lab.places import PlaceKeeper
-from acid_lab.schema import HERMITAGE
-from acid_lab.server import Cluster
+from acid_lab.lessons.schema import HERMITAGE
+from acid_lab.servers.places import PlaceKeeper
+from acid_lab.servers.server import Cluster
 
 
 def ms(seconds: float) -> float:

@@ -1,7 +1,7 @@
 """Atomicity: all of a transaction, or none of it.
 
 **The promise.** A transaction bundles statements into one unit of work. Moving
-30 from alice to bob is four statements (``acid_lab.bank.TRANSFER``)::
+30 from alice to bob is four statements (``acid_lab.lessons.bank.TRANSFER``)::
 
     update accounts set balance = balance - 30 where id = 1   -- debit alice
     update accounts set balance = balance + 30 where id = 2   -- credit bob
@@ -31,7 +31,7 @@ COMMIT then answers ROLLBACK. Savepoints (subtransactions) give smaller units
 inside. DDL is transactional too: CREATE, ALTER and DROP TABLE roll back with
 the rest.
 
-Every test below runs the bank of ``acid_lab.schema.BANK``: alice (account 1)
+Every test below runs the bank of ``acid_lab.lessons.schema.BANK``: alice (account 1)
 has 100, bob (account 2) has 50, the audit trail is empty. ``observer`` is the
 session that stands for everyone else. ``test_atomicity_failures.py`` goes on
 with transactions that die halfway: exceptions, broken rules, timeouts, killed
@@ -46,10 +46,10 @@ from sqlalchemy import insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from acid_lab.bank import balances, run, seen_by_everyone, transfer_statements
-from acid_lab.faults import InjectedFailure
-from acid_lab.models import Account, AuditEntry
-from acid_lab.queries import demo_rows, execute
+from acid_lab.lessons.bank import balances, run, seen_by_everyone, transfer_statements
+from acid_lab.lessons.faults import InjectedFailure
+from acid_lab.lessons.models import Account, AuditEntry
+from acid_lab.lessons.queries import demo_rows, execute
 
 pytestmark = pytest.mark.atomicity
 

@@ -2,7 +2,7 @@
 
 The chapter's opening (``test_atomicity.py``) shows commit and rollback when
 everything goes to plan. Here the transfer of 30 from alice to bob
-(``acid_lab.bank.TRANSFER``: debit, credit, two audit rows) is interrupted
+(``acid_lab.lessons.bank.TRANSFER``: debit, credit, two audit rows) is interrupted
 at every point by the ways transactions really die:
 
 * the application raises an exception between two statements;
@@ -18,8 +18,8 @@ transaction whose session has died is rolled back by the server itself -- no
 client has to be alive to clean up. A property test then lets Hypothesis
 choose the operations and the point of failure.
 
-The failures are injected with ``acid_lab.faults``; the bank is
-``acid_lab.schema.BANK``: alice (account 1) has 100, bob (account 2) has 50.
+The failures are injected with ``acid_lab.lessons.faults``; the bank is
+``acid_lab.lessons.schema.BANK``: alice (account 1) has 100, bob (account 2) has 50.
 """
 
 import signal
@@ -29,8 +29,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from psycopg2 import errors
 
-from acid_lab.bank import audit_sums, balances, run, seen_by_everyone, transfer_statements
-from acid_lab.faults import (
+from acid_lab.lessons.bank import audit_sums, balances, run, seen_by_everyone, transfer_statements
+from acid_lab.lessons.faults import (
     CONNECTION_LOST,
     ClientProcess,
     InjectedFailure,
@@ -38,7 +38,7 @@ from acid_lab.faults import (
     wait_for_backend_exit,
     wait_until_blocked,
 )
-from acid_lab.queries import execute
+from acid_lab.lessons.queries import execute
 
 pytestmark = pytest.mark.atomicity
 

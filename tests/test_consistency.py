@@ -25,7 +25,7 @@ get there. Consistency in the larger sense -- money is neither created nor
 destroyed by a transfer -- is the transactions' job; the database's rules and
 atomicity make sure a broken transaction cannot leave its mark.
 
-The demo schemas are in ``acid_lab.schema``: the course notes' ``drivers`` and
+The demo schemas are in ``acid_lab.lessons.schema``: the course notes' ``drivers`` and
 ``vehicles`` (a vehicle's ``driver_id`` references a driver) with
 ``inspections`` (composite key) and ``bookings`` (EXCLUDE); and the bank
 (``accounts`` with CHECK balance >= 0, ``audit``). ``observer`` is the session
@@ -40,9 +40,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from acid_lab.bank import balances, fleet_rows, one_transaction, snapshot
-from acid_lab.models import Account, Base, Driver, Vehicle
-from acid_lab.queries import execute
+from acid_lab.lessons.bank import balances, fleet_rows, one_transaction, snapshot
+from acid_lab.lessons.models import Account, Base, Driver, Vehicle
+from acid_lab.lessons.queries import execute
 
 pytestmark = pytest.mark.consistency
 
@@ -313,7 +313,7 @@ def orm_fleet(engine, observer):
 ])
 def test_the_orm_session_catches_a_violation_and_rolls_back(orm_fleet, engine, observer,
                                                             change, error):
-    """Scenario: models declared the Flask-SQLAlchemy way (``acid_lab.models``); a session
+    """Scenario: models declared the Flask-SQLAlchemy way (``acid_lab.lessons.models``); a session
     makes a change that breaks a rule and commits.
 
     Outcome: the database refuses it; SQLAlchemy raises IntegrityError whose

@@ -11,8 +11,8 @@ withdrawals, each balance equals the sum of its audit rows, and a refused
 operation changed nothing. When one fails, Hypothesis shrinks the history to
 the shortest that breaks it.
 
-Every operation is one transaction of ``acid_lab.bank.Bank``; the rules are
-the database's (schema ``acid_lab.schema.BANK``), not the Python code's.
+Every operation is one transaction of ``acid_lab.lessons.bank.Bank``; the rules are
+the database's (schema ``acid_lab.lessons.schema.BANK``), not the Python code's.
 """
 
 import pytest
@@ -27,8 +27,8 @@ from hypothesis.stateful import (
 )
 from psycopg2 import errors
 
-from acid_lab.bank import Bank, audit_sums, balances, snapshot
-from acid_lab.queries import execute
+from acid_lab.lessons.bank import Bank, audit_sums, balances, snapshot
+from acid_lab.lessons.queries import execute
 
 pytestmark = pytest.mark.consistency
 

@@ -13,16 +13,16 @@ an INSERT, UPDATE or DELETE touches:
 * a constraint trigger DEFERRABLE INITIALLY DEFERRED runs at COMMIT, when the
   transaction's rows are all in place, and can refuse the whole transaction.
 
-The schemas are ``acid_lab.schema``'s: drivers and vehicles, and the bank.
+The schemas are ``acid_lab.lessons.schema``'s: drivers and vehicles, and the bank.
 """
 
 import pytest
 from psycopg2 import IntegrityError as Psycopg2IntegrityError
 from psycopg2 import errors
 
-from acid_lab.bank import balances, fleet_rows, one_transaction, snapshot
-from acid_lab.queries import execute
-from acid_lab.schema import (
+from acid_lab.lessons.bank import balances, fleet_rows, one_transaction, snapshot
+from acid_lab.lessons.queries import execute
+from acid_lab.lessons.schema import (
     BANK_AUDIT_TRIGGER,
     FUTURE_INSPECTION_SQLSTATE,
     INSPECTION_DATE_TRIGGER,

@@ -55,8 +55,7 @@ import pytest
 import sqlalchemy.exc
 from sqlalchemy import text
 
-from acid_lab.connections import ConnectionFactory, make_engine
-from acid_lab.faults import (
+from acid_lab.lessons.faults import (
     CONNECTION_LOST,
     AcknowledgedWriters,
     ClientProcess,
@@ -64,9 +63,10 @@ from acid_lab.faults import (
     wait_for_backend_exit,
     wait_until_wal_writer_sleeps,
 )
-from acid_lab.places import PlaceKeeper
-from acid_lab.queries import demo_rows, execute, one
-from acid_lab.server import SLOW_WAL_WRITER, CrashableCluster
+from acid_lab.lessons.queries import demo_rows, execute, one
+from acid_lab.servers.connections import ConnectionFactory, make_engine
+from acid_lab.servers.places import PlaceKeeper
+from acid_lab.servers.server import SLOW_WAL_WRITER, CrashableCluster
 
 pytestmark = [pytest.mark.durability]
 

@@ -17,8 +17,8 @@ import psycopg2
 import pytest
 from psycopg2 import errors
 
-from acid_lab.queries import one, rows
-from acid_lab.target import own_database
+from acid_lab.lessons.queries import one, rows
+from acid_lab.servers.target import own_database
 
 pytestmark = pytest.mark.foundation
 

@@ -21,7 +21,7 @@ on the row lock. Read uncommitted is accepted and runs as read committed:
 PostgreSQL never shows uncommitted data.
 
 Every test below is one scenario of Kleppmann's Hermitage, run live at the
-four levels. The schedules live in ``acid_lab.catalog`` and are the ones the
+four levels. The schedules live in ``acid_lab.lessons.catalog`` and are the ones the
 ACID report runs; the tables below hold what each level must show, step by
 step, and whether the anomaly happened. The table is always Hermitage's
 ``test(id, value) = (1, 10), (2, 20)``.
@@ -30,7 +30,17 @@ step, and whether the anomaly happened. The table is always Hermitage's
 import pytest
 from psycopg2.errors import InFailedSqlTransaction, SerializationFailure
 
-from acid_lab.catalog import (
+from acid_lab.engine.scenario import (
+    READ_COMMITTED,
+    READ_UNCOMMITTED,
+    REPEATABLE_READ,
+    SERIALIZABLE,
+    aborts,
+    blocks,
+    sees,
+    succeeds,
+)
+from acid_lab.lessons.catalog import (
     G0,
     G1A,
     G1B,
@@ -51,16 +61,6 @@ from acid_lab.catalog import (
     READ_ONLY_DEFERRABLE,
     RESTORE_HERMITAGE,
     observe,
-)
-from acid_lab.scenario import (
-    READ_COMMITTED,
-    READ_UNCOMMITTED,
-    REPEATABLE_READ,
-    SERIALIZABLE,
-    aborts,
-    blocks,
-    sees,
-    succeeds,
 )
 
 pytestmark = pytest.mark.isolation

@@ -26,8 +26,8 @@ the transactions:
 import pytest
 from psycopg2 import errors
 
-from acid_lab import workloads
-from acid_lab.scenario import (
+from acid_lab.engine import workloads
+from acid_lab.engine.scenario import (
     OBSERVER,
     READ_COMMITTED,
     T1,
@@ -37,7 +37,7 @@ from acid_lab.scenario import (
     sees,
     succeeds,
 )
-from acid_lab.workloads import NO_LOCK, SKIP_LOCKED
+from acid_lab.engine.workloads import NO_LOCK, SKIP_LOCKED
 
 pytestmark = pytest.mark.isolation
 

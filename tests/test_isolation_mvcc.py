@@ -20,7 +20,7 @@ as the contrast. Whether a session waited is the server's answer, not a timer's.
 
 import pytest
 
-from acid_lab.scenario import (
+from acid_lab.engine.scenario import (
     OBSERVER,
     READ_COMMITTED,
     REPEATABLE_READ,

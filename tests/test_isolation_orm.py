@@ -27,7 +27,7 @@ from sqlalchemy import event, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from acid_lab.workloads import DEFAULT_TIMEOUT, blocked_or_done
+from acid_lab.engine.workloads import DEFAULT_TIMEOUT, blocked_or_done
 
 pytestmark = pytest.mark.isolation
 

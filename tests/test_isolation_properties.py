@@ -18,22 +18,22 @@ A merge in which a session's step is due while that session is still blocked
 cannot happen (its client is waiting for the server); like the isolation
 tester, we count such a merge as invalid and do not run it. Hypothesis's
 orders are run as two real clients would: a blocked session's next steps wait
-until it is unblocked (``acid_lab.interleavings``).
+until it is unblocked (``acid_lab.engine.interleavings``).
 """
 
 import pytest
 from hypothesis import Phase, find, given, settings
 from hypothesis import strategies as st
 
-from acid_lab.catalog import RESTORE_HERMITAGE
-from acid_lab.scenario import (
+from acid_lab.checkers.serializability import LOST_UPDATE, PHANTOM, WRITE_SKEW, Referee, Transaction
+from acid_lab.engine.scenario import (
     READ_COMMITTED,
     REPEATABLE_READ,
     SERIALIZABLE,
     T1,
     T2,
 )
-from acid_lab.serializability import LOST_UPDATE, PHANTOM, WRITE_SKEW, Referee, Transaction
+from acid_lab.lessons.catalog import RESTORE_HERMITAGE
 
 pytestmark = pytest.mark.isolation
 

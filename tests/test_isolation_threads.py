@@ -23,8 +23,8 @@ with ``-s`` to see them.
 
 import pytest
 
-from acid_lab import workloads
-from acid_lab.workloads import (
+from acid_lab.engine import workloads
+from acid_lab.engine.workloads import (
     ATOMIC_UPDATE,
     LOCKING_READ,
     READ_COMMITTED,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from acid_lab.guard import wait_for_exit
+from acid_lab.servers.guard import wait_for_exit
 
 pytestmark = [pytest.mark.foundation, pytest.mark.own_server]
 

@@ -4,7 +4,7 @@ The report is the suite's summary for people who will not read the tests: one
 command that shows what *this* PostgreSQL guarantees, the way Hermitage's
 summary table does -- but every cell observed live, by running the anomaly's
 schedule at that isolation level just now (the same schedules the isolation
-tests run, from ``acid_lab.catalog``), and one line per atomicity,
+tests run, from ``acid_lab.lessons.catalog``), and one line per atomicity,
 consistency and durability demonstration with what it observed.
 
 These tests hold it to what DESIGN.md promises: the ``--json`` shape, the
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import port_for
 import pytest
 
-from acid_lab.report import report_command
-from acid_lab.report_files import HTML_NAME, MARKDOWN_NAME
+from acid_lab.report.console import report_command
+from acid_lab.report.files import HTML_NAME, MARKDOWN_NAME
 
 pytestmark = pytest.mark.engine
 

@@ -26,7 +26,7 @@ import pytest
 from psycopg2 import errors
 
 from acid_lab.cli import run_command
-from acid_lab.scenario import (
+from acid_lab.engine.scenario import (
     OBSERVER,
     RAW,
     READ_COMMITTED,
@@ -42,7 +42,7 @@ from acid_lab.scenario import (
     sees,
     succeeds,
 )
-from acid_lab.script import ScriptError, parse_script
+from acid_lab.engine.script import ScriptError, parse_script
 
 pytestmark = pytest.mark.engine
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from acid_lab import server
-from acid_lab.server import ServerError, find_binaries
+from acid_lab.servers import server
+from acid_lab.servers.server import ServerError, find_binaries
 
 pytestmark = pytest.mark.foundation
 

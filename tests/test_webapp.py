@@ -2,7 +2,7 @@
 
 Most people meet databases through a web app. A browser (the web client)
 sends an HTTP request to a web server (here a small Flask shop,
-``acid_lab.webapp``); the view works through a Flask-SQLAlchemy session, whose
+``acid_lab.lessons.webapp``); the view works through a Flask-SQLAlchemy session, whose
 SQL the ``postgresql`` dialect hands to the psycopg2 DBAPI, down a connection
 the engine's pool keeps open between requests, to the database server. One
 request is one transaction; one pooled connection is one server session (one
@@ -41,10 +41,9 @@ import pytest
 from psycopg2 import errors
 from sqlalchemy import NullPool, select
 
-from acid_lab.connections import sqlalchemy_url
-from acid_lab.faults import terminate_backend
-from acid_lab.queries import execute, rows
-from acid_lab.webapp import (
+from acid_lab.lessons.faults import terminate_backend
+from acid_lab.lessons.queries import execute, rows
+from acid_lab.lessons.webapp import (
     HOOK_TIMEOUT,
     Parking,
     Rendezvous,
@@ -53,6 +52,7 @@ from acid_lab.webapp import (
     db,
     dispose_engines,
 )
+from acid_lab.servers.connections import sqlalchemy_url
 
 pytestmark = pytest.mark.webapp
 

@@ -16,8 +16,8 @@ import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from acid_lab.interleavings import Interleaver, Interleaving
-from acid_lab.scenario import (
+from acid_lab.engine.interleavings import Interleaver, Interleaving
+from acid_lab.engine.scenario import (
     OBSERVER,
     T1,
     T2,

@@ -1,6 +1,6 @@
 """A database client in a process of its own, driven one statement at a time.
 
-Run as ``python -m acid_lab.client`` (``acid_lab.faults.ClientProcess`` does
+Run as ``python -m acid_lab.lessons.client`` (``acid_lab.lessons.faults.ClientProcess`` does
 it for you). The first line on stdin is ``{"dsn": "..."}`` (on stdin, not argv,
 so the password never shows in the process list). The program connects with
 psycopg2 in autocommit mode, so the transaction control is in the statements

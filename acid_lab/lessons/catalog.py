@@ -24,7 +24,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from acid_lab.scenario import (
+from acid_lab.engine.scenario import (
     OBSERVER,
     T1,
     T2,

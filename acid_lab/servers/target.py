@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import psycopg2
 from pytest_postgresql.janitor import DatabaseJanitor
 
-from acid_lab.server import Cluster, ConnectionInfo, ServerError, server_version
+from acid_lab.servers.server import Cluster, ConnectionInfo, ServerError, server_version
 
 CONNECT_TIMEOUT = 5
 

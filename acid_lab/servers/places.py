@@ -17,9 +17,9 @@ from collections.abc import Iterator
 import psycopg2
 from psycopg2 import sql
 
-from acid_lab.connections import ConnectionFactory
-from acid_lab.schema import HERMITAGE
-from acid_lab.server import ConnectionInfo
+from acid_lab.lessons.schema import HERMITAGE
+from acid_lab.servers.connections import ConnectionFactory
+from acid_lab.servers.server import ConnectionInfo
 
 DROP_LOCK_TIMEOUT = "5s"
 _counter = itertools.count(1)

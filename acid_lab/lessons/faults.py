@@ -8,7 +8,7 @@ The tools, from the gentlest failure to the harshest:
   server process serving ``pid`` (``pg_terminate_backend``), then waits, asking
   the server, until that process is gone.
 * ``ClientProcess`` — a real client program in a child process
-  (``python -m acid_lab.client``) that runs one statement per request and
+  (``python -m acid_lab.lessons.client``) that runs one statement per request and
   reports after each; the test can SIGKILL it at any point and reap it.
 * ``wait_until_blocked(via, pid)`` / ``wait_for_backend_exit(via, pid)`` —
   bounded waits that ask the server, never sleep in the client: they order a
@@ -17,7 +17,7 @@ The tools, from the gentlest failure to the harshest:
 ``via`` is always a connection of the test's own, best an autocommit one (the
 ``observer``): waits run as one server-side statement and raise
 ``FaultTimeout`` with a clear message when their bound passes. Crashing the
-whole server lives on ``acid_lab.server.CrashableCluster.crash()``.
+whole server lives on ``acid_lab.servers.server.CrashableCluster.crash()``.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ class ClientProcess:
     def start(self) -> ClientProcess:
         """Spawn the child and wait (bounded) until it has connected."""
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "acid_lab.client"],
+            [sys.executable, "-m", "acid_lab.lessons.client"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self._write({"dsn": self.dsn})
         message = self._read_message("the client to connect")

@@ -16,8 +16,8 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
-from acid_lab.report import DEMO_MARK, KEY, MARK, POSSIBLE, Report, legend_lines
-from acid_lab.scenario import ScenarioResult, StepResult
+from acid_lab.report.build import DEMO_MARK, KEY, MARK, POSSIBLE, Report, legend_lines
+from acid_lab.engine.scenario import ScenarioResult, StepResult
 
 MARKDOWN_NAME = "acid-report.md"
 HTML_NAME = "acid-report.html"

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from psycopg2 import sql
 
-from acid_lab.queries import execute
-from acid_lab.schema import FLEET_TABLES
+from acid_lab.lessons.queries import execute
+from acid_lab.lessons.schema import FLEET_TABLES
 
 TRANSFER = (
     "update accounts set balance = balance - %(amount)s where id = %(source)s",

@@ -11,7 +11,7 @@ it is a deadlock: the server's deadlock detector ends one of them within
 ``deadlock_timeout``, so the merge goes on).
 
 Whether a step blocks is decided by the server, not guessed: each run is made
-by the deterministic :class:`~acid_lab.scenario.ScenarioRunner`, and what every
+by the deterministic :class:`~acid_lab.engine.scenario.ScenarioRunner`, and what every
 run observed (which sessions were blocked after each prefix of steps) is
 remembered. A schedule is only ever sent when it is known to be valid, so no
 run waits on an impossible step:
@@ -43,7 +43,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 
-from acid_lab.scenario import ScenarioResult, ScenarioRunner, Step, StepResult, anything
+from acid_lab.engine.scenario import ScenarioResult, ScenarioRunner, Step, StepResult, anything
 
 Order = tuple[str, ...]  # the session of each step, in the order the steps are sent
 

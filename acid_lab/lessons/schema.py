@@ -14,7 +14,7 @@ and (2, 20). Other demo schemas are created by the tests that need them, with
   inspections (composite key, ON DELETE CASCADE) and bookings (EXCLUDE);
   ``INSPECTION_DATE_TRIGGER`` and ``THREE_VEHICLES_TRIGGER`` add triggers.
 
-``acid_lab.models`` maps the same tables for SQLAlchemy's ORM.
+``acid_lab.lessons.models`` maps the same tables for SQLAlchemy's ORM.
 """
 
 HERMITAGE = """

@@ -1,6 +1,6 @@
 """Watchdog: stop a cluster and remove its folder once the process that started it is gone.
 
-Run as ``python -m acid_lab.guard PG_CTL DATADIR WORKDIR`` with a pipe on stdin.
+Run as ``python -m acid_lab.servers.guard PG_CTL DATADIR WORKDIR`` with a pipe on stdin.
 The parent never writes to the pipe; when the parent exits, however it exits
 (normally, Ctrl-C, SIGKILL), the pipe closes and the guard cleans up. After a
 clean teardown there is nothing left to do and it exits at once.

@@ -4,7 +4,7 @@ SQLAlchemy 2.x declarative style: one ``DeclarativeBase``, one class per
 table, typed ``Mapped[...]`` columns, the constraints stated on the model so
 that ``Base.metadata.create_all(engine)`` (Flask-SQLAlchemy's
 ``db.create_all()``) builds tables that enforce the same rules as the SQL in
-``acid_lab.schema``; the models also map those SQL-built tables as they are.
+``acid_lab.lessons.schema``; the models also map those SQL-built tables as they are.
 
 In a Flask app::
 

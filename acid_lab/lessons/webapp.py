@@ -49,7 +49,7 @@ from sqlalchemy import CheckConstraint, ForeignKey, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from acid_lab.faults import InjectedFailure
+from acid_lab.lessons.faults import InjectedFailure
 
 READ_COMMITTED = "READ COMMITTED"
 SERIALIZABLE = "SERIALIZABLE"

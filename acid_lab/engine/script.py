@@ -27,7 +27,7 @@ import dataclasses
 import re
 from pathlib import Path
 
-from acid_lab.scenario import Step, anything
+from acid_lab.engine.scenario import Step, anything
 
 _TAG = re.compile(r"\s*(T\d+)(?![\w])[\s,.:;]*(.*)")
 _DOLLAR_QUOTE = re.compile(r"\$([A-Za-z_\u0080-\uffff][\w\u0080-\uffff]*)?\$")

@@ -8,9 +8,9 @@ keep a promise shows up as ``ok=False`` with what it did instead.
 * Atomicity and consistency run in a fresh place (a schema holding a tiny
   bank: ``accounts`` with a CHECK, a UNIQUE and a foreign key from
   ``payments``), through a ``connect``-like factory
-  (:class:`acid_lab.connections.ConnectionFactory`).
+  (:class:`acid_lab.servers.connections.ConnectionFactory`).
 * Durability needs a server that may be killed: a
-  :class:`acid_lab.server.CrashableCluster` of its own (fsync on), crashed with
+  :class:`acid_lab.servers.server.CrashableCluster` of its own (fsync on), crashed with
   SIGKILL of every server process and restarted, so that WAL replay decides
   what is still there. With an existing server (``--dsn``) these are skipped.
 """
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import psycopg2
 from psycopg2 import errors
 
-from acid_lab.connections import ConnectionFactory
-from acid_lab.places import PlaceKeeper
-from acid_lab.server import SLOW_WAL_WRITER, CrashableCluster, ServerError
+from acid_lab.servers.connections import ConnectionFactory
+from acid_lab.servers.places import PlaceKeeper
+from acid_lab.servers.server import SLOW_WAL_WRITER, CrashableCluster, ServerError
 
 ATOMICITY, CONSISTENCY, DURABILITY = "atomicity", "consistency", "durability"
 SKIPPED_WITH_DSN = "skipped: needs a server the report starts itself"

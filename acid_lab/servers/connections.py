@@ -12,7 +12,7 @@ import psycopg2
 import psycopg2.extensions
 from sqlalchemy import URL, Engine, create_engine
 
-from acid_lab.server import ConnectionInfo
+from acid_lab.servers.server import ConnectionInfo
 
 
 def search_path_option(schema: str | None) -> dict:

@@ -44,7 +44,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import errors
 
-from acid_lab.scenario import (  # noqa: F401 - the levels are part of this module's vocabulary
+from acid_lab.engine.scenario import (  # noqa: F401 - the levels are part of this module's vocabulary
     LEVELS,
     READ_COMMITTED,
     READ_UNCOMMITTED,

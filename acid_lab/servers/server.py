@@ -336,7 +336,7 @@ class _Guard:
 
     def __init__(self, pg_ctl: Path, workdir: _Workdir):
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "acid_lab.guard", str(pg_ctl), str(workdir.data),
+            [sys.executable, "-m", "acid_lab.servers.guard", str(pg_ctl), str(workdir.data),
              str(workdir.path)],
             stdin=subprocess.PIPE, start_new_session=True,
         )
