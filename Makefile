@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: test report lint bench clean
+.PHONY: test report play lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ test: $(STAMP)
 
 report: $(STAMP)
 	$(BIN)/python -m acid_lab report $(ARGS)
+
+play: $(STAMP)
+	$(BIN)/python -m acid_lab play $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check acid_lab tests bench conftest.py
