@@ -250,12 +250,34 @@ class _Anything(Expectation):
         return None
 
 
+def _is_commit(sql: str) -> bool:
+    """``commit`` / ``end`` (with optional ``work``/``transaction``), not ``commit prepared``."""
+    words = sql.strip().rstrip(";").lower().split()
+    return bool(words) and words[0] in ("commit", "end") and "prepared" not in words
+
+
 class _Succeeds(Expectation):
     def describe(self) -> str:
         return "succeeds"
 
     def outcome_mismatch(self, result: StepResult) -> str | None:
         return None if result.status == "ok" else result.outcome()
+
+
+class _Ends(Expectation):
+    """The statement ended its transaction with this command tag: COMMIT or ROLLBACK."""
+
+    def __init__(self, tag: str, words: str):
+        self.tag = tag
+        self.words = words
+
+    def describe(self) -> str:
+        return self.words
+
+    def outcome_mismatch(self, result: StepResult) -> str | None:
+        if result.status != "ok" or (result.command or "").upper() != self.tag:
+            return result.outcome()
+        return None
 
 
 class _Sees(Expectation):
@@ -276,20 +298,25 @@ class _Sees(Expectation):
 
 
 class _Aborts(Expectation):
-    def __init__(self, error: str | type | None):
+    def __init__(self, error: str | type | None, message: str | None = None):
         self.sqlstate, self.error_class = _resolve_error(error)
+        self.message = message
 
     def describe(self) -> str:
         if self.sqlstate is None and self.error_class is None:
-            return "aborts with an error"
-        if self.error_class is None:
-            return f"aborts with {self.sqlstate}"
-        if self.sqlstate is None:
-            return f"aborts with {self.error_class.__name__}"
-        return f"aborts with {self.sqlstate} ({self.error_class.__name__})"
+            words = "aborts with an error"
+        elif self.error_class is None:
+            words = f"aborts with {self.sqlstate}"
+        elif self.sqlstate is None:
+            words = f"aborts with {self.error_class.__name__}"
+        else:
+            words = f"aborts with {self.sqlstate} ({self.error_class.__name__})"
+        return words if self.message is None else f"{words}: {self.message}"
 
     def outcome_mismatch(self, result: StepResult) -> str | None:
         if result.status != "error":
+            return result.outcome()
+        if self.message is not None and result.error != self.message:
             return result.outcome()
         if self.sqlstate is None and self.error_class is None:
             return None
@@ -316,7 +343,7 @@ class _Blocks(Expectation):
     def __init__(self, then: Expectation):
         if not isinstance(then, Expectation) or then.blocked:
             raise TypeError("blocks(then=...) takes an outcome such as succeeds, "
-                            "sees(...) or aborts(...)")
+                            "commits, sees(...) or aborts(...)")
         self.then = then
 
     def describe(self) -> str:
@@ -360,6 +387,12 @@ def _resolve_error(error: str | type | None) -> tuple[str | None, type | None]:
 succeeds: Expectation = _Succeeds()
 #: No check at all (scripts use it: every outcome is an observation).
 anything: Expectation = _Anything()
+#: A ``commit`` that committed: the server answered COMMIT.
+commits: Expectation = _Ends("COMMIT", "commits")
+#: A ``commit`` (or ``rollback``) that ended the transaction without committing:
+#: the server answered ROLLBACK, as it does, without an error, to the COMMIT of
+#: a transaction that had failed.
+rolls_back: Expectation = _Ends("ROLLBACK", "rolls back")
 
 
 def sees(*rows: Any) -> Expectation:
@@ -372,11 +405,22 @@ def sees(*rows: Any) -> Expectation:
     return _Sees(row if isinstance(row, (tuple, list)) else (row,) for row in rows)
 
 
-def aborts(error: str | type | None = None) -> Expectation:
+def aborts(error: str | type | None = None, message: str | None = None) -> Expectation:
     """The step fails with this error: a SQLSTATE (``"40001"``) or a class
     (``psycopg2.errors.SerializationFailure``; a class-level one such as
-    ``TransactionRollback`` accepts any error of its class). None: any error."""
-    return _Aborts(error)
+    ``TransactionRollback`` accepts any error of its class). None: any error.
+
+    ``message``, when given, must equal the server's primary message, e.g. to
+    tell the two 40001s apart: ``CONCURRENT_UPDATE`` vs ``RW_DEPENDENCIES``."""
+    return _Aborts(error, message)
+
+
+#: The 40001 of a write to a row that a concurrent transaction changed since
+#: the snapshot (repeatable read and serializable: first updater wins).
+CONCURRENT_UPDATE = "could not serialize access due to concurrent update"
+#: The 40001 of serializable's dependency tracking (SSI): a dangerous
+#: structure of read/write anti-dependencies.
+RW_DEPENDENCIES = "could not serialize access due to read/write dependencies among transactions"
 
 
 def blocks(then: Expectation = succeeds) -> Expectation:
