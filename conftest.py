@@ -20,7 +20,8 @@ from acid_lab.servers.places import PlaceKeeper
 from acid_lab.servers.server import ServerError, find_binaries, server_account
 from acid_lab.servers.target import check_reachable, open_target, own_database, parse_dsn
 
-CHAPTERS = ("atomicity", "consistency", "isolation", "durability", "foundation", "engine")
+CHAPTERS = ("atomicity", "consistency", "isolation", "durability", "foundation", "engine",
+            "harness")
 
 # Database round trips vary with load, so no per-example deadline.
 settings.register_profile("default", deadline=None,

@@ -1,4 +1,4 @@
-"""Foundation: one chapter at a time, by keyword or by marker.
+"""Harness: one chapter at a time, by keyword or by marker.
 
 A reader runs ``pytest -k isolation`` or ``pytest -m isolation`` to study one
 letter. Both must pick exactly the same tests: ``-k`` matches words in test
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.foundation
+pytestmark = pytest.mark.harness
 
 REPO = Path(__file__).resolve().parent.parent
 CHAPTERS = ["atomicity", "consistency", "isolation", "durability"]

@@ -1,47 +1,58 @@
-"""Foundation: a run leaves nothing behind, however it ends.
+"""Harness: a run leaves nothing behind, however it ends.
 
-Each case runs pytest in a child process on a probe test that starts the
-suite's server, reports the postmaster's pid and the server's private folder,
-and then passes, fails, hangs until pytest-timeout fires, is interrupted with
-Ctrl-C (SIGINT), or is killed outright (SIGKILL, where no cleanup code of
-pytest's can run: the suite's guard process stops the server instead).
+Each case runs pytest in a child process on a probe test that starts a server
+(the suite's own, or what its kind names), reports what must not outlive the run
+(server processes, folders, mounts), and then passes, fails, hangs until
+pytest-timeout fires, is interrupted with Ctrl-C (SIGINT), or is killed outright
+(SIGKILL, where no cleanup code of pytest's can run: the suite's guard process
+stops the server instead) — even in the middle of initdb, before the probe test
+has begun.
 
-Outcome every time: the postmaster is gone and so is its folder.
+Outcome every time: every process the run started has exited, every reported
+folder and mount is gone, and the run's temporary folder is empty.
+
+The probe runs take seconds each, mostly waiting: a module fixture starts them
+all at once and each test waits for its own.
 """
 
+import concurrent.futures
+import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
 
 from acid_lab.servers.guard import wait_for_exit
 
-pytestmark = [pytest.mark.foundation, pytest.mark.own_server]
+pytestmark = [pytest.mark.harness, pytest.mark.own_server]
 
 REPO = Path(__file__).resolve().parent.parent
 BOUND = 60  # seconds any single wait may take
 
-PROBE = textwrap.dedent('''
-    import faulthandler, os, signal, threading
+# Every probe reports with report(...) and then ends as PROBE_MODE says.
+PROBE_COMMON = textwrap.dedent('''
+    import faulthandler, json, os, signal, threading
     import pytest
 
-    pytestmark = pytest.mark.foundation
+    pytestmark = pytest.mark.harness
 
-    def test_probe(target, connect):
+    def report(pids=(), paths=(), mounts=()):
+        """What must not outlive the run; then end the way the case says."""
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # stacks, if it ever hangs
         # Ctrl-C as in a terminal, even when this run inherited SIGINT ignored
         # (as every command started in the background by a shell does)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        connect().cursor().execute("select 1")
-        workdir = target.cluster.workdir.path
-        postmaster = (workdir / "data" / "postmaster.pid").read_text().split()[0]
-        guard = target.cluster._guard.process.pid
-        print(f"PROBE {postmaster} {guard} {workdir}", flush=True)
+        print("PROBE " + json.dumps({"pids": [int(pid) for pid in pids],
+                                     "paths": [str(path) for path in paths],
+                                     "mounts": [str(mount) for mount in mounts]}), flush=True)
         mode = os.environ["PROBE_MODE"]
         if mode == "fail":
             pytest.fail("failing on purpose")
@@ -49,74 +60,179 @@ PROBE = textwrap.dedent('''
             threading.Event().wait()
 ''')
 
+# kind -> the probe test (after PROBE_COMMON)
+PROBES = {
+    "suite server": '''
+        def test_probe(target, connect):
+            connect().cursor().execute("select 1")
+            workdir = target.cluster.workdir.path
+            postmaster = (workdir / "data" / "postmaster.pid").read_text().split()[0]
+            report(pids=[postmaster, target.cluster._guard.process.pid], paths=[workdir])
+    ''',
+}
 
-def _run_probe(mode: str, extra_args: list[str], folder: Path) -> subprocess.Popen:
-    probe = folder / "test_probe.py"
-    probe.write_text(PROBE)
-    return subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "conftest", "-c", str(REPO / "pytest.ini"),
-         "--rootdir", str(REPO), "-p", "no:cacheprovider", "-s", "-q", str(probe),
-         *extra_args],
-        cwd=REPO, env={**os.environ, "PROBE_MODE": mode},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+# What the case does to the run once the probe has reported (or, for "during initdb",
+# once initdb runs: the probe test itself never starts).
+DURING_INITDB = "during initdb"
+
+# One row per case: probe kind, mode (pass / fail / hang / during initdb), extra pytest
+# arguments, the signal sent to pytest (None: it ends by itself), pytest's exit code.
+CASES = [
+    pytest.param("suite server", "pass", [], None, 0, id="passing run"),
+    pytest.param("suite server", "fail", [], None, 1, id="failing run"),
+    # func_only: the timer covers the hanging test, not the server start before it
+    pytest.param("suite server", "hang", ["--timeout", "1", "-o", "timeout_func_only=true"],
+                 None, 1, id="pytest-timeout"),
+    pytest.param("suite server", "hang", [], signal.SIGINT, 2, id="ctrl-c"),
+    pytest.param("suite server", "hang", [], signal.SIGKILL, -9, id="sigkill of pytest"),
+    # pytest-postgresql writes initdb's 24-byte password file to the temp folder
+    pytest.param("suite server", DURING_INITDB, [], signal.SIGKILL, -9,
+                 id="sigkill of pytest during initdb"),
+]
 
 
-def _read_probe_line(run: subprocess.Popen) -> tuple[int, int, Path]:
-    seen = []
-    for line in run.stdout:  # bounded: the probe either prints or pytest ends
-        seen.append(line)
-        if line.startswith("PROBE "):
-            _, postmaster, guard, workdir = line.split(maxsplit=3)
-            return int(postmaster), int(guard), Path(workdir.strip())
-    raise AssertionError("the probe never started its server:\n" + "".join(seen))
+@dataclass
+class ProbeOutcome:
+    """What a probe run left: filled in after it ended and its guards finished."""
+
+    exit_code: int | None = None
+    output: str = ""
+    reported: dict = field(default_factory=lambda: {"pids": [], "paths": [], "mounts": []})
+    started: list[psutil.Process] = field(default_factory=list)  # the run's processes
+    survivors: list[str] = field(default_factory=list)
+    left_in_temp: list[str] = field(default_factory=list)
+    mounted: list[str] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
 
 
-def _alive(pid: int) -> bool:
+def _descendants(run: subprocess.Popen) -> list[psutil.Process]:
     try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ", 1)[1][0] != "Z"  # a zombie has already exited
-    except FileNotFoundError:
+        return psutil.Process(run.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _wait_for_initdb(run: subprocess.Popen) -> list[psutil.Process]:
+    """The run's processes, once one of them runs initdb (its password file exists then)."""
+    deadline = time.monotonic() + BOUND
+    while time.monotonic() < deadline and run.poll() is None:
+        processes = _descendants(run)
+        for process in processes:
+            try:
+                if any("--pwfile=" in arg for arg in process.cmdline()):
+                    return processes
+            except psutil.Error:
+                continue
+        time.sleep(0.01)  # sleep-ok: polls the process table; initdb runs for about a second
+    raise AssertionError("the probe run never ran initdb")
+
+
+def _read_probe_line(run: subprocess.Popen, outcome: ProbeOutcome) -> None:
+    for line in run.stdout:  # bounded: the probe either prints or pytest ends
+        outcome.output += line
+        if line.startswith("PROBE "):
+            outcome.reported = json.loads(line.split(maxsplit=1)[1])
+            return
+    raise AssertionError("the probe never started its server")
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
 
 
-@pytest.mark.parametrize("mode, extra_args, interrupt, exit_code", [
-    pytest.param("pass", [], None, 0, id="passing run"),
-    pytest.param("fail", [], None, 1, id="failing run"),
-    # func_only: the timer covers the hanging test, not the server start before it
-    pytest.param("hang", ["--timeout", "2", "-o", "timeout_func_only=true"], None, 1,
-                 id="pytest-timeout"),
-    pytest.param("hang", [], signal.SIGINT, 2, id="ctrl-c"),
-    pytest.param("hang", [], signal.SIGKILL, -9, id="sigkill of pytest"),
-])
-def test_no_server_and_no_folder_outlive_the_run(mode, extra_args, interrupt, exit_code):
-    """Scenario: a probe run starts the server, then ends the way the id says.
+def _mounts() -> set[str]:
+    with open("/proc/self/mounts") as mounts:
+        return {line.split()[1] for line in mounts}
 
-    Outcome: pytest exits as expected; the postmaster has exited and the
-    server's private folder is gone.
-    """
-    with tempfile.TemporaryDirectory(prefix="acid_lab-probe-") as folder:
-        run = _run_probe(mode, extra_args, Path(folder))
+
+def run_probe(kind, mode, extra_args, interrupt, exit_code, folder: Path) -> ProbeOutcome:
+    """Run one case to its end, wait for everything it started, look at what is left."""
+    temp = folder / "temp"  # the run's TMPDIR: it must be empty afterwards
+    temp.mkdir()
+    for private in (folder.parent, folder, temp):
+        private.chmod(0o711)  # as root, the server's account must reach its folder in temp
+    probe = folder / "test_probe.py"
+    probe.write_text(PROBE_COMMON + textwrap.dedent(PROBES[kind]))
+    outcome = ProbeOutcome()
+    run = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "conftest", "-c", str(REPO / "pytest.ini"),
+         "--rootdir", str(REPO), "-p", "no:cacheprovider", "-s", "-q", str(probe),
+         *extra_args],
+        cwd=REPO, env={**os.environ, "PROBE_MODE": mode, "TMPDIR": str(temp)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        if mode == DURING_INITDB:
+            outcome.started = _wait_for_initdb(run)
+        else:
+            _read_probe_line(run, outcome)
+            outcome.started = _descendants(run)
+        if interrupt is not None:
+            run.send_signal(interrupt)
+        output, _ = run.communicate(timeout=BOUND)
+        outcome.output += output
+    except subprocess.TimeoutExpired:
+        run.send_signal(signal.SIGUSR1)  # the probe prints where it is stuck
         try:
-            postmaster, guard, workdir = _read_probe_line(run)
-            if interrupt is not None:
-                run.send_signal(interrupt)
-            output, _ = run.communicate(timeout=BOUND)
+            output, _ = run.communicate(timeout=5)
         except subprocess.TimeoutExpired:
-            run.send_signal(signal.SIGUSR1)  # the probe prints where it is stuck
-            try:
-                output, _ = run.communicate(timeout=5)
-            except subprocess.TimeoutExpired:
-                run.kill()
-                output, _ = run.communicate(timeout=BOUND)
-            pytest.fail(f"the probe run did not end within {BOUND} s:\n{output}")
-        finally:
-            if run.poll() is None:
-                run.kill()
-                run.wait(timeout=BOUND)
+            run.kill()
+            output, _ = run.communicate(timeout=BOUND)
+        raise AssertionError(f"the probe run did not end within {BOUND} s:\n"
+                             f"{outcome.output}{output}") from None
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(timeout=BOUND)
+    outcome.exit_code = run.returncode
 
-        assert run.returncode == exit_code, f"pytest ended unexpectedly:\n{output}"
-        assert wait_for_exit(guard, BOUND), "the guard process must finish its cleanup"
-        assert wait_for_exit(postmaster, BOUND) and not _alive(postmaster), \
-            f"a server process (pid {postmaster}) outlived the run"
-        assert not workdir.exists(), f"the server folder {workdir} outlived the run"
+    # the guards work after pytest is gone: wait for every process the run had started
+    for pid in outcome.reported["pids"]:
+        wait_for_exit(pid, BOUND)
+    for process in outcome.started:
+        if _alive(process):  # (its pid may be another process's by now)
+            wait_for_exit(process.pid, BOUND)
+    outcome.survivors = [f"{process.pid} {process.name()}"
+                         for process in outcome.started if _alive(process)]
+    outcome.survivors += [str(pid) for pid in outcome.reported["pids"]
+                          if psutil.pid_exists(pid) and _alive(psutil.Process(pid))]
+    outcome.existing = [path for path in outcome.reported["paths"] if Path(path).exists()]
+    outcome.mounted = sorted(set(outcome.reported["mounts"]) & _mounts())
+    outcome.left_in_temp = sorted(str(path.relative_to(temp)) for path in temp.rglob("*"))
+    return outcome
+
+
+@pytest.fixture(scope="module")
+def probe_runs(request):
+    """Every selected case's run, started at once: case id -> future ProbeOutcome."""
+    selected = {item.callspec.id for item in request.session.items
+                if item.module is request.module and hasattr(item, "callspec")}
+    cases = [case for case in CASES if case.id in selected]
+    with tempfile.TemporaryDirectory(prefix="acid_lab-probes-") as folder, \
+            concurrent.futures.ThreadPoolExecutor(max_workers=max(len(cases), 1)) as pool:
+        futures = {}
+        for case in cases:
+            case_folder = Path(folder) / str(len(futures))
+            case_folder.mkdir()
+            futures[case.id] = pool.submit(run_probe, *case.values, case_folder)
+        yield futures
+
+
+@pytest.mark.parametrize("kind, mode, extra_args, interrupt, exit_code", CASES)
+def test_nothing_outlives_the_run(probe_runs, request, kind, mode, extra_args, interrupt,
+                                  exit_code):
+    """Scenario: a probe run starts a server, then ends the way the id says.
+
+    Outcome: pytest exits as expected; every process it started (server, guard,
+    initdb) has exited; the reported folders and mounts are gone; nothing is
+    left in the run's temporary folder (pytest-postgresql's password file included).
+    """
+    outcome = probe_runs[request.node.callspec.id].result(timeout=3 * BOUND)
+    assert outcome.exit_code == exit_code, f"pytest ended unexpectedly:\n{outcome.output}"
+    assert outcome.survivors == [], "processes outlived the run"
+    assert outcome.existing == [], "folders outlived the run"
+    assert outcome.mounted == [], "mounts outlived the run"
+    assert outcome.left_in_temp == [], "files were left in the run's temporary folder"

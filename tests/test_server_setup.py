@@ -1,4 +1,4 @@
-"""Foundation: finding a server, or saying clearly why there is none.
+"""Harness: finding a server, or saying clearly why there is none.
 
 The suite needs PostgreSQL's server programs, or an existing server to point
 at. When it has neither, or the server it was pointed at does not answer, it
@@ -18,7 +18,7 @@ import pytest
 from acid_lab.servers import server
 from acid_lab.servers.server import ServerError, find_binaries
 
-pytestmark = pytest.mark.foundation
+pytestmark = pytest.mark.harness
 
 REPO = Path(__file__).resolve().parent.parent
 

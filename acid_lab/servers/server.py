@@ -308,9 +308,21 @@ def _write_as_account_wrapper(bindir: Path, account: Account, workdir: Path) -> 
 class _Executor(PostgreSQLExecutor):
     """pytest-postgresql's executor with a quick, password-protected initdb."""
 
-    def __init__(self, *args, account: Account | None, **kwargs):
+    def __init__(self, *args, account: Account | None, guard: _Guard, **kwargs):
         self._account = account
+        self._guard = guard
+        self._password_file: str | None = None
         super().__init__(*args, **kwargs)
+
+    def init_directory(self) -> None:
+        # the executor writes initdb's password file to the system temp folder and
+        # removes it afterwards; should this run be killed meanwhile, the guard does
+        try:
+            super().init_directory()
+        finally:
+            if self._password_file is not None:
+                self._guard.forget(self._password_file)
+                self._password_file = None
 
     def _build_initdb_command(self, initdb_options, pgdata=None):
         options = []
@@ -318,9 +330,12 @@ class _Executor(PostgreSQLExecutor):
             if option == "--auth=password":
                 # scram rather than clear-text passwords, on TCP and on the socket
                 option = "--auth=scram-sha-256"
-            elif option.startswith("--pwfile=") and self._account is not None:
-                # the executor writes it as root; initdb reads it as the account
-                os.chown(option.split("=", 1)[1], self._account.uid, self._account.gid)
+            elif option.startswith("--pwfile="):
+                self._password_file = option.split("=", 1)[1]
+                self._guard.remove_later(self._password_file)
+                if self._account is not None:
+                    # the executor writes it as root; initdb reads it as the account
+                    os.chown(self._password_file, self._account.uid, self._account.gid)
             options.append(option)
         # --no-sync: initdb's own fsyncs cost ~1 s; the running server keeps fsync on
         options += ["--no-sync", "--encoding=UTF8"]
@@ -340,6 +355,18 @@ class _Guard:
              str(workdir.path)],
             stdin=subprocess.PIPE, start_new_session=True,
         )
+
+    def remove_later(self, path: str) -> None:
+        """Have the guard remove ``path`` too, if this process dies before it does."""
+        self._tell(f"+{path}")
+
+    def forget(self, path: str) -> None:
+        """``path`` is removed already: nothing for the guard to do about it."""
+        self._tell(f"-{path}")
+
+    def _tell(self, line: str) -> None:
+        self.process.stdin.write(os.fsencode(line) + b"\n")
+        self.process.stdin.flush()
 
     def release(self) -> None:
         """The cluster is gone already: let the guard exit."""
@@ -432,6 +459,7 @@ class Cluster:
             logfile=str(self.workdir.log), startparams=f"-w -t {START_TIMEOUT}",
             dbname="postgres", user=SUPERUSER, password=self.password,
             postgres_options=options, timeout=START_TIMEOUT, account=self.account,
+            guard=self._guard,
         )
 
     def _start_server(self) -> None:
