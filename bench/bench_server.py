@@ -7,7 +7,7 @@ Prints medians (milliseconds) of:
   connections, and its teardown;
 * a test's place: the schema with the demo table, created and dropped (what
   every test pays), against a database created from a template and dropped
-  (the alternative DESIGN.md measured at 60-370 ms).
+  (the alternative, measured at 60-370 ms when the suite was designed).
 All figures of one invocation come from the same machine state; rerun to compare.
 """
 

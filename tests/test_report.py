@@ -7,10 +7,12 @@ schedule at that isolation level just now (the same schedules the isolation
 tests run, from ``acid_lab.lessons.catalog``), and one line per atomicity,
 consistency and durability demonstration with what it observed.
 
-These tests hold it to what DESIGN.md promises: the ``--json`` shape, the
-matrix PostgreSQL documents (read committed prevents G0 to OTV, repeatable
-read adds PMP, P4 and G-single, serializable prevents all ten, read
-uncommitted behaves as read committed), ``--out`` files that open anywhere
+These tests hold it to what the README promises: the ``--json`` shape, the
+matrix Hermitage observed for PostgreSQL (read committed prevents G0 to OTV,
+repeatable read adds PMP, P4 and G-single, serializable prevents all ten, read
+uncommitted behaves as read committed; PostgreSQL's own documentation states
+the SQL standard's phenomena -- dirty read, nonrepeatable read, phantom read,
+serialization anomaly -- not these ten), ``--out`` files that open anywhere
 (Markdown, and an HTML page with no outside resources whose timelines mark
 waits and aborts), plain text when the output is not a terminal, and one
 clear line when there is no server. The report runs twice per module: once as
@@ -101,7 +103,7 @@ def test_json_has_the_documented_shape(full_run):
     """
     document = full_run.json
     assert list(document) == ["server_version", "matrix", "demonstrations"], \
-        "the report's JSON keys differ from DESIGN.md"
+        "the report's JSON keys differ from the README's"
     assert re.fullmatch(r"\d+(\.\d+)?", document["server_version"]), document["server_version"]
     assert list(document["matrix"]) == ANOMALIES, "matrix columns out of Hermitage's order"
     for code, row in document["matrix"].items():

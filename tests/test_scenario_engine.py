@@ -483,7 +483,7 @@ def run_cli(*args, timeout=None):
 def test_run_json_keeps_the_contract_shape(dsn):
     """Scenario: `run --json` on the lost-update-at-repeatable-read example.
 
-    Outcome: exit 0 and exactly DESIGN.md's object: server_version, scripts ->
+    Outcome: exit 0 and exactly the README's object: server_version, scripts ->
     script, steps -> session, sql, blocked, status, sqlstate, rows, error; T2's
     update blocked and failed with 40001.
     """
