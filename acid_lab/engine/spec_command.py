@@ -1,0 +1,247 @@
+"""``python -m acid_lab spec FILE.spec ... [--dsn DSN] [--expected FILE.out|DIR] [--timeout S]``.
+
+Runs isolation-tester specs (see :mod:`acid_lab.engine.spec`) and prints what
+PostgreSQL's isolationtester prints (:mod:`acid_lab.engine.spec_runner`).
+
+Like PostgreSQL's own isolation schedule, the specs run one after the other in
+one database named ``isolation_regression`` (the golden outputs print it),
+set up as the golden outputs assume: messages, money, numbers and times in
+the C locale, ``bytea_output`` hex, the default time-zone abbreviations; each
+session with ``TimeZone`` America/Los_Angeles, ``DateStyle`` "Postgres, MDY",
+``IntervalStyle`` postgres_verbose and the application name
+``isolation/SPEC/SESSION``. Without ``--dsn`` a temporary server runs them, with
+``max_prepared_transactions`` above zero.
+
+With ``--expected`` each output is compared with ``NAME.out`` (or an accepted
+alternative ``NAME_1.out`` ... ``NAME_9.out``) in that folder, or with the file
+given (one spec); a difference is shown as a unified diff, and a summary line
+"N of M specs match" ends the run. A spec that needs what the server lacks (an
+extension, prepared transactions, a setting only a restart changes) is skipped
+with its reason, not counted as a failure.
+
+Exit status: 0 when everything ran (and matched), 1 on a difference, a stuck
+permutation or no usable server, 2 for a spec that cannot be parsed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import difflib
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TextIO
+
+import psycopg2
+import psycopg2.extensions
+from psycopg.conninfo import make_conninfo
+
+from acid_lab.engine.spec import Spec, SpecError, load_spec
+from acid_lab.engine.spec_runner import DEFAULT_STEP_TIMEOUT, SpecOutcome, SpecRunner
+
+EXIT_OK, EXIT_FAILED, EXIT_UNPARSABLE = 0, 1, 2
+DATABASE = "isolation_regression"
+
+# What the golden outputs assume of the database (ALTER DATABASE ... SET)
+DATABASE_SETTINGS = {
+    "lc_messages": "C",
+    "lc_monetary": "C",
+    "lc_numeric": "C",
+    "lc_time": "C",
+    "bytea_output": "hex",
+    "timezone_abbreviations": "Default",
+}
+# ... and of every session (PostgreSQL's test driver sets them through the environment)
+SESSION_OPTIONS = ("-c timezone=America/Los_Angeles -c datestyle=Postgres,MDY "
+                   "-c intervalstyle=postgres_verbose")
+
+_EXTENSION = re.compile(r"\bcreate\s+extension\s+(?:if\s+not\s+exists\s+)?\"?(\w+)", re.I)
+_PREPARE = re.compile(r"\bprepare\s+transaction\b", re.I)
+_RESTART_ONLY = "cannot be changed without restarting the server"
+
+
+@dataclasses.dataclass
+class Verdict:
+    spec: Spec
+    outcome: SpecOutcome | None
+    status: str  # "ran", "match", "differs", "stuck", "skipped"
+    reason: str = ""
+    diff: str = ""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m acid_lab spec",
+        description="Run PostgreSQL isolation-tester specs on the scenario engine and print "
+                    "isolationtester's output; compare it with golden outputs.")
+    parser.add_argument("specs", nargs="+", metavar="FILE.spec")
+    parser.add_argument("--dsn", help="run on this PostgreSQL (libpq DSN or URI); "
+                                      "default: a temporary server")
+    parser.add_argument("--expected", metavar="FILE.out|DIR",
+                        help="golden output to compare with: a file (one spec) or a folder")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_STEP_TIMEOUT,
+                        help="seconds one step may run before it is cancelled "
+                             f"(stuck after twice that; default {DEFAULT_STEP_TIMEOUT:g})")
+    return parser
+
+
+def spec_command(argv: Sequence[str], *, out: TextIO | None = None,
+                 err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    args = build_parser().parse_args(list(argv))
+    try:
+        specs = [load_spec(path) for path in args.specs]
+    except SpecError as error:
+        print(f"error: {error}", file=err)
+        return EXIT_UNPARSABLE
+    if args.expected and Path(args.expected).is_file() and len(specs) > 1:
+        print("error: --expected names one file, but several specs were given", file=err)
+        return EXIT_UNPARSABLE
+    verdicts: list[Verdict] = []
+    try:
+        with _server(args.dsn) as dsn, _database(dsn) as conninfo:
+            capabilities = _Capabilities(conninfo)
+            runner = SpecRunner(conninfo, timeout=args.timeout)
+            for spec in specs:
+                verdict = _run_one(spec, runner, capabilities, args.expected)
+                verdicts.append(verdict)
+                _report(verdict, bool(args.expected), out)
+    except (psycopg2.Error, RuntimeError, OSError) as error:
+        print(f"error: {' '.join(str(error).split())}", file=err)
+        return EXIT_FAILED
+    for verdict in verdicts:
+        if verdict.status == "stuck":
+            print(f"error: {verdict.spec.path}: {verdict.reason}", file=err)
+    if args.expected:
+        compared = [v for v in verdicts if v.status != "skipped"]
+        matching = sum(v.status == "match" for v in compared)
+        skipped = len(verdicts) - len(compared)
+        summary = f"{matching} of {len(compared)} specs match"
+        if skipped:
+            summary += f" ({skipped} skipped)"
+        print(summary, file=out)
+        return EXIT_OK if matching == len(compared) else EXIT_FAILED
+    return EXIT_FAILED if any(v.status == "stuck" for v in verdicts) else EXIT_OK
+
+
+def _report(verdict: Verdict, comparing: bool, out: TextIO) -> None:
+    name = verdict.spec.path
+    if verdict.status == "skipped":
+        print(f"skipped {name}: {verdict.reason}", file=out)
+    elif not comparing:
+        out.write(verdict.outcome.output)
+    elif verdict.status == "match":
+        print(f"ok      {name}", file=out)
+    else:
+        print(f"FAILED  {name}: {verdict.reason}", file=out)
+        out.write(verdict.diff)
+    out.flush()
+
+
+def _run_one(spec: Spec, runner: SpecRunner, capabilities: _Capabilities,
+             expected: str | None) -> Verdict:
+    """Run one spec (or skip it) and compare its output with the golden ones, if given."""
+    missing = capabilities.missing(spec)
+    if missing:
+        return Verdict(spec, None, "skipped", missing)
+    outcome = runner.run(spec)
+    if _RESTART_ONLY in outcome.output:
+        line = next(line for line in outcome.output.splitlines() if _RESTART_ONLY in line)
+        return Verdict(spec, outcome, "skipped", f"needs a server setting: {line.strip()}")
+    status, reason = ("stuck", outcome.stopped) if outcome.stopped else ("ran", "")
+    if expected is None:
+        return Verdict(spec, outcome, status, reason)
+    candidates = _expected_files(spec, Path(expected))
+    if not candidates:
+        return Verdict(spec, outcome, "differs", f"no expected output for {spec.name}")
+    texts = [path.read_text(encoding="utf-8") for path in candidates]
+    if outcome.output in texts:
+        return Verdict(spec, outcome, "match")
+    diff = "".join(difflib.unified_diff(
+        texts[0].splitlines(keepends=True), outcome.output.splitlines(keepends=True),
+        fromfile=str(candidates[0]), tofile=f"{spec.name} (this run)"))
+    first = next((line[1:].rstrip("\n") for line in diff.splitlines(keepends=True)[2:]
+                  if line[:1] in "+-"), "")
+    why = reason or f"differs from {candidates[0].name}: first difference `{first}`"
+    return Verdict(spec, outcome, "stuck" if reason else "differs", why, diff)
+
+
+def _expected_files(spec: Spec, expected: Path) -> list[Path]:
+    if expected.is_file():
+        return [expected]
+    names = [f"{spec.name}.out"] + [f"{spec.name}_{n}.out" for n in range(1, 10)]
+    return [expected / name for name in names if (expected / name).is_file()]
+
+
+class _Capabilities:
+    """What the server offers that some specs need."""
+
+    def __init__(self, conninfo: str):
+        conn = psycopg2.connect(conninfo)
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute("select name from pg_catalog.pg_available_extensions")
+                self.extensions = {row[0] for row in cursor.fetchall()}
+                cursor.execute("select current_setting('max_prepared_transactions')::int")
+                self.prepared_transactions = cursor.fetchone()[0]
+        finally:
+            conn.close()
+
+    def missing(self, spec: Spec) -> str | None:
+        text = "\n".join(_all_sql(spec))
+        for name in _EXTENSION.findall(text):
+            if name.lower() not in self.extensions:
+                return f"needs the extension {name}, which this server does not have"
+        if _PREPARE.search(text) and self.prepared_transactions == 0:
+            return ("needs prepared transactions (max_prepared_transactions is 0; "
+                    "only a restart changes it)")
+        return None
+
+
+def _all_sql(spec: Spec) -> Iterator[str]:
+    yield from spec.setup
+    if spec.teardown:
+        yield spec.teardown
+    for session in spec.sessions:
+        yield from filter(None, (session.setup, session.teardown))
+        yield from (step.sql for step in session.steps)
+
+
+@contextlib.contextmanager
+def _server(dsn: str | None) -> Iterator[str]:
+    if dsn:
+        yield dsn
+        return
+    from acid_lab.servers.server import Cluster, ServerError
+
+    try:
+        with Cluster() as cluster:
+            yield cluster.dsn
+    except ServerError as error:
+        raise RuntimeError(f"cannot start a temporary server: {error}") from None
+
+
+@contextlib.contextmanager
+def _database(dsn: str) -> Iterator[str]:
+    """A fresh ``isolation_regression`` database set up as the golden outputs assume."""
+    admin = psycopg2.connect(dsn, connect_timeout=10)
+    admin.autocommit = True
+    name = DATABASE
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute("select 1 from pg_database where datname = %s", (name,))
+            if cursor.fetchone():  # someone's own: never touch it, use a name of our own
+                name = f"{DATABASE}_{admin.info.backend_pid}"
+            cursor.execute(f'create database "{name}" template template0')
+            try:
+                for setting, value in DATABASE_SETTINGS.items():
+                    cursor.execute(f'alter database "{name}" set {setting} = %s', (value,))
+                yield make_conninfo(dsn, dbname=name, options=SESSION_OPTIONS)
+            finally:
+                cursor.execute(f'drop database "{name}" with (force)')
+    finally:
+        admin.close()
