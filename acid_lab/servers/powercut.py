@@ -1,0 +1,222 @@
+"""A cluster whose data folder sits on a disk that can lose power.
+
+``PowerCutCluster`` is a ``CrashableCluster`` (its postmaster is our child, so
+it can be killed and restarted at once) whose data folder is a FUSE mount of
+``acid_lab.servers.lossy_disk`` over a backing folder, the platter:
+
+    with PowerCutCluster(settings={"fsync": "off"}) as server:
+        ...                              # connect to server.info / server.dsn
+        tally = server.power_cut()       # SIGKILL every server process, forget the
+                                         # unsynced writes, unmount
+        server.restart()                 # PostgreSQL on what the platter kept
+
+``power_cut(writeback)`` lets a chosen part of the unsynced writes reach the
+platter first (``lossy_disk.Writeback``). The filesystem runs in a child
+process of its own, controlled over a pipe: the test process never serves FUSE
+requests itself, and the child ends when the mount goes.
+
+Layout of the cluster's private folder: ``data/`` (the mount point, what the
+server uses), ``disk/`` (the platter), ``trash/`` (removed files, until their
+removal is durable), ``lossy_disk.pid`` (for the guard), ``server.log``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes.util
+import json
+import os
+import select
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from acid_lab.servers.lossy_disk import NOTHING, Writeback
+from acid_lab.servers.server import (
+    Account,
+    Binaries,
+    CrashableCluster,
+    ServerError,
+)
+
+MOUNT_TIMEOUT = 30        # seconds for the filesystem to come up, answer, or go
+DAEMON_PIDFILE = "lossy_disk.pid"
+INSTALL_HINT = "install FUSE 3 (Debian/Ubuntu: apt-get install fuse3)"
+
+
+def fuse_missing() -> str | None:
+    """None when this machine can mount the lossy disk; otherwise one line saying what to do."""
+    if not os.path.exists("/dev/fuse"):
+        return f"power cuts need FUSE: /dev/fuse is missing; {INSTALL_HINT}"
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        return "power cuts need FUSE: /dev/fuse is not readable and writable for this user"
+    if ctypes.util.find_library("fuse3") is None:
+        return f"power cuts need libfuse 3, which is not installed; {INSTALL_HINT}"
+    if shutil.which("fusermount3") is None:
+        return f"power cuts need fusermount3, which is not installed; {INSTALL_HINT}"
+    return None
+
+
+class DiskError(ServerError):
+    """The lossy disk did not mount, answer, or unmount as asked."""
+
+
+class LossyDiskProcess:
+    """The parent's handle on one mount of the lossy disk (one child process per mount)."""
+
+    def __init__(self, backing: Path, mountpoint: Path, trash: Path, pidfile: Path):
+        self.backing, self.mountpoint, self.trash, self.pidfile = (
+            backing, mountpoint, trash, pidfile)
+        self.process: subprocess.Popen | None = None
+        self._buffer = b""
+
+    @property
+    def mounted(self) -> bool:
+        return self.process is not None
+
+    def mount(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "acid_lab.servers.lossy_disk", str(self.backing),
+             str(self.mountpoint), str(self.trash)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
+        )
+        self.pidfile.write_text(str(self.process.pid))
+        try:
+            self._answer("mount")
+        except BaseException:
+            self.unmount()
+            raise
+
+    def status(self) -> dict:
+        return self._ask({"cmd": "status"})
+
+    def sync(self) -> dict:
+        """Make every write durable (what syncfs() would do)."""
+        return self._ask({"cmd": "sync"})
+
+    def cut(self, writeback: Writeback) -> dict:
+        """Power off the disk (``writeback`` reaches the platter first), then unmount it."""
+        try:
+            return self._ask({"cmd": "cut", "writeback": vars(writeback)})
+        finally:
+            self.unmount()
+
+    def unmount(self) -> None:
+        """Unmount and wait for the child to end; kill it if it does not."""
+        if self.process is None:
+            return
+        process, self.process = self.process, None
+        for lazy in ([], ["-z"]):  # -z: detach even if something still holds it
+            done = subprocess.run(["fusermount3", "-u", *lazy, str(self.mountpoint)],
+                                  capture_output=True, check=False, timeout=MOUNT_TIMEOUT)
+            if done.returncode == 0 or not os.path.ismount(self.mountpoint):
+                break
+        try:
+            process.wait(timeout=MOUNT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=MOUNT_TIMEOUT)
+        finally:
+            with contextlib.suppress(OSError):
+                process.stdin.close()
+                process.stdout.close()
+            self.pidfile.unlink(missing_ok=True)
+
+    # -- the pipe
+
+    def _ask(self, command: dict) -> dict:
+        if self.process is None:
+            raise DiskError("the lossy disk is not mounted")
+        self.process.stdin.write((json.dumps(command) + "\n").encode())
+        self.process.stdin.flush()
+        return self._answer(command["cmd"])
+
+    def _answer(self, what: str) -> dict:
+        """The next JSON line from the child, within MOUNT_TIMEOUT."""
+        deadline = time.monotonic() + MOUNT_TIMEOUT
+        fd = self.process.stdout.fileno()
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            readable, _, _ = select.select([fd], [], [], max(remaining, 0))
+            chunk = os.read(fd, 65536) if readable else b""
+            if not chunk:
+                reason = "timed out" if not readable else f"exited {self.process.poll()}"
+                raise DiskError(f"the lossy disk {reason} during {what}")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        answer = json.loads(line)
+        if "error" in answer:
+            raise DiskError(f"the lossy disk failed {what}: {answer['error']}")
+        return answer
+
+
+class PowerCutCluster(CrashableCluster):
+    """A crashable cluster on the lossy disk: ``power_cut()`` then ``restart()``."""
+
+    def __init__(self, binaries: Binaries | None = None, *, settings: dict | None = None):
+        super().__init__(binaries, settings=settings)
+        self.disk: LossyDiskProcess | None = None
+        self._crashed_on_power = False
+
+    def _start_server(self) -> None:
+        # initdb writes straight onto the platter; the disk is mounted over it afterwards
+        self._executor = self._new_executor()
+        self._executor.init_directory()
+        platter = self.workdir.path / "disk"
+        self.workdir.data.rename(platter)
+        for folder in (self.workdir.data, self.workdir.path / "trash"):
+            folder.mkdir(mode=stat.S_IRWXU)
+            _give_to(folder, self.account)
+        self.disk = LossyDiskProcess(platter, self.workdir.data, self.workdir.path / "trash",
+                                     self.workdir.path / DAEMON_PIDFILE)
+        self.restart()
+
+    def restart(self, **settings: str) -> None:
+        """Mount the disk again if the power was cut, then start the server on it.
+
+        After a crash() with the power on, crash recovery begins by making the whole
+        data folder durable (with fsync on; ``recovery_init_sync_method = syncfs`` on
+        PostgreSQL 14 and later). syncfs() never reaches a FUSE daemon, so the disk
+        is told to do just that here, before the server starts (an fsync of every
+        file through FUSE would take seconds).
+        """
+        if not self.disk.mounted:
+            self.disk.mount()
+        elif self._crashed_on_power and {**self.settings, **settings}.get("fsync") == "on":
+            self.disk.sync()
+        self._crashed_on_power = False
+        super().restart(**settings)
+
+    def crash(self) -> None:
+        """SIGKILL every server process; the disk keeps its unsynced writes (a process crash)."""
+        self._crashed_on_power = self.running or self._crashed_on_power
+        super().crash()
+
+    def power_cut(self, writeback: Writeback = NOTHING) -> dict:
+        """SIGKILL every server process, then power the disk off: only what was fsynced
+        (and ``writeback``'s part of the rest) stays. Returns what became of the
+        unsynced writes: {"written", "torn", "lost", "names_undone"}."""
+        self.crash()
+        return self.disk.cut(writeback)
+
+    def disk_status(self) -> dict:
+        """What the disk holds in memory only: {"unsynced_writes", "unsynced_bytes", ...}."""
+        return self.disk.status()
+
+    def _stop_server(self) -> None:
+        # the executor, once dropped, removes the data folder: by then it must be unmounted
+        try:
+            if self.running:
+                self.crash()
+        finally:
+            if self.disk is not None:
+                self.disk.unmount()
+            super()._stop_server()
+
+
+def _give_to(folder: Path, account: Account | None) -> None:
+    if account is not None:
+        os.chown(folder, account.uid, account.gid)
