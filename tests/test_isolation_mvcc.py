@@ -1,24 +1,39 @@
-"""Isolation without waiting: multi-version concurrency control (MVCC).
+"""Isolation with less waiting: multi-version concurrency control (MVCC).
 
 The course notes say PostgreSQL's MVCC "avoids unnecessary locking when
-multiple writes are happening to the database at once -- avoids wait times".
-Here is what that means. An UPDATE does not overwrite a row: it writes a new
-*version* of it and marks the old one as replaced. Every version carries the
-id of the transaction that created it (``xmin``) and of the one that deleted
-or replaced it (``xmax``, 0 while nobody has). Each statement (or, from
-repeatable read up, each transaction) reads from a *snapshot*: the versions
-committed when the snapshot was taken. So
+multiple writes are happening to the database at once", with "several
+databases available for reading from and writing to at once". There is one
+database and one table; what there are several of is *row versions*. An UPDATE
+does not overwrite a row: it writes a new version of it and marks the old one
+as replaced. Every version carries the id of the transaction that created it
+(``xmin``) and ``xmax``: 0, or the id of a transaction that deleted or replaced
+it -- or only locked it (``FOR SHARE``, ``FOR UPDATE``, a foreign-key check),
+or tried to replace it and rolled back. A reader decides from these ids and its
+*snapshot* (the transactions committed when it was taken: per statement at read
+committed, per transaction from repeatable read up) which version it sees. So
 
-* a reader never waits for a writer: it reads the last committed version;
-* a writer never waits for a reader: reading takes no lock a writer needs;
-* only two writers of the same row wait for each other (see the locking tests).
+* a plain SELECT does not wait for a writer of the row: it reads the last
+  committed version;
+* a writer does not wait for a plain SELECT: reading takes no row lock.
+
+Waiting has not gone away, though; it is left where it is needed:
+
+* two writers of the same row (test_isolation_locking.py);
+* two inserts of the same unique key: the second waits to learn whether the
+  first commits;
+* a foreign-key check locks the referenced row ``FOR KEY SHARE``, so deleting
+  that row, or changing its key, waits (changing its other columns does not);
+* DDL and queries: ALTER TABLE waits for a SELECT's transaction to end, and
+  a SELECT waits for an ALTER TABLE's.
 
 A database that isolates with read locks instead (two-phase locking) makes
-both wait; PostgreSQL's ``SELECT ... FOR SHARE`` reads like that, and serves
-as the contrast. Whether a session waited is the server's answer, not a timer's.
+readers and writers wait for each other; PostgreSQL's ``SELECT ... FOR SHARE``
+reads like that, and serves as the contrast. Whether a session waited is the
+server's answer (``pg_isolation_test_session_is_blocked``), not a timer's.
 """
 
 import pytest
+from psycopg2 import errors
 
 from acid_lab.engine.scenario import (
     OBSERVER,
@@ -26,11 +41,15 @@ from acid_lab.engine.scenario import (
     REPEATABLE_READ,
     T1,
     T2,
+    aborts,
     anything,
     blocks,
+    commits,
+    rolls_back,
     sees,
     succeeds,
 )
+from acid_lab.lessons.queries import execute
 
 pytestmark = pytest.mark.isolation
 
@@ -58,8 +77,8 @@ def test_a_reader_does_not_block_a_writer(run, read, t2_write):
     run(READ_COMMITTED, [
         (T1, read, sees(10)),
         (T2, "update test set value = 11 where id = 1", t2_write),
-        (T1, "commit"),
-        (T2, "commit"),
+        (T1, "commit", commits),
+        (T2, "commit", commits),
         (OBSERVER, READ_ROW_1, sees(11)),
     ])
 
@@ -82,9 +101,9 @@ def test_a_writer_does_not_block_a_reader(run, t2_read, t2_outcome):
     run(READ_COMMITTED, [
         (T1, "update test set value = 11 where id = 1"),
         (T2, t2_read, t2_outcome),
-        (T1, "commit"),
+        (T1, "commit", commits),
         (T2, READ_ROW_1, sees(11)),
-        (T2, "commit"),
+        (T2, "commit", commits),
     ])
 
 
@@ -97,12 +116,13 @@ def test_an_update_writes_a_new_row_version(run):
     (ctid), same xmin, value 10, but its xmax is now T2's transaction id -- it
     was replaced by T2 (already before T2 committed). The observer sees the new
     version: another ctid, value 11, created by T2 (xmin), not replaced (xmax 0).
+    Both versions are rows of the one table ``test``: not two databases.
     """
     result = run(REPEATABLE_READ, [
         (T1, VERSION_OF_ROW_1, anything),
         (T2, "update test set value = 11 where id = 1 returning xmin::text", anything),
         (T1, VERSION_OF_ROW_1, anything),
-        (T2, "commit"),
+        (T2, "commit", commits),
         (T1, VERSION_OF_ROW_1, anything),
         (OBSERVER, VERSION_OF_ROW_1, anything),
     ])
@@ -121,3 +141,119 @@ def test_an_update_writes_a_new_row_version(run):
     assert (new_value, new_xmin, new_xmax) == (11, t2_xid, "0"), (
         "everyone else reads the new version, created by T2" + story)
     assert new_ctid != old_ctid, "the new version is a new tuple, not the old one rewritten" + story
+
+
+@pytest.mark.parametrize("t1_statement, t1_end, xmax_after", [
+    pytest.param(READ_ROW_1, "commit", "0", id="a plain read: xmax stays 0"),
+    pytest.param(SHARE_LOCK_ROW_1, "commit", "T1", id="for share: the locker's id in xmax"),
+    pytest.param("select value from test where id = 1 for update", "commit", "T1",
+                 id="for update: the locker's id in xmax"),
+    pytest.param("update test set value = 11 where id = 1", "rollback", "T1",
+                 id="an update rolled back: the aborted updater's id in xmax"),
+])
+def test_xmax_names_lockers_and_aborted_updaters_too(run, t1_statement, t1_end, xmax_after):
+    """xmax is not only "replaced by": a row lock and a rolled-back update leave it set too.
+
+    Scenario: T1 learns its transaction id, runs the statement, and ends;
+    an observer reads row 1's value and xmax.
+    Outcome: the row is current (value 10, everyone reads it), yet after a
+    lock or an aborted update its xmax holds T1's id. Whether such an xmax
+    hides the version is decided from the transaction's fate and the version's
+    flags (lock only, aborted), not from xmax alone.
+    """
+    result = run(READ_COMMITTED, [
+        (T1, "select pg_current_xact_id()::xid::text", anything),
+        (T1, t1_statement),
+        (T1, t1_end, commits if t1_end == "commit" else rolls_back),
+        (OBSERVER, "select value, xmax::text from test where id = 1", anything),
+    ])
+    (t1_xid,), = result.steps[0].rows
+    expected_xmax = t1_xid if xmax_after == "T1" else "0"
+    assert result.steps[-1].rows == [[10, expected_xmax]], result.transcript
+
+
+# ------------------------------------------------------------------ where MVCC still waits
+
+
+@pytest.mark.parametrize("t1_end, t1_outcome, t2_insert, t2_commit, key_3_after", [
+    pytest.param("commit", commits, blocks(then=aborts(errors.UniqueViolation)), rolls_back,
+                 [(3, 30)], id="T1 commits: T2 waited, then 23505"),
+    pytest.param("rollback", rolls_back, blocks(then=succeeds), commits,
+                 [(3, 31)], id="T1 rolls back: T2 waited, then inserted"),
+])
+def test_two_inserts_of_one_unique_key_wait_for_each_other(run, t1_end, t1_outcome, t2_insert,
+                                                           t2_commit, key_3_after):
+    """Scenario: T1 inserts id 3 (the primary key) and stays open; T2 inserts id 3 too;
+    T1 ends; T2 commits.
+
+    Outcome: T2 waits -- whether its row may exist depends on whether T1's
+    commits, which no snapshot can tell yet. When T1 commits, T2 fails with
+    23505; when T1 rolls back, T2's insert goes through.
+    """
+    run(READ_COMMITTED, [
+        (T1, "insert into test (id, value) values (3, 30)"),
+        (T2, "insert into test (id, value) values (3, 31)", t2_insert),
+        (T1, t1_end, t1_outcome),
+        (T2, "commit", t2_commit),
+        (OBSERVER, "select id, value from test where id = 3", sees(*key_3_after)),
+    ])
+
+
+@pytest.mark.parametrize("t2_statement, t2_outcome, t2_commit", [
+    pytest.param(READ_ROW_1, sees(10), commits, id="a plain read: at once"),
+    pytest.param("update test set value = 11 where id = 1", succeeds, commits,
+                 id="update a non-key column: at once (FOR NO KEY UPDATE)"),
+    pytest.param("select value from test where id = 1 for update", blocks(then=sees(10)),
+                 commits, id="for update: waits"),
+    pytest.param("update test set id = 3 where id = 1",
+                 blocks(then=aborts(errors.ForeignKeyViolation)), rolls_back,
+                 id="change the key: waits, then 23503"),
+    pytest.param("delete from test where id = 1",
+                 blocks(then=aborts(errors.ForeignKeyViolation)), rolls_back,
+                 id="delete: waits, then 23503"),
+])
+def test_a_foreign_key_check_locks_the_referenced_row_for_key_share(run, observer, t2_statement,
+                                                                    t2_outcome, t2_commit):
+    """Scenario: orders.test_id references test(id). T1 inserts an order for row 1 and
+    stays open; T2 touches row 1; T1 commits; T2 commits.
+
+    Outcome: T1's foreign-key check locked row 1 ``FOR KEY SHARE`` (its xmax
+    now names T1): the row's key cannot go away while T1 may still commit an
+    order for it. A plain read and an update of a non-key column go ahead at
+    once; FOR UPDATE, a key change and a delete wait for T1 -- and then the
+    key change and the delete fail, because the order exists.
+    """
+    execute(observer, "create table orders (id int primary key, test_id int references test (id))")
+    run(READ_COMMITTED, [
+        (T1, "insert into orders (id, test_id) values (1, 1)"),
+        (OBSERVER, "select xmax::text <> '0' from test where id = 1", sees(True)),
+        (T2, t2_statement, t2_outcome),
+        (T1, "commit", commits),
+        (T2, "commit", t2_commit),
+        (OBSERVER, "select id, test_id from orders", sees((1, 1))),
+    ])
+
+
+@pytest.mark.parametrize("t1_statement, t2_statement, t2_outcome", [
+    pytest.param(READ_ROW_1, "alter table test add column note text", blocks(then=succeeds),
+                 id="a SELECT's open transaction makes ALTER TABLE wait"),
+    pytest.param("alter table test add column note text", READ_ROW_1, blocks(then=sees(10)),
+                 id="an ALTER TABLE's open transaction makes a SELECT wait"),
+])
+def test_ddl_and_queries_wait_for_each_other(run, t1_statement, t2_statement, t2_outcome):
+    """Scenario: T1 runs a statement on table test and stays open; T2 runs the other; T1
+    commits.
+
+    Outcome: a SELECT holds the table's ACCESS SHARE lock until its transaction
+    ends, and ALTER TABLE needs ACCESS EXCLUSIVE, which conflicts with every
+    lock: whichever comes second waits until T1 commits. Row versions do not
+    help here -- they version rows, not the table's definition.
+    """
+    run(READ_COMMITTED, [
+        (T1, t1_statement, anything),
+        (T2, t2_statement, t2_outcome),
+        (T1, "commit", commits),
+        (T2, "commit", commits),
+        (OBSERVER, "select count(*) from information_schema.columns "
+                   "where table_schema = current_schema() and table_name = 'test'", sees(3)),
+    ])
