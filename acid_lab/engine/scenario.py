@@ -681,6 +681,7 @@ class ScenarioRunner:
         self.close()
 
     def __call__(self, level: str | None, steps: Iterable[Any], **options: Any) -> ScenarioResult:
+        __tracebackhide__ = True  # a failing demonstration shows the test, not the runner
         return self.run(level, steps, **options)
 
     def run(
@@ -698,6 +699,7 @@ class ScenarioRunner:
         ``outside`` (and OBSERVER) never open a transaction. ``check=False``
         returns the result without checking the expectations.
         """
+        __tracebackhide__ = True
         if level is not RAW and level not in LEVELS:
             raise ValueError(f"level must be one of {LEVELS} or RAW, not {level!r}")
         schedule = [_as_step(item, i + 1) for i, item in enumerate(steps)]
@@ -815,6 +817,7 @@ class _Run:
         self.waiting: list[_Session] = []  # sessions whose step is blocked, in order
 
     def execute(self) -> ScenarioResult:
+        __tracebackhide__ = True
         for index, step in enumerate(self.schedule, start=1):
             session = self.sessions[step.session]
             why = f"before {step.session}'s next step (step {index})"
@@ -835,6 +838,7 @@ class _Run:
 
     def _perform(self, session: _Session, result: StepResult, sql: str | None = None) -> None:
         """Send one statement; return once it finished or is blocked, then settle the others."""
+        __tracebackhide__ = True
         now = time.perf_counter()
         result.started = now - self.started
         job = _Job(result, sql if sql is not None else result.sql, now)
@@ -851,6 +855,7 @@ class _Run:
 
     def _finishes_or_blocks(self, session: _Session, job: _Job) -> bool:
         """True when the job finished, False when the server says it is blocked."""
+        __tracebackhide__ = True
         if job.done.wait(_FAST_PATH_SECONDS):
             return True
         deadline = time.perf_counter() + self.runner.timeout
@@ -870,12 +875,14 @@ class _Run:
         """A pending step after another step ran: note it if it finished, or
         wait until it finishes or is blocked again (so the transcript is
         deterministic)."""
+        __tracebackhide__ = True
         job = session.pending
         if self._finishes_or_blocks(session, job):
             self._finish(session, job, unblocked=True)
 
     def _await(self, session: _Session, why: str) -> None:
         """Wait (bounded) for the session's pending step, if it has one, to finish."""
+        __tracebackhide__ = True
         job = session.pending
         if job is None:
             return
@@ -896,6 +903,7 @@ class _Run:
             self.result.lines.append(f"{result.sql}; -- {session.name}{mark}{result.outcome()}")
 
     def _stuck(self, message: str) -> None:
+        __tracebackhide__ = True
         for session in self.waiting:
             waiting_sql = session.pending.result.sql
             self.result.lines.append(f"-- {session.name}: still waiting: {waiting_sql}")
@@ -903,6 +911,7 @@ class _Run:
 
 
 def _check(schedule: list[Step], result: ScenarioResult) -> None:
+    __tracebackhide__ = True  # the mismatch and the transcript are the message
     problems = []
     for step, observed in zip(schedule, result.steps, strict=True):
         problem = step.expect.mismatch(observed)
@@ -931,5 +940,6 @@ def run_scenario(
     check: bool = True,
 ) -> ScenarioResult:
     """Run one scenario on fresh connections from ``source`` and close them."""
+    __tracebackhide__ = True
     with ScenarioRunner(source, timeout=timeout) as runner:
         return runner.run(level, steps, outside=outside, check=check)

@@ -1,41 +1,46 @@
-"""The anomaly catalog: Hermitage's schedules, shared by the isolation tests and the ACID report.
+"""The anomaly catalog: Hermitage's schedules, shared by the isolation chapter and the ACID report.
 
-Each :class:`Anomaly` is one of Kleppmann's Hermitage scenarios (hermitage/postgres.md)
-on the table ``test(id, value) = (1, 10), (2, 20)``: one statement per step, each
-tagged with its session, with a comment saying what that session sees. Steps
-whose outcome depends on the isolation level carry a *key*; a test plugs in
-the outcome it expects at each level (``G0.steps(t2_update=blocks(...))``),
-the report passes nothing and runs with ``check=False``. Steps whose outcome is
-the same at every level carry it here.
+The schedules themselves are written out in the isolation chapter,
+``tests/test_isolation.py``, each one above the test that runs it, so that a
+reader sees every statement where the lesson is. That file is the one source:
+this module collects its ``MATRIX`` and ``VARIANTS`` (loaded on first use, from
+the chapter next to this package: a checkout, installed with ``pip install -e``)
+and gives the report and the playground what they need to run them:
 
-Whether the anomaly *happened* in a run is decided from what the sessions
-observed (:meth:`Anomaly.happened`), never from the level: the report's matrix
-is built from that verdict, and the tests assert it against a literal per
-level, so the verdict logic is checked too.
+* :class:`Anomaly`: one of Kleppmann's Hermitage scenarios on the table
+  ``test(id, value) = (1, 10), (2, 20)``: one statement per step, each tagged
+  with its session. Steps whose outcome depends on the isolation level carry a
+  *key*; a test plugs in the outcome it expects at each level
+  (``G0.steps(t2_update=blocks(...))``), the report passes nothing and runs
+  with ``check=False``.
+* Whether the anomaly *happened* in a run is decided from what the sessions
+  observed (:meth:`Anomaly.happened`), never from the level: the report's matrix
+  is built from that verdict, and the chapter asserts it against a literal per
+  level, so the verdict logic is checked too.
+* :func:`observe`: one cell of the matrix, run and judged.
 
 ``MATRIX`` holds the ten anomalies of the report, in Hermitage's order;
 ``VARIANTS`` the extra scenarios (write-predicate and predicate variants, the
 read-only transaction anomaly and ``SERIALIZABLE READ ONLY DEFERRABLE``).
 """
 
+
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from acid_lab.engine.scenario import (
-    OBSERVER,
-    T1,
-    T2,
-    T3,
     Expectation,
     ScenarioResult,
     ScenarioRunner,
     Step,
     StepResult,
     anything,
-    sees,
     succeeds,
 )
 
@@ -46,8 +51,6 @@ PREVENTED = "prevented"
 
 #: Puts Hermitage's table back as it starts, for running several schedules in one place.
 RESTORE_HERMITAGE = "delete from test; insert into test (id, value) values (1, 10), (2, 20)"
-
-_FINAL = "select * from test order by id"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,266 +151,38 @@ class Anomaly:
         """POSSIBLE when the anomaly happened in this run, else PREVENTED."""
         return POSSIBLE if self.happened(result) else PREVENTED
 
-# -- G0, G1: what read committed already prevents ------------------------------
+# -- the schedules: the isolation chapter's own ------------------------------------
 
-G0 = Anomaly(
-    code="G0", name="dirty write",
-    legend="A transaction overwrites a value that another transaction wrote "
-           "but has not committed yet.",
-    schedule=(
-        (T1, "update test set value = 11 where id = 1"),
-        (T2, "update test set value = 12 where id = 1", "t2_update"),  # BLOCKS on T1's write
-        (T1, "update test set value = 21 where id = 2"),
-        (T1, "commit"),                                                # unblocks T2
-        (T2, "update test set value = 22 where id = 2", "t2_second_update"),
-        (T2, "commit"),          # answers ROLLBACK when T2 had failed
-        (OBSERVER, _FINAL, "final"),
-    ),
-    # T2 wrote over T1's uncommitted write, or the rows mix the two transactions.
-    occurred=lambda o: (o.ok("t2_update") and not o.blocked("t2_update"))
-    or o.rows("final") in ([[1, 12], [2, 21]], [[1, 11], [2, 22]]),
-)
+#: The chapter whose schedules these are (a checkout: tests/ beside acid_lab/).
+CHAPTER = Path(__file__).resolve().parents[2] / "tests" / "test_isolation.py"
 
-G1A = Anomaly(
-    code="G1a", name="aborted read",
-    legend="A transaction reads a value written by another transaction that "
-           "later rolls back.",
-    schedule=(
-        (T1, "update test set value = 101 where id = 1"),
-        (T2, _FINAL, "t2_read"),          # during T1: does T2 see 101?
-        (T1, "abort"),
-        (T2, _FINAL, "t2_read_again"),    # after T1 rolled back
-        (T2, "commit"),
-    ),
-    occurred=lambda o: 101 in o.seen("t2_read") | o.seen("t2_read_again"),
-)
+_lock = threading.Lock()
+_loaded: dict[str, tuple[Anomaly, ...]] = {}
 
-G1B = Anomaly(
-    code="G1b", name="intermediate read",
-    legend="A transaction reads a value that another transaction wrote and then "
-           "changed again before committing.",
-    schedule=(
-        (T1, "update test set value = 101 where id = 1"),
-        (T2, _FINAL, "t2_read"),          # T1's intermediate 101, or 10?
-        (T1, "update test set value = 11 where id = 1"),
-        (T1, "commit"),
-        (T2, _FINAL, "t2_read_again"),    # T1's final 11, or still 10?
-        (T2, "commit"),
-    ),
-    occurred=lambda o: 101 in o.seen("t2_read") | o.seen("t2_read_again"),
-)
 
-G1C = Anomaly(
-    code="G1c", name="circular information flow",
-    legend="Two transactions each read a value the other one wrote before "
-           "either of them committed.",
-    schedule=(
-        (T1, "update test set value = 11 where id = 1"),
-        (T2, "update test set value = 22 where id = 2"),
-        (T1, "select value from test where id = 2", "t1_read"),  # T2's 22, or 20?
-        (T2, "select value from test where id = 1", "t2_read"),  # T1's 11, or 10?
-        (T1, "commit"),
-        (T2, "commit", "t2_commit"),  # serializable: each read what the other overwrote
-    ),
-    occurred=lambda o: 22 in o.seen("t1_read") and 11 in o.seen("t2_read"),
-)
+def _load_chapter() -> dict[str, tuple[Anomaly, ...]]:
+    """Import the chapter file once, under a name of its own, and take its schedules."""
+    with _lock:
+        if not _loaded:
+            if not CHAPTER.is_file():
+                raise ImportError(
+                    f"the isolation schedules are written in the chapter itself, "
+                    f"tests/test_isolation.py, which is not at {CHAPTER}: run from a "
+                    f"checkout of ACID Lab (make report, make play; pip install -e .)")
+            spec = importlib.util.spec_from_file_location("acid_lab_isolation_chapter", CHAPTER)
+            chapter = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(chapter)
+            _loaded.update(MATRIX=tuple(chapter.MATRIX), VARIANTS=tuple(chapter.VARIANTS))
+            _loaded["CATALOG"] = _loaded["MATRIX"] + _loaded["VARIANTS"]
+        return _loaded
 
-OTV = Anomaly(
-    code="OTV", name="observed transaction vanishes",
-    legend="A transaction sees one write of a committed transaction, then reads "
-           "an older value that this transaction had overwritten.",
-    schedule=(
-        (T1, "update test set value = 11 where id = 1"),
-        (T1, "update test set value = 19 where id = 2"),
-        (T2, "update test set value = 12 where id = 1", "t2_update"),  # BLOCKS on T1
-        (T1, "commit"),                                                # unblocks T2
-        (T3, "select value from test where id = 1", sees(11)),
-        (T2, "update test set value = 18 where id = 2", "t2_second_update"),
-        (T3, "select value from test where id = 2", sees(19)),          # T2 not committed
-        (T2, "commit"),
-        (T3, "select value from test where id = 2", "t3_reads_row_2"),  # T2's 18?
-        (T3, "select value from test where id = 1", "t3_reads_row_1"),  # then T1's 11?
-        (T3, "commit"),
-    ),
-    # T3 saw T2's 18, then T1's 11 that T2 had overwritten: T2 vanished.
-    occurred=lambda o: o.rows("t3_reads_row_2") == [[18]] and o.rows("t3_reads_row_1") == [[11]],
-)
 
-# -- PMP, P4, G-single: what repeatable read adds ------------------------------
-
-PMP = Anomaly(
-    code="PMP", name="predicate-many-preceders",
-    legend="A transaction searches twice and the second search finds a row that "
-           "another transaction committed in between.",
-    schedule=(
-        (T1, "select * from test where value = 30", sees()),
-        (T2, "insert into test (id, value) values (3, 30)"),
-        (T2, "commit"),
-        (T1, "select * from test where value % 3 = 0", "t1_search_again"),  # finds (3, 30)?
-        (T1, "commit"),
-    ),
-    occurred=lambda o: 30 in o.seen("t1_search_again"),
-)
-
-PMP_WRITE = Anomaly(
-    code="PMP-write", name="predicate-many-preceders, write predicate",
-    legend="A waiting DELETE re-checks its condition on the row another "
-           "transaction just committed, and leaves behind a row that matches it.",
-    schedule=(
-        (T1, "update test set value = value + 10"),
-        (T2, "delete from test where value = 20 returning *", "t2_delete"),  # BLOCKS on T1
-        (T1, "commit"),                                                      # unblocks T2
-        (T2, _FINAL, "t2_read"),    # is a row with value 20 still there?
-        (T2, "commit"),
-    ),
-    # T2's "delete where value = 20" went through, yet T2 still sees a value 20.
-    occurred=lambda o: o.ok("t2_delete") and 20 in o.seen("t2_read"),
-)
-
-P4 = Anomaly(
-    code="P4", name="lost update",
-    legend="Two transactions read the same value and both write it back; "
-           "one of the two updates silently disappears.",
-    schedule=(
-        (T1, "select value from test where id = 1", sees(10)),
-        (T2, "select value from test where id = 1", sees(10)),
-        (T1, "update test set value = 11 where id = 1"),               # 10 + 1
-        (T2, "update test set value = 12 where id = 1", "t2_update"),  # 10 + 2: BLOCKS on T1
-        (T1, "commit"),                                                # unblocks T2
-        (T2, "commit"),
-        (OBSERVER, "select value from test where id = 1", "final"),   # both: 13
-    ),
-    # Only T2's write is left: T1's committed update is lost.
-    occurred=lambda o: o.rows("final") == [[12]],
-)
-
-G_SINGLE = Anomaly(
-    code="G-single", name="read skew",
-    legend="A transaction sees part of another transaction's changes and misses "
-           "the rest, e.g. a total that never existed.",
-    schedule=(
-        (T1, "select value from test where id = 1", sees(10)),
-        (T2, "select value from test where id = 1", sees(10)),
-        (T2, "select value from test where id = 2", sees(20)),
-        (T2, "update test set value = 12 where id = 1"),   # moves 2 from row 2 to row 1
-        (T2, "update test set value = 18 where id = 2"),
-        (T2, "commit"),
-        (T1, "select value from test where id = 2", "t1_read_row_2"),  # 18: 10 + 18 = 28?
-        (T1, "commit"),
-    ),
-    occurred=lambda o: o.rows("t1_read_row_2") == [[18]],
-)
-
-G_SINGLE_PREDICATE = Anomaly(
-    code="G-single-predicate", name="read skew, predicate read",
-    legend="A transaction's second search sees another transaction's committed "
-           "change that its first search did not.",
-    schedule=(
-        (T1, "select * from test where value % 5 = 0 order by id", sees((1, 10), (2, 20))),
-        (T2, "update test set value = 12 where value = 10"),
-        (T2, "commit"),
-        (T1, "select * from test where value % 3 = 0", "t1_search_again"),  # finds (1, 12)?
-        (T1, "commit"),
-    ),
-    occurred=lambda o: 12 in o.seen("t1_search_again"),
-)
-
-G_SINGLE_WRITE_PREDICATE = Anomaly(
-    code="G-single-write-predicate", name="read skew, write predicate",
-    legend="A transaction reads one row before another transaction commits and "
-           "then deletes by a condition judged after it.",
-    schedule=(
-        (T1, "select value from test where id = 1", sees(10)),
-        (T2, _FINAL, sees((1, 10), (2, 20))),
-        (T2, "update test set value = 12 where id = 1"),
-        (T2, "update test set value = 18 where id = 2"),
-        (T2, "commit"),
-        (T1, "delete from test where value = 20 returning *", "t1_delete"),  # after T2's 18
-        (T1, "commit"),
-    ),
-    # T1 read row 1 from before T2 and judged row 2 after T2.
-    occurred=lambda o: o.ok("t1_delete"),
-)
-
-# -- G2: what only serializable prevents ---------------------------------------
-
-G2_ITEM = Anomaly(
-    code="G2-item", name="write skew",
-    legend="Two transactions read the same rows, then each updates a different "
-           "one, so that together they break a rule each of them checked.",
-    schedule=(
-        (T1, "select * from test where id in (1, 2) order by id", sees((1, 10), (2, 20))),
-        (T2, "select * from test where id in (1, 2) order by id", sees((1, 10), (2, 20))),
-        (T1, "update test set value = 11 where id = 1"),
-        (T2, "update test set value = 21 where id = 2"),
-        (T1, "commit"),
-        (T2, "commit", "t2_commit"),
-        (OBSERVER, _FINAL, "final"),
-    ),
-    occurred=lambda o: o.rows("final") == [[1, 11], [2, 21]],
-)
-
-G2 = Anomaly(
-    code="G2", name="anti-dependency cycle",
-    legend="Two transactions each search for rows, find none, and each insert a "
-           "row that the other's search would have found.",
-    schedule=(
-        (T1, "select * from test where value % 3 = 0", sees()),
-        (T2, "select * from test where value % 3 = 0", sees()),
-        (T1, "insert into test (id, value) values (3, 30)"),
-        (T2, "insert into test (id, value) values (4, 42)"),
-        (T1, "commit"),
-        (T2, "commit", "t2_commit"),
-        (OBSERVER, "select * from test where value % 3 = 0 order by id", "final"),
-    ),
-    occurred=lambda o: o.rows("final") == [[3, 30], [4, 42]],
-)
-
-# Fekete, O'Neil and O'Neil (2004): under snapshot isolation a transaction that
-# only reads can see a state no serial order produces. T1 must come before T2
-# (it missed T2's write), T3 saw T2 but not T1: T2 before T3 before T1.
-READ_ONLY = Anomaly(
-    code="G2-read-only", name="read-only transaction anomaly",
-    legend="A transaction that only reads sees a state that no serial order of "
-           "the writing transactions could produce.",
-    schedule=(
-        (T1, _FINAL, sees((1, 10), (2, 20))),
-        (T2, "update test set value = value + 5 where id = 2"),
-        (T2, "commit"),
-        (T3, _FINAL, sees((1, 10), (2, 25))),    # T2 done, T1 not
-        (T3, "commit"),
-        (T1, "update test set value = 0 where id = 1", "t1_update"),
-        (T1, "commit", "t1_commit"),
-        (OBSERVER, _FINAL, "final"),
-    ),
-    # T3's report showed T2 without T1, and T1 (which missed T2) committed anyway.
-    occurred=lambda o: o.committed("t1_commit"),
-)
-
-READ_ONLY_DEFERRABLE = Anomaly(
-    code="G2-read-only-deferrable", name="read-only anomaly, read only deferrable",
-    legend="A READ ONLY DEFERRABLE transaction waits for a snapshot on which no "
-           "anomaly is possible, instead of seeing one or aborting a writer.",
-    schedule=(
-        (T1, _FINAL, sees((1, 10), (2, 20))),
-        (T2, "update test set value = value + 5 where id = 2"),
-        (T2, "commit"),
-        (T3, "set transaction read only, deferrable"),
-        (T3, _FINAL, "t3_read"),             # serializable: BLOCKS for a safe snapshot
-        (T1, "update test set value = 0 where id = 1"),
-        (T1, "commit", "t1_commit"),         # unblocks T3
-        (T3, "commit"),
-    ),
-    # The report T3 printed shows T2's deposit but not T1's committed write.
-    occurred=lambda o: o.rows("t3_read") == [[1, 10], [2, 25]] and o.committed("t1_commit"),
-)
-
-#: The report's matrix columns, in Hermitage's order.
-MATRIX: tuple[Anomaly, ...] = (G0, G1A, G1B, G1C, OTV, PMP, P4, G_SINGLE, G2_ITEM, G2)
-#: More scenarios of the catalog, not columns of the matrix.
-VARIANTS: tuple[Anomaly, ...] = (PMP_WRITE, G_SINGLE_PREDICATE, G_SINGLE_WRITE_PREDICATE,
-                                 READ_ONLY, READ_ONLY_DEFERRABLE)
-CATALOG: tuple[Anomaly, ...] = MATRIX + VARIANTS
+def __getattr__(name: str) -> Any:
+    """``MATRIX`` (the report's ten columns, in Hermitage's order), ``VARIANTS`` (more
+    scenarios, not columns) and ``CATALOG`` (both): read from the chapter on first use."""
+    if name in ("MATRIX", "VARIANTS", "CATALOG"):
+        return _load_chapter()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # -- observing an anomaly live ---------------------------------------------------
