@@ -17,6 +17,14 @@ A statement line ends in a session tag, and free text may follow the tag::
   end a statement. Comments are dropped from the statement text.
 * A tag-like comment with no statement before it (``-- T1 goes first``) is
   just a comment.
+* ``-- either`` (any case) tags a statement for a session of its own that never
+  joins the numbered transactions: Hermitage's "either T1 or T2, once both ended".
+
+A Hermitage page (``PAGE.md``) holds several scripts: its first ```` ```sql ````
+block is the setup, run before each later block; each later block with
+session tags is one script, named after the page, its heading and the sentence
+that introduces it (blocks without tags, such as "to see the current
+isolation level", are not scripts). See :func:`load_page`.
 
 Errors are :class:`ScriptError`, whose text names the file and the line.
 """
@@ -29,7 +37,9 @@ from pathlib import Path
 
 from acid_lab.engine.scenario import Step, anything
 
-_TAG = re.compile(r"\s*(T\d+)(?![\w])[\s,.:;]*(.*)")
+_TAG = re.compile(r"\s*(T\d+|(?i:either))(?![\w])[\s,.:;]*(.*)")
+#: The session name of statements tagged ``-- either``.
+EITHER = "either"
 _DOLLAR_QUOTE = re.compile(r"\$([A-Za-z_\u0080-\uffff][\w\u0080-\uffff]*)?\$")
 
 
@@ -53,6 +63,9 @@ class Statement:
     line: int
     session: str | None = None
     note: str = ""
+    #: whether the note is this statement's own: a note is about the last
+    #: statement on its line (``begin; select ...; -- T1. Shows 10`` is about the select)
+    owns_note: bool = True
 
 
 @dataclasses.dataclass
@@ -62,6 +75,11 @@ class Script:
     path: str
     setup: list[Statement]
     steps: list[Statement]
+    #: What to call the script: its path, or for a page "page.md: heading: sentence"
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.path
 
     def schedule(self) -> list[Step]:
         """The steps as a scenario schedule; every outcome is an observation."""
@@ -80,6 +98,87 @@ def load_script(path: str | Path) -> Script:
 def parse_script(text: str, path: str = "<script>") -> Script:
     """Split ``text`` into setup statements and session-tagged steps."""
     return _Parser(text, path).parse()
+
+
+def load_scripts(path: str | Path) -> list[Script]:
+    """A ``.md`` page's scripts, or the one script of any other file."""
+    if str(path).lower().endswith((".md", ".markdown")):
+        return load_page(path)
+    return [load_script(path)]
+
+
+def load_page(path: str | Path) -> list[Script]:
+    """Read a Hermitage page and parse its scripts."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScriptError(str(path), None, f"cannot read the page: {exc}") from None
+    return parse_page(text, str(path))
+
+
+_FENCE = re.compile(r"^(```+|~~~+)\s*(\w*)\s*$")
+_UNDERLINE = re.compile(r"^(=+|-+)\s*$")
+
+
+def parse_page(text: str, path: str = "<page>") -> list[Script]:
+    """Every sql block after the first (the setup) that has session tags is a script."""
+    blocks = _sql_blocks(text)
+    if not blocks:
+        raise ScriptError(path, None, "the page has no ```sql block")
+    first_line, setup_text, _ = blocks[0]
+    setup = _Parser(_at_line(setup_text, first_line), path).parse(require_tags=False).setup
+    scripts = []
+    for line, body, title in blocks[1:]:
+        script = _Parser(_at_line(body, line), path).parse(require_tags=False)
+        if not script.steps:
+            continue  # an example query, not a schedule
+        scripts.append(Script(path, setup + script.setup, script.steps,
+                              name=f"{path}: {title}" if title else path))
+    if not scripts:
+        raise ScriptError(path, None, "no sql block after the first has session tags "
+                                      "(-- T1, -- T2, ...)")
+    return scripts
+
+
+def _at_line(body: str, line: int) -> str:
+    """``body`` shifted so the parser's line numbers are the page's."""
+    return "\n" * (line - 1) + body
+
+
+def _sql_blocks(text: str) -> list[tuple[int, str, str]]:
+    """(first line, text, title) of each fenced sql block, the title made of the
+    heading above it and the paragraph that introduces it."""
+    lines = text.split("\n")
+    blocks, heading, paragraph = [], "", []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        fence = _FENCE.match(line)
+        if fence:
+            end = i + 1
+            while end < len(lines) and not lines[end].startswith(fence.group(1)):
+                end += 1
+            if fence.group(2).lower() in ("sql", ""):
+                lead = " ".join(p for p in paragraph if p != "\0").strip().rstrip(":").strip()
+                title = ": ".join(part for part in (heading, lead) if part)
+                blocks.append((i + 2, "\n".join(lines[i + 1:end]), title))
+            paragraph = []
+            i = end + 1
+            continue
+        if line.startswith("#"):
+            heading, paragraph = line.lstrip("#").strip(), []
+        elif i + 1 < len(lines) and line.strip() and _UNDERLINE.match(lines[i + 1]):
+            heading, paragraph = line.strip(), []
+            i += 1
+        elif not line.strip():
+            if paragraph:
+                paragraph = [*paragraph, "\0"]  # a paragraph ended; a new one replaces it
+        else:
+            if paragraph and paragraph[-1] == "\0":
+                paragraph = []
+            paragraph.append(line.strip())
+        i += 1
+    return blocks
 
 
 def _is_identifier_char(char: str) -> bool:
@@ -105,7 +204,7 @@ class _Parser:
     def error(self, message: str, line: int | None = None) -> ScriptError:
         return ScriptError(self.path, self.line if line is None else line, message)
 
-    def parse(self) -> Script:
+    def parse(self, require_tags: bool = True) -> Script:
         text = self.text
         while self.pos < len(text):
             char = text[self.pos]
@@ -146,7 +245,7 @@ class _Parser:
                 raise self.error("the last statement has no session tag (-- T<n>)",
                                  self.current_line)
             self.setup.append(Statement(leftover, self.current_line))
-        if not self.steps:
+        if not self.steps and require_tags:
             raise self.error("no statement has a session tag (-- T1, -- T2, ...)", 1)
         return Script(self.path, self.setup, self.steps)
 
@@ -221,7 +320,11 @@ class _Parser:
         if not self.ended:
             return  # a tag-like comment with nothing to tag: prose
         session, note = tag.group(1), tag.group(2).strip()
-        self.steps.extend(Statement(sql, line, session, note) for sql, line in self.ended)
+        if session.lower() == EITHER:
+            session = EITHER
+        last = len(self.ended) - 1
+        self.steps.extend(Statement(sql, line, session, note, owns_note=i == last)
+                          for i, (sql, line) in enumerate(self.ended))
         self.ended.clear()
 
     # -- statement boundaries
