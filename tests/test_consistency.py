@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session
 
 from acid_lab.lessons.bank import balances, fleet_rows, one_transaction, snapshot
 from acid_lab.lessons.models import Account, Base, Driver, Vehicle
-from acid_lab.lessons.queries import execute
+from acid_lab.lessons.queries import execute, one
 
 pytestmark = pytest.mark.consistency
 
@@ -178,37 +178,46 @@ def test_deleting_a_vehicle_cascades_to_its_inspections_and_bookings(fleet, conn
 # --------------------------------------------------------------------------- data types
 
 
-@pytest.mark.parametrize("statement, error", [
+CLASSES_OF_ADA = "select license_classes from drivers where id = 1"
+SPECS_OF_VEHICLE_10 = "select specs from vehicles where id = 10"
+
+
+@pytest.mark.parametrize("statement, error, read_back, value_after", [
     pytest.param("update drivers set license_classes = '{B,C,D}' where id = 1", None,
-                 id="array: known classes accepted"),
+                 CLASSES_OF_ADA, ["B", "C", "D"], id="array: known classes accepted"),
     pytest.param("update drivers set license_classes = '{B,Z}' where id = 1",
-                 errors.CheckViolation, id="array: unknown class Z refused"),
+                 errors.CheckViolation, CLASSES_OF_ADA, ["B"], id="array: unknown class Z refused"),
     pytest.param("update drivers set license_classes = '{}' where id = 1",
-                 errors.CheckViolation, id="array: no class at all refused"),
+                 errors.CheckViolation, CLASSES_OF_ADA, ["B"], id="array: no class at all refused"),
     pytest.param("""update vehicles set specs = '{"seats": 7, "color": "red"}' where id = 10""",
-                 None, id="jsonb: an object with a seat count accepted"),
+                 None, SPECS_OF_VEHICLE_10, {"seats": 7, "color": "red"},
+                 id="jsonb: an object with a seat count accepted"),
     pytest.param("""update vehicles set specs = '{"seats": 0}' where id = 10""",
-                 errors.CheckViolation, id="jsonb: zero seats refused"),
+                 errors.CheckViolation, SPECS_OF_VEHICLE_10, {"seats": 5},
+                 id="jsonb: zero seats refused"),
     pytest.param("""update vehicles set specs = '{"seats": "five"}' where id = 10""",
-                 errors.CheckViolation, id="jsonb: seats not a number refused"),
+                 errors.CheckViolation, SPECS_OF_VEHICLE_10, {"seats": 5},
+                 id="jsonb: seats not a number refused"),
     pytest.param("""update vehicles set specs = '[5]' where id = 10""",
-                 errors.CheckViolation, id="jsonb: not an object refused"),
+                 errors.CheckViolation, SPECS_OF_VEHICLE_10, {"seats": 5},
+                 id="jsonb: not an object refused"),
 ])
-def test_array_and_jsonb_columns_obey_their_checks(fleet, connect, observer, statement, error):
+def test_array_and_jsonb_columns_obey_their_checks(fleet, connect, observer, statement, error,
+                                                   read_back, value_after):
     """PostgreSQL is object-relational: a column may hold an array or a JSON document,
     and a CHECK constraint can look inside it.
 
     Scenario: write a licence-class array or a vehicle's JSONB specs.
-    Outcome: values that fit the rule are stored; the rest are refused with
-    CheckViolation (23514) and change nothing.
+    Outcome: values that fit the rule are stored, exactly as written; the rest
+    are refused with CheckViolation (23514) and change nothing.
     """
     if error is None:
         one_transaction(connect, statement)
-        assert fleet_rows(observer) != fleet, "a valid value is stored"
     else:
         with pytest.raises(error):
             one_transaction(connect, statement)
         assert fleet_rows(observer) == fleet, "consistency: a refused value changes nothing"
+    assert one(observer, read_back) == value_after
 
 
 # --------------------------------------------------------------------------- checked at commit

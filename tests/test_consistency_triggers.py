@@ -13,25 +13,94 @@ an INSERT, UPDATE or DELETE touches:
 * a constraint trigger DEFERRABLE INITIALLY DEFERRED runs at COMMIT, when the
   transaction's rows are all in place, and can refuse the whole transaction.
 
-The schemas are ``acid_lab.lessons.schema``'s: drivers and vehicles, and the bank.
+The tables are ``acid_lab.lessons.schema``'s: drivers and vehicles, and the
+bank; the triggers are below, in full.
+
+A trigger's query sees what its transaction's snapshot sees -- and no more.
+Two transactions that each count "three vehicles" before either commits both
+pass the check: below serializable, a rule over many rows needs isolation too
+(the last test).
 """
 
 import pytest
 from psycopg2 import IntegrityError as Psycopg2IntegrityError
 from psycopg2 import errors
 
-from acid_lab.lessons.bank import balances, fleet_rows, one_transaction, snapshot
-from acid_lab.lessons.queries import execute
-from acid_lab.lessons.schema import (
-    BANK_AUDIT_TRIGGER,
-    FUTURE_INSPECTION_SQLSTATE,
-    INSPECTION_DATE_TRIGGER,
-    THREE_VEHICLES_TRIGGER,
-    TOO_MANY_VEHICLES_SQLSTATE,
-    create,
+from acid_lab.engine.scenario import (
+    OBSERVER,
+    READ_COMMITTED,
+    REPEATABLE_READ,
+    RW_DEPENDENCIES,
+    SERIALIZABLE,
+    T1,
+    T2,
+    aborts,
+    commits,
+    sees,
 )
+from acid_lab.lessons.bank import balances, fleet_rows, one_transaction
+from acid_lab.lessons.queries import execute, rows
+from acid_lab.lessons.schema import create
 
 pytestmark = pytest.mark.consistency
+
+# --------------------------------------------------------------------------- the triggers
+
+# A BEFORE trigger rejects a bad row with a SQLSTATE of its own (class 23: an
+# integrity violation, so every client library files it as one).
+INSPECTION_DATE_TRIGGER = """
+create function no_future_inspection() returns trigger language plpgsql as $$
+begin
+    if new.inspected_on > current_date then
+        raise exception 'inspection of vehicle % dated in the future (%)',
+            new.vehicle_id, new.inspected_on using errcode = '23V01';
+    end if;
+    return new;
+end $$;
+
+create trigger no_future_inspection before insert or update on inspections
+    for each row execute function no_future_inspection();
+"""
+FUTURE_INSPECTION_SQLSTATE = "23V01"
+
+# An AFTER trigger keeps the audit trail and a running total of all balances.
+BANK_AUDIT_TRIGGER = """
+create table bank_total (total int not null);
+insert into bank_total (total) select coalesce(sum(balance), 0) from accounts;
+
+create function audit_balance_change() returns trigger language plpgsql as $$
+declare
+    delta int := coalesce(new.balance, 0) - coalesce(old.balance, 0);
+begin
+    if delta <> 0 then
+        insert into audit (account_id, delta) values (new.id, delta);
+        update bank_total set total = total + delta;
+    end if;
+    return null;
+end $$;
+
+create trigger audit_balance_change after insert or update of balance on accounts
+    for each row execute function audit_balance_change();
+"""
+
+# A deferred constraint trigger enforces a rule across rows at COMMIT.
+THREE_VEHICLES_TRIGGER = """
+create function at_most_three_vehicles() returns trigger language plpgsql as $$
+begin
+    if (select count(*) from vehicles where driver_id = new.driver_id) > 3 then
+        raise exception 'driver % would drive more than three vehicles', new.driver_id
+            using errcode = '23V02';
+    end if;
+    return null;
+end $$;
+
+create constraint trigger at_most_three_vehicles
+    after insert or update of driver_id on vehicles
+    deferrable initially deferred
+    for each row execute function at_most_three_vehicles();
+"""
+TOO_MANY_VEHICLES_SQLSTATE = "23V02"
+
 
 @pytest.mark.parametrize("inspected_on, error", [
     pytest.param("2020-06-01", None, id="a past date: accepted"),
@@ -50,7 +119,9 @@ def test_a_before_trigger_refuses_a_bad_row_with_its_own_sqlstate(fleet, connect
 
     if error is None:
         one_transaction(connect, statement)
-        assert len(snapshot(observer, "inspections")["inspections"]) == 4
+        assert rows(observer, "select vehicle_id, inspected_on::text, passed from inspections "
+                              "where vehicle_id = 20 order by inspected_on") == [
+            (20, "2020-06-01", True), (20, "2025-03-01", True)]
         return
     with pytest.raises(error) as failure:
         one_transaction(connect, statement)
@@ -138,3 +209,42 @@ def test_a_deferred_constraint_trigger_checks_a_cross_row_rule_at_commit(
         cur.execute("select id from vehicles where driver_id = 1 order by id")
         assert [row[0] for row in cur.fetchall()] == vehicles_of_ada, \
             "consistency: at most three vehicles per driver at every commit"
+
+
+ADA_S_VEHICLES = "select id from vehicles where driver_id = 1 order by id"
+
+
+@pytest.mark.parametrize("level, t2_commit, ada_after", [
+    pytest.param(READ_COMMITTED, commits, [10, 11, 12, 13],
+                 id="read committed: both counted three, Ada has four"),
+    pytest.param(REPEATABLE_READ, commits, [10, 11, 12, 13],
+                 id="repeatable read: both counted three, Ada has four"),
+    pytest.param(SERIALIZABLE, aborts(errors.SerializationFailure, RW_DEPENDENCIES), [10, 11, 12],
+                 id="serializable: T2's commit aborts (40001), Ada has three"),
+])
+def test_a_cross_row_trigger_needs_serializable_against_concurrent_writers(
+        fleet, observer, run, level, t2_commit, ada_after):
+    """Consistency that needs isolation: the three-vehicle rule under two concurrent inserts.
+
+    Scenario: Ada has two vehicles. T1 gives her vehicle 12, T2 vehicle 13;
+    each runs the deferred check now (``set constraints ... immediate``, what
+    COMMIT would do first) before either commits; T1 commits, then T2.
+    Outcome: each trigger counts Ada's vehicles in its own snapshot: two
+    committed plus its own, three -- the other's insert is invisible -- so
+    both checks pass. At read committed and repeatable read both commit and
+    Ada drives four vehicles, though every transaction passed the check.
+    Serializable notices that each counted rows the other was inserting
+    (read/write dependencies both ways) and refuses T2's commit with 40001.
+    Checking at COMMIT only narrows the window: two commits can run their
+    checks at the same moment just the same.
+    """
+    create(observer, THREE_VEHICLES_TRIGGER)
+    run(level, [
+        (T1, "insert into vehicles (id, plate, driver_id) values (12, 'ADA-3', 1)"),
+        (T2, "insert into vehicles (id, plate, driver_id) values (13, 'ADA-4', 1)"),
+        (T1, "set constraints at_most_three_vehicles immediate"),   # T1's trigger counts 3
+        (T2, "set constraints at_most_three_vehicles immediate"),   # T2's trigger counts 3
+        (T1, "commit", commits),
+        (T2, "commit", t2_commit),
+        (OBSERVER, ADA_S_VEHICLES, sees(*ada_after)),
+    ])

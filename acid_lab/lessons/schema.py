@@ -5,14 +5,12 @@ and (2, 20). Other demo schemas are created by the tests that need them, with
 ``create(conn, SCHEMA, ...)`` in the connection's place (its search_path):
 
 * ``BANK`` (+ ``BANK_ACCOUNTS``: alice 100, bob 50): accounts whose balance
-  may not go negative, and an audit row for every change;
-  ``BANK_AUDIT_TRIGGER`` lets an AFTER trigger write the audit rows and a
-  running total instead.
+  may not go negative, and an audit row for every change.
 * ``DRIVERS`` (+ ``DRIVERS_ROWS``): the course notes' drivers and vehicles
   (a vehicle's driver_id references a driver), with a domain type for
   plates, arrays and JSONB under CHECK constraints, deferred constraints,
-  inspections (composite key, ON DELETE CASCADE) and bookings (EXCLUDE);
-  ``INSPECTION_DATE_TRIGGER`` and ``THREE_VEHICLES_TRIGGER`` add triggers.
+  inspections (composite key, ON DELETE CASCADE) and bookings (EXCLUDE).
+  The triggers on them are written out in tests/test_consistency_triggers.py.
 
 ``acid_lab.lessons.models`` maps the same tables for SQLAlchemy's ORM.
 """
@@ -126,42 +124,7 @@ insert into bookings (vehicle_id, during) values
     (10, '[2025-06-01 09:00, 2025-06-01 12:00)');
 """
 
-# A BEFORE trigger rejects a bad row with a SQLSTATE of its own (class 23:
-# an integrity violation, so every client library files it as one).
 FLEET_TABLES = ("drivers", "vehicles", "inspections", "bookings")
-
-INSPECTION_DATE_TRIGGER = """
-create function no_future_inspection() returns trigger language plpgsql as $$
-begin
-    if new.inspected_on > current_date then
-        raise exception 'inspection of vehicle % dated in the future (%)',
-            new.vehicle_id, new.inspected_on using errcode = '23V01';
-    end if;
-    return new;
-end $$;
-
-create trigger no_future_inspection before insert or update on inspections
-    for each row execute function no_future_inspection();
-"""
-FUTURE_INSPECTION_SQLSTATE = "23V01"
-
-# A deferred constraint trigger enforces a rule across rows at COMMIT.
-THREE_VEHICLES_TRIGGER = """
-create function at_most_three_vehicles() returns trigger language plpgsql as $$
-begin
-    if (select count(*) from vehicles where driver_id = new.driver_id) > 3 then
-        raise exception 'driver % would drive more than three vehicles', new.driver_id
-            using errcode = '23V02';
-    end if;
-    return null;
-end $$;
-
-create constraint trigger at_most_three_vehicles
-    after insert or update of driver_id on vehicles
-    deferrable initially deferred
-    for each row execute function at_most_three_vehicles();
-"""
-TOO_MANY_VEHICLES_SQLSTATE = "23V02"
 
 
 def create(conn, *schemas: str) -> None:
