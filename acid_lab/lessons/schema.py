@@ -40,26 +40,6 @@ BANK_ACCOUNTS = """
 insert into accounts (id, owner, balance) values (1, 'alice', 100), (2, 'bob', 50);
 """
 
-# An AFTER trigger keeps the audit trail and a running total of all balances.
-BANK_AUDIT_TRIGGER = """
-create table bank_total (total int not null);
-insert into bank_total (total) select coalesce(sum(balance), 0) from accounts;
-
-create function audit_balance_change() returns trigger language plpgsql as $$
-declare
-    delta int := coalesce(new.balance, 0) - coalesce(old.balance, 0);
-begin
-    if delta <> 0 then
-        insert into audit (account_id, delta) values (new.id, delta);
-        update bank_total set total = total + delta;
-    end if;
-    return null;
-end $$;
-
-create trigger audit_balance_change after insert or update of balance on accounts
-    for each row execute function audit_balance_change();
-"""
-
 # --------------------------------------------------------------------------- drivers and vehicles
 # The course notes' example: a vehicle's driver_id references a driver.
 
