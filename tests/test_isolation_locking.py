@@ -34,10 +34,11 @@ from acid_lab.engine.scenario import (
     T2,
     aborts,
     blocks,
+    commits,
+    rolls_back,
     sees,
     succeeds,
 )
-from acid_lab.engine.workloads import NO_LOCK, SKIP_LOCKED
 
 pytestmark = pytest.mark.isolation
 
@@ -65,9 +66,9 @@ def test_select_for_update_turns_the_lost_update_into_a_wait(run, read, t2_read,
         (T1, read, sees(10)),
         (T2, read, t2_read),
         (T1, "update test set value = 11 where id = 1"),
-        (T1, "commit"),  # releases the row lock: T2's read returns
+        (T1, "commit", commits),  # releases the row lock: T2's read returns
         (T2, t2_write),
-        (T2, "commit"),
+        (T2, "commit", commits),
         (OBSERVER, READ_ROW_1, sees(row_1)),
     ])
 
@@ -93,8 +94,8 @@ def test_update_in_place_instead_of_read_modify_write(run, write, row_1):
         (T2, READ_ROW_1, sees(10)),
         (T1, write),
         (T2, write, blocks(then=succeeds)),
-        (T1, "commit"),
-        (T2, "commit"),
+        (T1, "commit", commits),
+        (T2, "commit", commits),
         (OBSERVER, READ_ROW_1, sees(row_1)),
     ])
 
@@ -117,8 +118,8 @@ def test_nowait_refuses_instead_of_waiting(run, t2_lock, t2_outcome):
     run(READ_COMMITTED, [
         (T1, LOCK_ROW_1, sees(10)),
         (T2, t2_lock, t2_outcome),
-        (T1, "rollback"),
-        (T2, "rollback"),
+        (T1, "rollback", rolls_back),
+        (T2, "rollback", rolls_back),
     ])
 
 
@@ -143,8 +144,8 @@ def test_advisory_lock_stops_only_who_asks_for_it(run, t2_step, t2_outcome):
     run(READ_COMMITTED, [
         (T1, "select pg_advisory_xact_lock(42)"),
         (T2, t2_step, t2_outcome),
-        (T1, "commit"),  # releases the advisory lock
-        (T2, "commit"),
+        (T1, "commit", commits),  # releases the advisory lock
+        (T2, "commit", commits),
     ])
 
 
@@ -161,10 +162,10 @@ def test_advisory_lock_serializes_a_read_modify_write(run):
         (T1, READ_ROW_1, sees(10)),
         (T2, "select pg_advisory_xact_lock(1)", blocks(then=succeeds)),
         (T1, "update test set value = 11 where id = 1"),
-        (T1, "commit"),
+        (T1, "commit", commits),
         (T2, READ_ROW_1, sees(11)),
         (T2, "update test set value = 12 where id = 1"),
-        (T2, "commit"),
+        (T2, "commit", commits),
         (OBSERVER, READ_ROW_1, sees(12)),
     ])
 
@@ -192,30 +193,47 @@ def test_deadlock_victim_is_the_session_that_checks_first(run, patient, victim):
         (patient, "update test set value = 21 where id = 2", blocks(then=succeeds)),
         (victim, "update test set value = 12 where id = 1",
          blocks(then=aborts(errors.DeadlockDetected))),
-        (victim, "rollback"),
-        (patient, "commit"),
+        (victim, "rollback", rolls_back),
+        (patient, "commit", commits),
         (OBSERVER, "select id, value from test order by id", sees((1, 11), (2, 21))),
     ])
 
 
+def take_jobs_claimed_with(claim):
+    """A worker's transaction: claim the first job not done (``select ... <claim>``),
+    record that this worker ran it, mark it done."""
+    def take_job(cur, turn):
+        cur.execute(f"select id from jobs where not done order by id limit 1 {claim}")
+        row = cur.fetchone()
+        turn.wait_for_others()  # every worker holds its claim now
+        if row is None:
+            return workloads.STOP
+        cur.execute("insert into job_runs (job_id, worker) values (%s, %s)",
+                    (row[0], turn.worker))
+        cur.execute("update jobs set done = true where id = %s", (row[0],))
+        return row[0]
+    return take_job
+
+
 @pytest.mark.parametrize("claim, runs_per_job, jobs_per_worker", [
-    pytest.param(SKIP_LOCKED, 1, [2, 2, 2, 2],
+    pytest.param("for update skip locked", 1, [2, 2, 2, 2],
                  id="for update skip locked: each job once, four at a time"),
-    pytest.param(NO_LOCK, 4, [8, 8, 8, 8],
+    pytest.param("", 4, [8, 8, 8, 8],
                  id="plain select: every worker does every job"),
 ])
 def test_skip_locked_job_queue(connect, claim, runs_per_job, jobs_per_worker):
     """A job queue on a table: 4 workers take 8 jobs with SELECT ... FOR UPDATE SKIP LOCKED.
 
-    Scenario: each worker, in a loop until the queue is empty: claim the first
-    job not done, record that it ran it, mark it done, commit. Each round, all
-    four workers hold their claim at the same moment before any finishes.
+    Scenario: each worker, in a loop until the queue is empty, runs
+    ``take_jobs_claimed_with(claim)`` above: claim the first job not done,
+    record that it ran it, mark it done, commit. Each round, all four workers
+    hold their claim at the same moment before any finishes.
     Outcome: with SKIP LOCKED each worker passes over the jobs the others hold,
     so four different jobs run at once, each job exactly once, nobody waits
     (a worker that had to wait could not meet the others). Claiming with a
     plain read, all four take the same first job: every job runs four times.
     """
-    result = workloads.job_queue(connect, workers=4, jobs=8, claim=claim)
+    result = workloads.job_queue(connect, take_jobs_claimed_with(claim), workers=4, jobs=8)
     summary = result.summary()
     print(summary)
 

@@ -21,11 +21,12 @@ read before any of them writes, every time, and the outcome is exact:
   aborted with 40001 and retry (they are the only ones left in the round, so
   they meet again among themselves): per round (N-1) + (N-2) + ... + 1 retries.
 
-The workloads (each returns a result with its own observations):
+The workloads prepare the tables, run the caller's transaction (the SQL a
+lesson is about stays in the lesson) and return what they observed:
 :func:`increments` (N threads x M increments of one counter),
 :func:`bank_transfers` (tellers paying out of one shared account),
-:func:`on_call_doctors` (write skew: both doctors check, then both leave),
-:func:`job_queue` (workers claiming jobs with ``FOR UPDATE SKIP LOCKED``).
+:func:`on_call_doctors` (doctors leaving a shift only if another stays),
+:func:`job_queue` (workers claiming jobs from a table).
 Build others from :func:`worker_sessions` and :func:`run_workers`;
 :func:`blocked_or_done` asks the server whether a session waits for a lock.
 """
@@ -375,6 +376,9 @@ class _Driver:
                 cur.execute(self.begin)
                 outcome = self.transaction(cur, turn)
                 cur.execute("commit")
+                if cur.statusmessage != "COMMIT":  # a failed transaction answers ROLLBACK
+                    raise WorkloadError(f"worker {index}: commit answered "
+                                        f"{cur.statusmessage}, the transaction had failed")
                 tally.commits += 1
                 failure = None
             except RETRYABLE as exc:
@@ -474,65 +478,35 @@ def blocked_or_done(observer, pid: int, done: Callable[[], bool],
 
 
 # -- the workloads ------------------------------------------------------------
+#
+# Each one prepares its tables, runs the caller's transaction on every worker
+# and reads back what is left. The transaction -- the SQL the lesson is about --
+# is the caller's: ``transaction(cur, turn)`` runs inside ``begin``/``commit``
+# on the worker's cursor and calls ``turn.wait_for_others()`` where all workers
+# must meet (for a read-modify-write: after the read, before the write).
 
-READ_MODIFY_WRITE = "read-modify-write"  # select value; update set value = <what was read + 1>
-LOCKING_READ = "select for update"  # the same, but the read locks the row
-ATOMIC_UPDATE = "update set value = value + 1"  # no read: the server adds to the current value
-INCREMENT_METHODS = (READ_MODIFY_WRITE, LOCKING_READ, ATOMIC_UPDATE)
 
-
-def increments(connect: ConnectionSource, *, level: str, threads: int, increments: int,
-               method: str = READ_MODIFY_WRITE, retry: bool = True, lockstep: bool = True,
+def increments(connect: ConnectionSource, transaction: Transaction, *, level: str,
+               threads: int, increments: int, retry: bool = True, lockstep: bool = True,
                timeout: float = DEFAULT_TIMEOUT) -> CounterResult:
-    """``threads`` workers each add 1 to one counter (table ``counter``, from 0) ``increments``
-    times. With lockstep, all workers of a round start before any writes (for a
-    read-modify-write: all have read)."""
-    if method not in INCREMENT_METHODS:
-        raise ValueError(f"method must be one of {INCREMENT_METHODS}, not {method!r}")
-
-    def increment(cur, turn: Turn) -> None:
-        if method == READ_MODIFY_WRITE:
-            cur.execute("select value from counter where id = 1")
-            (value,) = cur.fetchone()
-            turn.wait_for_others()  # everyone has read before anyone writes
-            cur.execute("update counter set value = %s where id = 1", (value + 1,))
-        elif method == LOCKING_READ:
-            turn.wait_for_others()  # a locking read waits, so meet before it
-            cur.execute("select value from counter where id = 1 for update")
-            (value,) = cur.fetchone()
-            cur.execute("update counter set value = %s where id = 1", (value + 1,))
-        else:
-            turn.wait_for_others()
-            cur.execute("update counter set value = value + 1 where id = 1")
-
+    """``threads`` workers each run ``transaction`` -- meant to add 1 to the counter in
+    table ``counter (id, value)``, row ``id = 1``, from 0 -- ``increments`` times."""
     with worker_sessions(connect, threads, timeout) as sessions:
         _execute(sessions[0], "create table counter (id int primary key, value int not null);"
                               "insert into counter values (1, 0)")
-        tally, _ = run_workers(sessions, level=level, transaction=increment, rounds=increments,
-                               retry=retry, lockstep=lockstep, timeout=timeout)
+        tally, _ = run_workers(sessions, level=level, transaction=transaction,
+                               rounds=increments, retry=retry, lockstep=lockstep,
+                               timeout=timeout)
         (final,), = _fetch(sessions[0], "select value from counter where id = 1")
     return CounterResult(**_fields(tally), final=final)
 
 
-def bank_transfers(connect: ConnectionSource, *, level: str, tellers: int, transfers: int,
-                   amount: int = 10, opening: int = 1000, retry: bool = True,
+def bank_transfers(connect: ConnectionSource, transfer: Transaction, *, level: str,
+                   tellers: int, transfers: int, opening: int = 1000, retry: bool = True,
                    lockstep: bool = True, timeout: float = DEFAULT_TIMEOUT) -> BankResult:
-    """Teller ``i`` transfers ``amount`` from the shared account 0 (holding ``opening``) to
-    customer account ``i + 1`` (holding 0), ``transfers`` times, reading both balances
-    and writing the new ones. With lockstep, all tellers of a round read before any writes."""
-
-    def transfer(cur, turn: Turn) -> None:
-        source, target = 0, turn.worker + 1
-        cur.execute("select balance from accounts where id = %s", (source,))
-        (source_balance,) = cur.fetchone()
-        cur.execute("select balance from accounts where id = %s", (target,))
-        (target_balance,) = cur.fetchone()
-        turn.wait_for_others()  # every teller has read before any writes
-        cur.execute("update accounts set balance = %s where id = %s",
-                    (source_balance - amount, source))
-        cur.execute("update accounts set balance = %s where id = %s",
-                    (target_balance + amount, target))
-
+    """Table ``accounts (id, balance)``: the shared account 0 holds ``opening``, customer
+    accounts 1 .. ``tellers`` hold 0. Teller ``turn.worker`` runs ``transfer`` (meant to
+    pay from account 0 into account ``turn.worker + 1``) ``transfers`` times."""
     with worker_sessions(connect, tellers, timeout) as sessions:
         _execute(sessions[0], "create table accounts (id int primary key, balance int not null);"
                               "insert into accounts select 0, %s;"
@@ -544,24 +518,12 @@ def bank_transfers(connect: ConnectionSource, *, level: str, tellers: int, trans
     return BankResult(**_fields(tally), balances=balances)
 
 
-def on_call_doctors(connect: ConnectionSource, *, level: str, shifts: int,
-                    doctors: tuple[str, ...] = ("alice", "bob"), retry: bool = True,
+def on_call_doctors(connect: ConnectionSource, go_off_call: Transaction, *, level: str,
+                    shifts: int, doctors: tuple[str, ...], retry: bool = True,
                     lockstep: bool = True, timeout: float = DEFAULT_TIMEOUT) -> OnCallResult:
-    """Write skew: in every shift all ``doctors`` are on call and each wants to leave. The rule
-    (at least one doctor on call) is checked by each transaction: count who is on call,
-    leave only if that is two or more. With lockstep, all have counted before any leaves."""
-
-    def go_off_call(cur, turn: Turn) -> str:
-        shift, name = turn.round, doctors[turn.worker]
-        cur.execute("select count(*) from doctors where shift = %s and on_call", (shift,))
-        (on_call,) = cur.fetchone()
-        turn.wait_for_others()  # every doctor has counted before anyone leaves
-        if on_call < 2:
-            return "stays on call"
-        cur.execute("update doctors set on_call = false where shift = %s and name = %s",
-                    (shift, name))
-        return "goes off call"
-
+    """Table ``doctors (shift, name, on_call)``: in every shift 0 .. ``shifts - 1`` all
+    ``doctors`` are on call. Doctor ``doctors[turn.worker]`` runs ``go_off_call`` once per
+    shift (``turn.round``); its result (e.g. "goes off call") is the worker's outcome."""
     with worker_sessions(connect, len(doctors), timeout) as sessions:
         _execute(sessions[0], "create table doctors (shift int, name text, on_call bool not null,"
                               " primary key (shift, name));"
@@ -575,31 +537,12 @@ def on_call_doctors(connect: ConnectionSource, *, level: str, shifts: int,
     return OnCallResult(**_fields(tally), on_call=[n for _, n in rows])
 
 
-SKIP_LOCKED = "for update skip locked"  # take the first job nobody holds
-NO_LOCK = ""  # a plain read: every worker sees the same first job
-CLAIMS = (SKIP_LOCKED, NO_LOCK)
-
-
-def job_queue(connect: ConnectionSource, *, workers: int, jobs: int, claim: str = SKIP_LOCKED,
+def job_queue(connect: ConnectionSource, take_job: Transaction, *, workers: int, jobs: int,
               level: str = READ_COMMITTED, lockstep: bool = True,
               timeout: float = DEFAULT_TIMEOUT) -> QueueResult:
-    """``workers`` take jobs from table ``jobs`` until none is left: claim the first job
-    not done (``select ... <claim>``), record a run in ``job_runs``, mark it done. With
-    lockstep, all workers of a round hold their claim at the same moment."""
-    if claim not in CLAIMS:
-        raise ValueError(f"claim must be one of {CLAIMS}, not {claim!r}")
-
-    def take_job(cur, turn: Turn) -> Any:
-        cur.execute(f"select id from jobs where not done order by id limit 1 {claim}")
-        row = cur.fetchone()
-        turn.wait_for_others()  # every worker holds its claim now
-        if row is None:
-            return STOP
-        cur.execute("insert into job_runs (job_id, worker) values (%s, %s)",
-                    (row[0], turn.worker))
-        cur.execute("update jobs set done = true where id = %s", (row[0],))
-        return row[0]
-
+    """Tables ``jobs (id, done)`` with jobs 1 .. ``jobs`` not done, and ``job_runs (job_id,
+    worker)``, empty. Each worker runs ``take_job`` until it returns :data:`STOP`; what it
+    returns otherwise (the job's id) is recorded as a job that worker did."""
     with worker_sessions(connect, workers, timeout) as sessions:
         _execute(sessions[0], "create table jobs (id int primary key, "
                               "done bool not null default false);"
