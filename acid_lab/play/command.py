@@ -1,0 +1,123 @@
+"""``python -m acid_lab play [--dsn DSN] [--port N]``: the playground on 127.0.0.1.
+
+Starts a temporary PostgreSQL (or uses the server named by ``--dsn``, in a
+database of its own that is dropped at the end), serves the Flask app on
+127.0.0.1 only and prints its URL. Ctrl-C (or SIGTERM) closes every page's
+sessions, stops the web server, drops the database and stops the temporary
+server. After a SIGKILL the temporary server's guard stops it and removes its
+folder; the sessions end with their connections.
+
+Exit status: 0 after Ctrl-C, 1 when there is no server to play on or the port
+is taken, 2 for bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+
+import psycopg2
+from werkzeug.serving import make_server
+
+from acid_lab.engine.scenario import ScenarioError, require_blocked_check
+from acid_lab.play.app import create_app
+from acid_lab.play.sessions import Playground
+from acid_lab.servers.server import ServerError
+from acid_lab.servers.target import open_target
+
+HOST = "127.0.0.1"  # never beyond this machine: the page runs any SQL typed into it
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m acid_lab play",
+        description="Step through transaction schedules in the browser, on a live PostgreSQL.")
+    parser.add_argument("--dsn", help="play on this PostgreSQL (libpq DSN or URI), in a "
+                                      "database of its own; default: a temporary server")
+    parser.add_argument("--port", type=int, default=0,
+                        help="port on 127.0.0.1 (default: any free port)")
+    return parser
+
+
+def play_command(argv: Sequence[str]) -> int:
+    try:
+        args = build_parser().parse_args(list(argv))
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    try:
+        with _stopped_by_signals(), open_target(args.dsn) as target:
+            warning = None
+            if args.dsn:
+                warning = (f"This page runs the SQL typed into it on {target.description}, "
+                           f"as {target.info.user}, in a database of its own "
+                           f"({target.info.dbname}, dropped when the playground stops).")
+                print(f"warning: {warning}", file=sys.stderr)
+            _check(target.info)
+            with Playground(target.info) as playground:
+                _serve(playground, args.port, target.description, warning)
+    except KeyboardInterrupt:
+        pass
+    except (ServerError, ScenarioError, psycopg2.Error) as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 1
+    except OSError as error:  # e.g. the port is taken
+        print(f"error: cannot serve on {HOST}:{args.port}: {error.strerror or error}",
+              file=sys.stderr)
+        return 1
+    print("playground stopped: sessions closed, server stopped", file=sys.stderr)
+    return 0
+
+
+def _check(info) -> None:
+    """The server must be able to say whether a session is blocked (PostgreSQL 10+)."""
+    conn = psycopg2.connect(**info.params(connect_timeout=5))
+    try:
+        require_blocked_check(conn)
+    finally:
+        conn.close()
+
+
+def _serve(playground: Playground, port: int, where: str, warning: str | None) -> None:
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+    server = make_server(HOST, port, create_app(playground, warning=warning), threaded=True)
+    try:
+        print(f"ACID Lab playground on {where}\n"
+              f"open http://{HOST}:{server.server_port}/  (Ctrl-C stops it)", flush=True)
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+@contextlib.contextmanager
+def serving(app, port: int = 0) -> Iterator[str]:
+    """Serve ``app`` on 127.0.0.1 from a thread of this process; yields its URL (tests, bench)."""
+    server = make_server(HOST, port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="play-http", daemon=True)
+    thread.start()
+    try:
+        yield f"http://{HOST}:{server.server_port}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@contextlib.contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """Ctrl-C and SIGTERM both clean up (even when SIGINT came in ignored, as for a
+    command a shell started in the background)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {number: signal.signal(number, interrupt)
+                for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)

@@ -1,0 +1,632 @@
+"""The playground's database sessions: real connections held between HTTP requests.
+
+HTTP is stateless: every click is a request of its own. A database session is
+not: a transaction that one click opened must still be open at the next one,
+holding its locks and its snapshot. So the app keeps, for each open page, one
+psycopg2 connection per session (T1, T2, ..., observer), each driven by a
+worker thread of its own, under a random token that only that page knows.
+Each page works in a schema of its own, so pages never see each other's rows.
+
+A step is sent to its session's worker; the request then waits, bounded, until
+the statement has finished or the server says it is blocked by another session
+of the page (``pg_isolation_test_session_is_blocked``, asked on a monitor
+connection, as the scenario runner does). A blocked step answers "waiting" at
+once; the page asks again later (:meth:`Page.poll`, which waits on an event,
+never sleeps) or a later step releases it, and its RESUMES shows in that row.
+
+Bounded everywhere: pages, sessions per page, every wait; pages are closed on
+reset, when idle too long, and at shutdown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import queue
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+
+from acid_lab.engine.scenario import StepResult, begin_sql
+from acid_lab.lessons.schema import HERMITAGE
+from acid_lab.play import scenarios as catalog
+from acid_lab.servers.places import PlaceKeeper
+from acid_lab.servers.server import ConnectionInfo
+
+MAX_PAGES = 8                # pages open at once (each holds its sessions' connections)
+MAX_SESSIONS = 4             # sessions per page, the observer included
+STEP_BOUND = 2.0             # seconds a request waits for its statement to finish or block
+POLL_BOUND = 1.0             # seconds a poll waits for a waiting statement to finish
+LOCK_BOUND = STEP_BOUND + 1  # seconds a request waits for another request of its page
+IDLE_TIMEOUT = 600.0         # seconds without a request before a page's sessions are closed
+CONNECT_TIMEOUT = 5
+_FAST_PATH = 0.001           # a statement finished within this is taken as not blocked
+_CHECK_INTERVAL = 0.001      # between two "is it blocked?" questions (a wait on its event)
+
+FREE, SCENARIO, SCRIPT = "free", "scenario", "script"
+WAITING, RUNNING, DONE = "waiting", "running", "done"
+
+
+class PlaygroundError(Exception):
+    """A request the playground cannot serve; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# -- one statement, one session ----------------------------------------------
+
+@dataclass
+class Entry:
+    """One statement sent by the page, and what it did."""
+
+    id: int
+    result: StepResult
+    begin: str | None = None          # the transaction the step opened implicitly
+    step: int | None = None           # its place in the scenario's schedule
+    columns: list[str] | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    finished_at: float = 0.0          # time.monotonic() when it finished
+    in_transaction: bool = False
+
+    @property
+    def state(self) -> str:
+        if self.done.is_set():
+            return DONE
+        return WAITING if self.result.blocked else RUNNING
+
+    def as_json(self) -> dict[str, Any]:
+        result = self.result
+        finished = self.done.is_set()
+        return {
+            "id": self.id, "session": result.session, "sql": result.sql, "begin": self.begin,
+            "step": self.step, "state": self.state, "blocked": result.blocked,
+            "status": result.status if finished else None,
+            "command": result.command if finished else None,
+            "columns": self.columns if finished else None,
+            "rows": _jsonable(result.rows) if finished else None,
+            "sqlstate": result.sqlstate if finished else None,
+            "error": result.error if finished else None,
+            "text": result.outcome() if finished else None,
+        }
+
+
+def _jsonable(rows: list[list[Any]] | None) -> list[list[Any]] | None:
+    if rows is None:
+        return None
+    return [[v if v is None or isinstance(v, (bool, int, float, str)) else str(v) for v in row]
+            for row in rows]
+
+
+class Session:
+    """A held connection and the worker thread that runs its statements in turn."""
+
+    def __init__(self, name: str, conn: psycopg2.extensions.connection,
+                 changed: threading.Condition):
+        self.name = name
+        self.conn = conn
+        self.pid = conn.info.backend_pid
+        self.pending: Entry | None = None  # sent, and not yet reported finished
+        self.in_transaction = False
+        self._changed = changed
+        self._jobs: queue.SimpleQueue[Entry | None] = queue.SimpleQueue()
+        # Daemon: a backend that never answers must not keep the process alive.
+        self._thread = threading.Thread(target=self._serve, name=f"play-{name}", daemon=True)
+        self._thread.start()
+
+    def send(self, entry: Entry) -> None:
+        self.pending = entry
+        self._jobs.put(entry)
+
+    def _serve(self) -> None:
+        cursor = self.conn.cursor()
+        while (entry := self._jobs.get()) is not None:
+            self._execute(cursor, entry)
+
+    def _execute(self, cursor, entry: Entry) -> None:
+        result = entry.result
+        started = time.perf_counter()
+        try:
+            if entry.begin is not None:
+                cursor.execute(entry.begin)
+            cursor.execute(result.sql)
+            result.command = cursor.statusmessage
+            if cursor.description is not None:
+                entry.columns = [column.name for column in cursor.description]
+                result.rows = [list(row) for row in cursor.fetchall()]
+            result.status = "ok"
+        except psycopg2.Error as error:
+            result.status, result.sqlstate = "error", error.pgcode
+            primary = error.diag.message_primary if error.diag is not None else None
+            result.error = primary or " ".join(str(error).split()) or type(error).__name__
+        except Exception as error:  # never leave a request waiting on a dead worker
+            result.status, result.error = "error", f"{type(error).__name__}: {error}"
+        finally:
+            result.elapsed = time.perf_counter() - started
+            try:
+                entry.in_transaction = (self.conn.info.transaction_status
+                                        != psycopg2.extensions.TRANSACTION_STATUS_IDLE)
+            except Exception:
+                entry.in_transaction = False
+            entry.finished_at = time.monotonic()
+            entry.done.set()
+            with self._changed:
+                self._changed.notify_all()
+
+    def stop(self, bound: float) -> None:
+        self._jobs.put(None)
+        self._thread.join(bound)
+        with contextlib.suppress(psycopg2.Error):
+            self.conn.close()
+
+
+class Monitor:
+    """One connection that asks the server about the sessions of every page."""
+
+    def __init__(self, info: ConnectionInfo):
+        self.conn = psycopg2.connect(**info.params(connect_timeout=CONNECT_TIMEOUT))
+        self.conn.autocommit = True
+        self._lock = threading.Lock()
+
+    def is_blocked(self, pid: int, others: list[int]) -> bool:
+        """Is ``pid`` waiting for one of ``others`` (a lock, or a safe snapshot)?"""
+        with self._lock, self.conn.cursor() as cursor:
+            cursor.execute("select pg_catalog.pg_isolation_test_session_is_blocked(%s, %s::int[])",
+                           (pid, others))
+            return bool(cursor.fetchone()[0])
+
+    def signal(self, function: str, pid: int) -> None:
+        """pg_cancel_backend (stop the statement) or pg_terminate_backend (end the session)."""
+        with self._lock, self.conn.cursor() as cursor:
+            cursor.execute(f"select pg_catalog.{function}(%s)", (pid,))
+
+    def close(self) -> None:
+        with contextlib.suppress(psycopg2.Error):
+            self.conn.close()
+
+
+# -- one page ------------------------------------------------------------------
+
+@dataclass
+class Setup:
+    """What a page plays: free SQL, a catalog scenario at a level, or a pasted script."""
+
+    mode: str
+    level: str | None = None               # None: the SQL does its own transaction control
+    scenario: catalog.Scenario | None = None
+    script_setup: list[str] = field(default_factory=list)
+    schedule: list[tuple[str, str]] = field(default_factory=list)
+
+
+def make_setup(mode: str, *, code: str | None = None, level: str | None = None,
+               text: str | None = None) -> Setup:
+    """Check what a page asked for; PlaygroundError(400) says what is wrong."""
+    if level is not None and level not in catalog.LEVELS:
+        raise PlaygroundError(400, f"level must be one of {', '.join(catalog.LEVELS)}")
+    if mode == FREE:
+        return Setup(FREE, level)
+    if mode == SCENARIO:
+        scenario = catalog.find(code or "")
+        if scenario is None:
+            raise PlaygroundError(400, f"no scenario {code!r} in the catalog")
+        if level is None:
+            raise PlaygroundError(400, "a scenario runs at an isolation level: choose one")
+        return Setup(SCENARIO, level, scenario, schedule=list(scenario.steps))
+    if mode == SCRIPT:
+        try:
+            setup, steps = catalog.parse_pasted(text or "")
+        except ValueError as error:
+            raise PlaygroundError(400, str(error)) from None
+        return Setup(SCRIPT, None, None, setup, steps)
+    raise PlaygroundError(400, f"mode must be {FREE}, {SCENARIO} or {SCRIPT}")
+
+
+class Page:
+    """The sessions, schedule and transcript of one open page."""
+
+    def __init__(self, playground: Playground, token: str, setup: Setup):
+        self.playground = playground
+        self.token = token
+        self.setup = setup
+        self.lock = threading.Lock()           # one request of this page at a time
+        self.changed = threading.Condition()   # a statement of this page finished
+        self.last_used = time.monotonic()
+        self.version = 0
+        self.schema: str | None = None
+        self.sessions: dict[str, Session] = {}
+        self.entries: list[Entry] = []
+        self.rows: list[dict[str, Any]] = []   # {"step": n | None, "cells": [...]}
+        self.next_step = 0
+        self.verdict: str | None = None
+        self._ids = itertools.count(1)
+
+    # -- life
+
+    def open(self) -> None:
+        """A fresh schema and the sessions the schedule names (free mode opens them on use)."""
+        setup = self.setup
+        self.schema = self.playground.create_schema("" if setup.mode == SCRIPT else HERMITAGE)
+        if setup.script_setup:
+            self._run_script_setup(setup.script_setup)
+        names = list(dict.fromkeys(session for session, _ in setup.schedule))
+        if len(names) > MAX_SESSIONS:
+            raise PlaygroundError(400, f"the playground holds at most {MAX_SESSIONS} sessions "
+                                       f"per page; this schedule has {len(names)}")
+        self._open_sessions(names)
+
+    def _run_script_setup(self, statements: list[str]) -> None:
+        conn = self._connect()
+        try:
+            with conn.cursor() as cursor:
+                for sql in statements:
+                    try:
+                        cursor.execute(sql)
+                    except psycopg2.Error as error:
+                        raise PlaygroundError(400, f"the script's setup `{sql}` failed: "
+                                                   f"{error.pgcode} {' '.join(str(error).split())}"
+                                              ) from None
+        finally:
+            conn.close()
+
+    def _connect(self) -> psycopg2.extensions.connection:
+        conn = psycopg2.connect(**self.playground.info.params(
+            options=f"-c search_path={self.schema}", connect_timeout=CONNECT_TIMEOUT,
+            application_name=f"acid_lab play {self.token[:6]}"))
+        conn.autocommit = True
+        return conn
+
+    def _open_sessions(self, names: list[str]) -> None:
+        missing = [name for name in names if name not in self.sessions]
+        opened: dict[str, Any] = {}
+
+        def open_one(name: str) -> None:
+            try:
+                opened[name] = self._connect()
+            except psycopg2.Error as error:
+                opened[name] = error
+
+        threads = [threading.Thread(target=open_one, args=(name,)) for name in missing]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()  # bounded by connect_timeout
+        failures = [conn for conn in opened.values() if isinstance(conn, psycopg2.Error)]
+        for name in missing:
+            conn = opened[name]
+            if not isinstance(conn, psycopg2.Error):
+                self.sessions[name] = Session(name, conn, self.changed)
+        if failures:
+            why = " ".join(str(failures[0]).split())
+            raise PlaygroundError(503, f"cannot open a session: {why}")
+
+    def close(self) -> None:
+        """Stop whatever still runs, close every session, drop the schema."""
+        monitor = self.playground.monitor
+        for session in self.sessions.values():
+            entry = session.pending
+            for function in ("pg_cancel_backend", "pg_terminate_backend"):
+                if entry is None or entry.done.is_set():
+                    break
+                with contextlib.suppress(psycopg2.Error):
+                    monitor.signal(function, session.pid)
+                entry.done.wait(STEP_BOUND)
+        pids = [session.pid for session in self.sessions.values()]
+        for session in self.sessions.values():
+            session.stop(STEP_BOUND)
+        self.sessions.clear()
+        if self.schema is not None:
+            self.playground.drop_schema(self.schema, pids)
+            self.schema = None
+        with self.changed:
+            self.changed.notify_all()
+
+    # -- what the page asks for (each with self.lock held)
+
+    def next(self) -> None:
+        """Send the scenario's next step."""
+        if self.setup.mode == FREE:
+            raise PlaygroundError(400, "free mode has no schedule: send SQL to a session")
+        if self.next_step >= len(self.setup.schedule):
+            raise PlaygroundError(409, "the schedule has ended: reset to run it again")
+        session, sql = self.setup.schedule[self.next_step]
+        self._send(session, sql, step=self.next_step)
+        self.next_step += 1
+        self._judge()
+
+    def run(self, session: str, sql: str) -> None:
+        """Free mode: send the learner's SQL to one session."""
+        if self.setup.mode != FREE:
+            raise PlaygroundError(400, "this page follows a schedule: use next step")
+        if not sql.strip():
+            raise PlaygroundError(400, f"{session}: there is no SQL to send")
+        if session not in free_sessions():
+            raise PlaygroundError(400, f"sessions are {', '.join(free_sessions())}")
+        if session not in self.sessions:
+            if len(self.sessions) >= MAX_SESSIONS:
+                raise PlaygroundError(400, f"at most {MAX_SESSIONS} sessions per page")
+            self._open_sessions([session])
+        self._send(session, sql, step=None)
+
+    def cancel(self, name: str) -> None:
+        """pg_cancel_backend on the session's statement; its error is its RESUMES."""
+        session = self.sessions.get(name)
+        if session is None or session.pending is None:
+            raise PlaygroundError(409, f"{name} has no statement to cancel")
+        self.playground.monitor.signal("pg_cancel_backend", session.pid)
+        session.pending.done.wait(STEP_BOUND)
+        self._collect(own_row=True)
+        self._settle(None, time.monotonic() + STEP_BOUND)
+        self._judge()
+
+    def poll(self) -> None:
+        """Report what finished since the last request: a row of RESUMES."""
+        self._collect(own_row=True)
+        self._settle(None, time.monotonic() + STEP_BOUND)
+        self._judge()
+
+    def wait_for_change(self, bound: float) -> None:
+        """Wait (without the page's lock) until a pending statement finishes, at most ``bound``."""
+        def finished() -> bool:
+            return any(s.pending is not None and s.pending.done.is_set()
+                       for s in list(self.sessions.values()))
+        with self.changed:
+            self.changed.wait_for(finished, timeout=bound)
+
+    # -- internals
+
+    def _send(self, name: str, sql: str, *, step: int | None) -> None:
+        self._collect(own_row=True)  # what finished since the last request, in a row of its own
+        session = self.sessions[name]
+        if session.pending is not None:
+            raise PlaygroundError(409, f"{name} is still {session.pending.state}: "
+                                       f"`{session.pending.result.sql}`; a step of {name} can "
+                                       "go only once it finishes (or cancel it)")
+        begin = None
+        if (self.setup.level is not None and name != catalog.OBSERVER
+                and not session.in_transaction):
+            begin = _begin(self.setup.level)
+        entry = Entry(next(self._ids), StepResult(len(self.entries) + 1, name, sql.strip()),
+                      begin=begin, step=step)
+        self.entries.append(entry)
+        row = {"step": step, "cells": [{"session": name, "kind": "step", "entry": entry.id}]}
+        self.rows.append(row)
+        deadline = time.monotonic() + STEP_BOUND
+        session.send(entry)
+        state = self._done_or_blocked(session, deadline)
+        if state == WAITING:
+            entry.result.blocked = True
+        elif state == DONE:
+            self._finish(session)
+        self._settle(session, deadline, row)
+
+    def _settle(self, sent: Session | None, deadline: float, row: dict | None = None) -> None:
+        """After a step: every other waiting statement finished (RESUMES), or is blocked
+        again. What finished shows in ``row`` (else a row of its own), in the order it did."""
+        for session in list(self.sessions.values()):
+            if session is sent or session.pending is None:
+                continue
+            entry = session.pending
+            # A waiting statement may have been released: wait until it finishes or
+            # blocks again. One that was just running (a long query) is only looked at.
+            state = self._done_or_blocked(session, deadline if entry.result.blocked
+                                          else time.monotonic())
+            if state == WAITING:
+                entry.result.blocked = True
+        # The step just sent may have been seen waiting and finished meanwhile (a deadlock).
+        finished = [s for s in self.sessions.values() if s.pending is not None
+                    and s.pending.done.is_set() and (s is not sent or s.pending.result.blocked)]
+        if not finished:
+            return
+        if row is None or sent in finished:  # a column shows one thing per row
+            row = {"step": None, "cells": []}
+            self.rows.append(row)
+        for session in sorted(finished, key=lambda s: s.pending.finished_at):
+            row["cells"].append({"session": session.name, "kind": "resumes",
+                                 "entry": session.pending.id})
+            self._finish(session)
+
+    def _collect(self, *, own_row: bool) -> None:
+        """Statements that finished on their own (a deadlock check, a timeout) since last asked."""
+        cells = []
+        finished = [s for s in self.sessions.values()
+                    if s.pending is not None and s.pending.done.is_set()]
+        for session in sorted(finished, key=lambda s: s.pending.finished_at):
+            cells.append({"session": session.name, "kind": "resumes", "entry": session.pending.id})
+            self._finish(session)
+        if cells and own_row:
+            self.rows.append({"step": None, "cells": cells})
+
+    def _finish(self, session: Session) -> None:
+        session.in_transaction = session.pending.in_transaction
+        session.pending = None
+
+    def _done_or_blocked(self, session: Session, deadline: float) -> str:
+        """DONE, WAITING (the server says another session of this page blocks it), or
+        RUNNING when neither happened before ``deadline``."""
+        entry = session.pending
+        if entry.done.wait(_FAST_PATH):
+            return DONE
+        others = [s.pid for s in self.sessions.values() if s is not session]
+        while True:
+            if self.playground.blocked(session.pid, others):
+                # Seen waiting: blocked, even if it finishes a moment later (deadlock check).
+                return WAITING
+            if entry.done.wait(_CHECK_INTERVAL):
+                return DONE
+            if time.monotonic() > deadline:
+                return RUNNING
+
+    def _judge(self) -> None:
+        """At the end of a scenario (every step sent and finished): the catalog's verdict."""
+        self.version += 1
+        setup = self.setup
+        if (setup.mode != SCENARIO or self.verdict is not None
+                or self.next_step < len(setup.schedule)
+                or any(s.pending is not None for s in self.sessions.values())):
+            return
+        results = [entry.result for entry in self.entries if entry.step is not None]
+        self.verdict = setup.scenario.verdict(setup.level, results)
+
+    def as_json(self) -> dict[str, Any]:
+        setup = self.setup
+        scenario = setup.scenario
+        names = list(dict.fromkeys([s for s, _ in setup.schedule] + list(self.sessions)))
+        return {
+            "token": self.token, "version": self.version, "mode": setup.mode,
+            "level": setup.level,
+            "scenario": None if scenario is None else {
+                "code": scenario.code, "name": scenario.name, "legend": scenario.legend},
+            "sessions": sorted(names, key=lambda n: (n == catalog.OBSERVER, n)),
+            "schedule": [{"session": s, "sql": sql} for s, sql in setup.schedule],
+            "next_step": self.next_step,
+            "rows": self.rows,
+            "entries": {entry.id: entry.as_json() for entry in self.entries},
+            "pending": {s.name: s.pending.state for s in self.sessions.values()
+                        if s.pending is not None},
+            "finished": bool(setup.schedule) and self.next_step >= len(setup.schedule)
+            and not any(s.pending is not None for s in self.sessions.values()),
+            "verdict": self.verdict,
+        }
+
+
+def _begin(level: str) -> str:
+    """The statement that opens a session's transaction at the page's level."""
+    return begin_sql(level)
+
+
+def free_sessions() -> list[str]:
+    return [f"T{n}" for n in range(1, MAX_SESSIONS + 1)]
+
+
+# -- every page ----------------------------------------------------------------
+
+class Playground:
+    """The open pages, keyed by their tokens, over one server database."""
+
+    def __init__(self, info: ConnectionInfo, *, max_pages: int = MAX_PAGES,
+                 idle_timeout: float = IDLE_TIMEOUT):
+        self.info = info
+        self.max_pages = max_pages
+        self.idle_timeout = idle_timeout
+        self.monitor = Monitor(info)
+        self.keeper = PlaceKeeper(psycopg2.connect(**info.params(connect_timeout=CONNECT_TIMEOUT)))
+        self._keeper_lock = threading.Lock()
+        self._pages: dict[str, Page] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._reaper = threading.Thread(target=self._reap, name="play-reaper", daemon=True)
+        self._reaper.start()
+
+    def __enter__(self) -> Playground:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # -- pages
+
+    def open_page(self, setup: Setup) -> Page:
+        with self._lock:
+            if self._stop.is_set():
+                raise PlaygroundError(503, "the playground is shutting down")
+            if len(self._pages) >= self.max_pages:
+                raise PlaygroundError(503, f"{self.max_pages} pages are open already; close "
+                                           "one (or wait until an idle one is closed)")
+            page = Page(self, secrets.token_urlsafe(16), setup)
+            self._pages[page.token] = page
+        try:
+            page.open()
+        except BaseException:
+            self.close_page(page.token)
+            raise
+        return page
+
+    def page(self, token: str) -> Page:
+        with self._lock:
+            page = self._pages.get(token)
+        if page is None:
+            raise PlaygroundError(404, "this page's sessions are closed (reset, idle for "
+                                       f"{self.idle_timeout / 60:g} minutes, or the app "
+                                       "restarted): start again")
+        page.last_used = time.monotonic()
+        return page
+
+    def close_page(self, token: str) -> None:
+        with self._lock:
+            page = self._pages.pop(token, None)
+        if page is not None:
+            page.close()
+
+    @contextlib.contextmanager
+    def holding(self, token: str):
+        """The page, with its lock held (bounded): one request of a page at a time."""
+        page = self.page(token)
+        if not page.lock.acquire(timeout=LOCK_BOUND):
+            raise PlaygroundError(409, "another request of this page is still running")
+        try:
+            if self._pages.get(token) is not page:
+                raise PlaygroundError(404, "this page's sessions were closed meanwhile")
+            yield page
+        finally:
+            page.last_used = time.monotonic()
+            page.lock.release()
+
+    def reset_page(self, token: str) -> Page:
+        """Close the page's sessions and schema, and start its setup afresh under a new token."""
+        with self.holding(token) as page:
+            setup = page.setup
+        self.close_page(token)
+        return self.open_page(setup)
+
+    def page_count(self) -> int:
+        with self._lock:
+            return len(self._pages)
+
+    # -- the server
+
+    def blocked(self, pid: int, others: list[int]) -> bool:
+        return self.monitor.is_blocked(pid, others)
+
+    def create_schema(self, setup_sql: str) -> str:
+        with self._keeper_lock:
+            return self.keeper.create(setup_sql)
+
+    def drop_schema(self, name: str, pids: list[int]) -> None:
+        with self._keeper_lock, contextlib.suppress(psycopg2.Error):
+            self.keeper.drop(name, pids)
+
+    # -- the end
+
+    def _reap(self) -> None:
+        """Close pages nobody asked anything of for ``idle_timeout`` seconds."""
+        interval = min(30.0, self.idle_timeout / 4)
+        while not self._stop.wait(interval):
+            self.close_idle()
+
+    def close_idle(self, now: float | None = None) -> list[str]:
+        """Close the pages idle for longer than ``idle_timeout`` at ``now``; their tokens."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            idle = [token for token, page in self._pages.items()
+                    if now - page.last_used > self.idle_timeout and not page.lock.locked()]
+        for token in idle:
+            self.close_page(token)
+        return idle
+
+    def close(self) -> None:
+        """Close every page (sessions and schemas), then the monitor and the admin connection."""
+        self._stop.set()
+        self._reaper.join(STEP_BOUND)
+        with self._lock:
+            tokens = list(self._pages)
+        for token in tokens:
+            self.close_page(token)
+        self.monitor.close()
+        self.keeper.close()
