@@ -6,6 +6,7 @@ scenario runner); fresh_database for a test that needs a whole database. (The
 durability chapter starts the servers it crashes in its own module.)
 """
 
+import dataclasses
 import os
 
 import psycopg2
@@ -40,6 +41,10 @@ def pytest_addoption(parser):
     parser.addoption("--dsn", default=os.environ.get("ACID_LAB_DSN"),
                      help="run against an existing PostgreSQL (libpq DSN or URI); "
                           "default: $ACID_LAB_DSN, else a temporary server")
+    parser.addoption("--standby-dsn", default=os.environ.get("ACID_LAB_STANDBY_DSN"),
+                     help="with --dsn: a hot standby of that server, for the replication "
+                          "tests that read on a standby (nothing is killed); "
+                          "default: $ACID_LAB_STANDBY_DSN")
 
 
 def pytest_configure(config):
@@ -49,6 +54,11 @@ def pytest_configure(config):
         if dsn:
             version = check_reachable(parse_dsn(dsn))
             config.stash[SERVER_LINE] = f"existing server (--dsn), PostgreSQL {version}"
+            standby = config.getoption("standby_dsn")
+            if standby:
+                standby_version = check_reachable(parse_dsn(standby))
+                config.stash[SERVER_LINE] += (f"; its standby (--standby-dsn), "
+                                              f"PostgreSQL {standby_version}")
         else:
             binaries = find_binaries()
             server_account()
@@ -155,6 +165,16 @@ def deadlock_timeout_settable(observer):
             cur.execute("set deadlock_timeout = '1s'; reset deadlock_timeout")
     except psycopg2.errors.InsufficientPrivilege:
         pytest.skip("setting deadlock_timeout needs a superuser (or GRANT SET) on this server")
+
+
+@pytest.fixture(scope="session")
+def existing_standby(pytestconfig, target):
+    """With --dsn: the user's hot standby of it (--standby-dsn), on the run's database."""
+    dsn = pytestconfig.getoption("standby_dsn")
+    if not dsn:
+        pytest.skip("needs a hot standby of the --dsn server: pass --standby-dsn "
+                    "(or set ACID_LAB_STANDBY_DSN)")
+    return dataclasses.replace(parse_dsn(dsn), dbname=target.info.dbname)
 
 
 @pytest.fixture

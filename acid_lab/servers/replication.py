@@ -1,0 +1,451 @@
+"""A primary and its hot standby (streaming replication on 127.0.0.1), and the failures they meet.
+
+The primary is a :class:`~acid_lab.servers.server.CrashableCluster`; the standby
+is another one whose data folder is not made by initdb but cloned from the
+running primary with ``pg_basebackup -R -C -S SLOT`` (a physical replication
+slot keeps the primary from recycling WAL the standby still needs; ``-R``
+writes ``standby.signal`` and ``primary_conninfo``). Both run as the server
+account, in private folders, each watched by its own guard process: nothing
+outlives the run, however it ends.
+
+What a pair can be made to do (every wait bounded, and decided by the
+servers' own views -- pg_stat_replication, pg_stat_wal_receiver,
+pg_last_wal_replay_lsn(), pg_stat_activity.wait_event -- never by sleeping):
+
+* ``cut_off_standby()`` / ``reconnect_standby()``: stop and restart the
+  standby's WAL receiver (``primary_conninfo`` emptied and restored with
+  ALTER SYSTEM + pg_reload_conf(); PostgreSQL 13+ re-reads it);
+* ``set_synchronous(names)``: ``synchronous_standby_names`` on the primary;
+* ``lose_primary()``: SIGKILL every process of the primary and remove its
+  folder -- a lost machine, never to come back;
+* ``promote()``: ``pg_promote()``, the standby becomes the primary;
+* ``add_standby()``: clone a new standby from whichever server is primary now.
+
+The functions below the pair work on plain connections, so that they also
+serve a primary and standby of the user's own (``--standby-dsn``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+
+import port_for
+import psycopg2
+import psycopg2.extensions
+
+from acid_lab.servers.server import (
+    PIDFILE_STATUS_LINE,
+    START_TIMEOUT,
+    Binaries,
+    ConnectionInfo,
+    CrashableCluster,
+    ServerError,
+    _drop_privileges_kwargs,
+    find_binaries,
+)
+
+STANDBY_NAME = "standby"  # its application_name on the primary
+WAIT_TIMEOUT = 15.0       # seconds: the bound of every wait below
+POLL = 0.005              # seconds between two looks at a server's view
+
+# The standby asks the primary for WAL again 50 ms after losing it (default 5 s):
+# reconnecting after a cut-off is then quick.
+STANDBY_SETTINGS = {"wal_retrieve_retry_interval": "50ms"}
+
+_slots = itertools.count(1)
+
+
+class ReplicationTimeout(AssertionError):
+    """A bounded wait on a server's view ran out; the message says what was awaited."""
+
+
+# --------------------------------------------------------------------------- views, on connections
+
+
+def admin_connection(info: ConnectionInfo, **params) -> psycopg2.extensions.connection:
+    """An autocommit session: each statement reads the views afresh."""
+    conn = psycopg2.connect(**info.params(connect_timeout=5, **params))
+    conn.autocommit = True
+    return conn
+
+
+def query_value(conn, query: str, params=None):
+    with conn.cursor() as cur:
+        cur.execute(query, params)
+        row = cur.fetchone() if cur.description else None
+        return None if row is None else row[0]
+
+
+def wait_for(check, what: str, timeout: float = WAIT_TIMEOUT, state=None):
+    """Call ``check()`` until it returns something truthy; return that (bounded).
+
+    ``state()``, if given, says in the timeout message what the server showed last.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            shown = f"; last seen: {state()}" if state else ""
+            raise ReplicationTimeout(f"waited {timeout:g} s for {what}{shown}")
+        time.sleep(POLL)  # sleep-ok: polling the server's view between two looks
+
+
+def wait_replayed(primary, standby, timeout: float = WAIT_TIMEOUT) -> str:
+    """Return once the standby has replayed everything the primary has written so far.
+
+    Compares the primary's pg_current_wal_lsn() with the standby's
+    pg_last_wal_replay_lsn(); returns that LSN.
+    """
+    target = query_value(primary, "select pg_current_wal_lsn()::text")
+    wait_for(lambda: query_value(
+        standby, "select pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,)),
+        f"the standby to replay the primary's WAL up to {target}", timeout,
+        lambda: query_value(standby, "select pg_last_wal_replay_lsn()::text"))
+    return target
+
+
+def pause_replay(standby, timeout: float = WAIT_TIMEOUT) -> None:
+    """pg_wal_replay_pause(), and wait until the standby says replay is paused.
+
+    WAL keeps arriving and being flushed; it is only not applied.
+    """
+    query_value(standby, "select pg_wal_replay_pause()")
+    wait_for(lambda: query_value(standby, "select pg_get_wal_replay_pause_state() = 'paused'"),
+             "WAL replay to pause on the standby", timeout)
+
+
+def resume_replay(standby) -> None:
+    query_value(standby, "select pg_wal_replay_resume()")
+
+
+def backend_wait_event(primary, pid: int) -> str | None:
+    """What server process ``pid`` waits for right now (pg_stat_activity.wait_event)."""
+    return query_value(primary, "select wait_event from pg_stat_activity where pid = %s", (pid,))
+
+
+class Commit:
+    """One COMMIT sent in a thread of its own, so that the test can watch it wait.
+
+    ``settle(primary)`` returns "committed" once COMMIT has returned, or
+    "waits for the standby" once the server shows that it waits and nothing
+    will release it: the session waits for synchronous replication (wait
+    event SyncRep) while no standby streams, or while every standby has
+    already flushed all the primary's WAL (then it waits for replay:
+    remote_apply on a standby whose replay is paused). A COMMIT that waits
+    only for a standby about to answer is not "waiting": settle() goes on
+    looking until it returns. Bounded; an error COMMIT raised is kept in ``error``.
+    """
+
+    COMMITTED, WAITING = "committed", "waits for the standby"
+
+    # true when every streaming standby has flushed all WAL written so far (or none streams)
+    ALL_FLUSHED = ("select coalesce(bool_and(coalesce(flush_lsn, '0/0') >= pg_current_wal_lsn()),"
+                   " true) from pg_stat_replication")
+
+    def __init__(self, conn: psycopg2.extensions.connection):
+        self.conn = conn
+        self.pid = conn.info.backend_pid
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._commit, name=f"acid_lab-commit-{self.pid}",
+                                       daemon=True)
+        self.thread.start()
+
+    def _commit(self) -> None:
+        try:
+            self.conn.commit()
+        except BaseException as error:  # noqa: BLE001 - the test reads it
+            self.error = error
+        finally:
+            self.done.set()
+
+    @property
+    def acknowledged(self) -> bool:
+        """COMMIT returned without an error: the server said "done"."""
+        return self.done.is_set() and self.error is None
+
+    def settle(self, primary, timeout: float = WAIT_TIMEOUT) -> str:
+        def seen() -> str | None:
+            if self.done.is_set():
+                return self.COMMITTED
+            # the standbys' progress first, the session's wait after it: a COMMIT the
+            # standbys' answers release has left SyncRep by the second look
+            if (backend_wait_event(primary, self.pid) == "SyncRep"
+                    and query_value(primary, self.ALL_FLUSHED)
+                    and backend_wait_event(primary, self.pid) == "SyncRep"):
+                return self.WAITING
+            return None
+        return wait_for(seen, f"COMMIT of server process {self.pid} to return or to wait",
+                        timeout, lambda: backend_wait_event(primary, self.pid))
+
+    def finish(self, timeout: float = WAIT_TIMEOUT) -> None:
+        """Wait for COMMIT to return (with success or an error; bounded)."""
+        if not self.done.wait(timeout):
+            raise ReplicationTimeout(f"COMMIT of server process {self.pid} did not return "
+                                     f"within {timeout:g} s")
+
+
+# --------------------------------------------------------------------------- a standby
+
+
+class Standby(CrashableCluster):
+    """A hot standby: cloned from a running primary by pg_basebackup, then started.
+
+    It logs in with the primary's password (the clone carries the primary's
+    roles). ``pg_basebackup -R`` writes the application_name it connected with
+    into primary_conninfo: that is the standby's name on the primary.
+    """
+
+    def __init__(self, primary: CrashableCluster, name: str = STANDBY_NAME):
+        super().__init__(primary.binaries,
+                         settings={**primary.settings, **STANDBY_SETTINGS})
+        self.source = primary
+        self.name = name
+        self.password = primary.password
+        self.slot = f"acid_lab_{name}_{os.getpid()}_{next(_slots)}"
+        self.primary_conninfo: str | None = None  # as pg_basebackup -R wrote it
+
+    def _start_server(self) -> None:
+        self.port = port_for.select_random()
+        self._clone()
+        self.restart()
+        with contextlib.closing(admin_connection(self.info)) as conn:
+            self.primary_conninfo = query_value(conn, "show primary_conninfo")
+
+    def _clone(self) -> None:
+        source = self.source.info
+        command = [str(self.bindir / "pg_basebackup"), "-D", str(self.workdir.data),
+                   "-h", source.host, "-p", str(source.port), "-U", source.user,
+                   "-R",                       # standby.signal + primary_conninfo
+                   "-C", "-S", self.slot,      # a new physical slot on the primary
+                   "-c", "fast",               # an immediate checkpoint, not a spread one
+                   "-X", "stream",             # the WAL of the copy period, streamed along
+                   "--no-sync"]                # only process crashes hit a standby here
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=START_TIMEOUT, check=False,
+            cwd=self.workdir.path,
+            env={**os.environ, "PGPASSWORD": source.password, "PGAPPNAME": self.name},
+            **_drop_privileges_kwargs(self.account))
+        if done.returncode != 0:
+            raise ServerError(f"pg_basebackup failed ({done.returncode}): {done.stderr.strip()}")
+
+    def _pidfile_says_ready(self) -> bool:
+        """As for any cluster, but a hot standby's status line says "standby", not "ready"."""
+        try:
+            lines = (self.workdir.data / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return False
+        return (len(lines) >= PIDFILE_STATUS_LINE and lines[0].strip() == str(self.postmaster.pid)
+                and lines[PIDFILE_STATUS_LINE - 1].strip() in ("ready", "standby"))
+
+
+def discard(server: CrashableCluster) -> None:
+    """SIGKILL the server (if it runs) and leave the removal of its folder to its guard.
+
+    Removing a cluster folder (about a thousand files) takes seconds on some
+    disks; the guard, already there for the case that this process dies, does
+    it in the background instead (and exits), while the tests go on.
+    """
+    try:
+        server.crash()
+    finally:
+        executor, server._executor = server._executor, None
+        if executor is not None:
+            # pytest-postgresql's executor removes its data folder when collected
+            executor.datadir = os.devnull
+        guard, server._guard = server._guard, None
+        if guard is not None and guard.process.stdin:
+            guard.process.stdin.close()  # the guard finds the server gone and removes the folder
+
+
+# --------------------------------------------------------------------------- the pair
+
+
+@dataclass
+class FailoverTimes:
+    """Seconds from the primary's loss to the standby promoted and to its first commit."""
+
+    promoted: float
+    first_commit: float
+
+
+class ReplicationPair:
+    """A primary and a hot standby, both started here; a context manager.
+
+    ``primary`` and ``standby`` name the servers in their current roles: after
+    ``lose_primary()`` + ``promote()`` the old standby is the primary and there
+    is no standby until ``add_standby()``.
+    """
+
+    def __init__(self, binaries: Binaries | None = None, *, settings: dict | None = None):
+        self.binaries = binaries or find_binaries()
+        self.settings = dict(settings or {})
+        self.primary: CrashableCluster | None = None
+        self.standby: Standby | None = None
+        self._admins: dict[int, psycopg2.extensions.connection] = {}
+
+    def __enter__(self) -> ReplicationPair:
+        try:
+            self.primary = CrashableCluster(self.binaries, settings=self.settings)
+            self.primary.__enter__()
+            self.add_standby()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop both servers (standby first); their guards remove the folders."""
+        for conn in self._admins.values():
+            with contextlib.suppress(psycopg2.Error):
+                conn.close()
+        self._admins.clear()
+        for server in (self.standby, self.primary):
+            if server is not None:
+                discard(server)
+        self.standby = self.primary = None
+
+    # -- sessions
+
+    def admin(self, server: CrashableCluster) -> psycopg2.extensions.connection:
+        """A kept autocommit session to ``server``'s postgres database (re-opened if lost)."""
+        conn = self._admins.get(id(server))
+        if conn is None or conn.closed:
+            conn = self._admins[id(server)] = admin_connection(server.info)
+        return conn
+
+    def _forget(self, server: CrashableCluster) -> None:
+        conn = self._admins.pop(id(server), None)
+        if conn is not None:
+            with contextlib.suppress(psycopg2.Error):
+                conn.close()
+
+    # -- what the primary shows about the standby
+
+    def replication_row(self) -> dict | None:
+        """The standby's row of pg_stat_replication on the primary, or None."""
+        with self.admin(self.primary).cursor() as cur:
+            cur.execute("select state, sync_state, sent_lsn::text, flush_lsn::text, "
+                        "replay_lsn::text from pg_stat_replication where application_name = %s",
+                        (self.standby.name,))
+            row = cur.fetchone()
+        if row is None:
+            return None
+        return dict(zip(("state", "sync_state", "sent_lsn", "flush_lsn", "replay_lsn"), row,
+                        strict=True))
+
+    def wait_streaming(self) -> None:
+        """Return once the primary shows the standby's WAL sender in state streaming."""
+        wait_for(lambda: (self.replication_row() or {}).get("state") == "streaming",
+                 "the standby to stream from the primary", state=self.replication_row)
+
+    def wait_caught_up(self) -> str:
+        """Return once the standby has replayed all WAL the primary has; that LSN."""
+        return wait_replayed(self.admin(self.primary), self.admin(self.standby))
+
+    # -- failures and repairs
+
+    def add_standby(self) -> Standby:
+        """Clone a new hot standby from the current primary and wait until it streams."""
+        if self.standby is not None:
+            raise ServerError("the pair has a standby already")
+        standby = Standby(self.primary)
+        standby.__enter__()
+        self.standby = standby
+        self.wait_streaming()
+        return standby
+
+    def cut_off_standby(self) -> None:
+        """Stop the standby's WAL receiver; return once neither server shows the stream."""
+        standby = self.admin(self.standby)
+        query_value(standby, "alter system set primary_conninfo = ''")
+        query_value(standby, "select pg_reload_conf()")
+        wait_for(lambda: query_value(standby, "select count(*) = 0 from pg_stat_wal_receiver"),
+                 "the standby's WAL receiver to stop")
+        wait_for(lambda: self.replication_row() is None,
+                 "the primary's WAL sender for the standby to end", state=self.replication_row)
+
+    def reconnect_standby(self) -> None:
+        """Give the standby its primary_conninfo back; return once it streams again."""
+        standby = self.admin(self.standby)
+        with standby.cursor() as cur:
+            cur.execute("alter system set primary_conninfo = %s", (self.standby.primary_conninfo,))
+            cur.execute("select pg_reload_conf()")
+        self.wait_streaming()
+
+    def receiving(self) -> bool:
+        """The standby's WAL receiver is connected (pg_stat_wal_receiver has its row)."""
+        return bool(query_value(self.admin(self.standby),
+                                "select count(*) > 0 from pg_stat_wal_receiver"))
+
+    def set_synchronous(self, names: str) -> None:
+        """synchronous_standby_names on the primary ('' = asynchronous), in force on return.
+
+        ALTER SYSTEM + pg_reload_conf(), then wait until a new session sees the
+        value (the postmaster has re-read it and signalled every process), until
+        the standby's row shows the matching sync_state (its WAL sender has
+        re-read it), and run a CHECKPOINT: the checkpointer handles its pending
+        reload before a requested checkpoint, and it is the checkpointer that
+        tells committing sessions whether any synchronous standby is named.
+        """
+        primary = self.admin(self.primary)
+        with primary.cursor() as cur:
+            cur.execute("alter system set synchronous_standby_names = %s", (names,))
+            cur.execute("select pg_reload_conf()")
+
+        def new_session_sees() -> bool:
+            with contextlib.closing(admin_connection(self.primary.info)) as fresh:
+                return query_value(fresh, "show synchronous_standby_names") == names
+        wait_for(new_session_sees, f"synchronous_standby_names = {names!r} to take effect")
+        if self.standby is not None and self.replication_row() is not None:
+            expected = "sync" if names else "async"
+            wait_for(lambda: (self.replication_row() or {}).get("sync_state") == expected,
+                     f"the standby's sync_state to become {expected}", state=self.replication_row)
+        query_value(primary, "checkpoint")
+
+    def lose_primary(self) -> None:
+        """The primary's machine is gone: SIGKILL all its processes, remove its folder."""
+        lost, self.primary = self.primary, None
+        self._forget(lost)
+        discard(lost)
+
+    def promote(self) -> None:
+        """pg_promote() on the standby (it waits until promotion is done); it is the primary now.
+
+        Its synchronous_standby_names is emptied: it has no standby to wait for yet.
+        """
+        standby = self.admin(self.standby)
+        if not query_value(standby, "select pg_promote(wait => true, wait_seconds => 30)"):
+            raise ServerError("pg_promote() did not finish within 30 s:\n"
+                              + self.standby.log_tail())
+        self.primary, self.standby = self.standby, None
+        if query_value(standby, "show synchronous_standby_names"):
+            self.set_synchronous("")
+
+    def fail_over(self) -> None:
+        """lose_primary() and promote(): what a failover manager does when the primary dies."""
+        self.lose_primary()
+        self.promote()
+
+    def reset(self) -> None:
+        """Back to the usual state between tests: a standby streaming, asynchronous, replaying."""
+        if self.standby is None:
+            self.add_standby()
+        elif not self.receiving():
+            self.reconnect_standby()
+        resume_replay(self.admin(self.standby))
+        if query_value(self.admin(self.primary), "show synchronous_standby_names"):
+            self.set_synchronous("")
+        self.wait_streaming()
+
