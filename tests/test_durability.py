@@ -18,9 +18,13 @@ How PostgreSQL provides it: the write-ahead log (WAL).
   default), waits until the WAL up to that record is flushed to disk (fsync)
   before it answers. Only then is the commit acknowledged.
 * After a crash the server replays the WAL from the last checkpoint (crash
-  recovery). Every transaction whose commit record is in the WAL is redone; one
-  without a commit record is marked aborted in pg_xact, and its row versions,
-  even where replay wrote them back, stay invisible forever.
+  recovery). Redo replays every record from there on, whatever transaction
+  wrote it: the row versions of a transaction that never committed come back
+  too. What decides is the commit log (pg_xact): replaying a commit record
+  marks its transaction committed there. A transaction without one was never
+  marked at all -- nothing is written for it; it counts as aborted because it
+  is neither committed nor still running (recovery ended every transaction of
+  the crashed server), and its row versions stay invisible forever.
 * ``PREPARE TRANSACTION`` (two-phase commit) makes a transaction itself
   durable before it is committed: it survives a crash and waits for COMMIT
   PREPARED or ROLLBACK PREPARED.
@@ -29,10 +33,11 @@ How PostgreSQL provides it: the write-ahead log (WAL).
   wal_writer_delay) loses the last acknowledged commits — never out of order,
   because the WAL is one sequence and replay stops where the flushed part ends.
 
-The chapter goes from the gentlest failure to the harshest: a killed
-connection (its server process ended by pg_terminate_backend), a killed client
-program (SIGKILL), a crashed server (SIGKILL to every server process at once,
-then a restart with WAL replay). The crashes run on a server of this module's
+The failure simulated here is a process crash: SIGKILL to every server
+process at once, then a restart with WAL replay. (A killed connection or a
+killed client program ends a session, not the server: nothing has to be read
+back from disk, so fsync never matters there; those are in
+test_atomicity_sessions.py.) The crashes run on a server of this module's
 own, with fsync on, never on the server the other tests share; each test works
 in a schema of its own there.
 
@@ -52,19 +57,10 @@ only where it is on.
 
 import psycopg2
 import pytest
-import sqlalchemy.exc
-from sqlalchemy import text
 
-from acid_lab.lessons.faults import (
-    CONNECTION_LOST,
-    AcknowledgedWriters,
-    ClientProcess,
-    terminate_backend,
-    wait_for_backend_exit,
-    wait_until_wal_writer_sleeps,
-)
+from acid_lab.lessons.faults import AcknowledgedWriters, wait_until_wal_writer_sleeps
 from acid_lab.lessons.queries import demo_rows, execute, one
-from acid_lab.servers.connections import ConnectionFactory, make_engine
+from acid_lab.servers.connections import ConnectionFactory
 from acid_lab.servers.places import PlaceKeeper
 from acid_lab.servers.server import SLOW_WAL_WRITER, CrashableCluster
 
@@ -116,20 +112,6 @@ def create_ledger_on_a_quiet_wal(connect: ConnectionFactory) -> None:
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture
-def engines(target, place):
-    """Factory of SQLAlchemy engines on this test's place, disposed at teardown."""
-    made = []
-
-    def make(**engine_options):
-        made.append(make_engine(target.info, place, **engine_options))
-        return made[-1]
-
-    yield make
-    for engine in made:
-        engine.dispose()
-
-
 @pytest.fixture(scope="module")
 def crash_server():
     """A server of this module's own (fsync on) that its tests crash and restart in turn.
@@ -167,125 +149,6 @@ def slow_wal_writer(crash_server, crash_place):
     return crash_server
 
 
-# --------------------------------------------------------------------------- killed connections
-
-
-def test_a_killed_connection_keeps_its_commits_and_loses_its_open_transaction(connect, observer):
-    """Scenario: a session commits (row 1 => 11, row 3 added), then opens another transaction
-    (row 2 => 22, row 4 added); before it ends, the session's server process is terminated
-    (pg_terminate_backend). The client reconnects.
-
-    Outcome: the committed transaction is all there; the open one is all gone (the
-    server rolled it back as the process ended). The old connection is dead: its
-    next request fails.
-    """
-    session = connect()
-    execute(session, "update test set value = 11 where id = 1")
-    execute(session, "insert into test values (3, 30)")
-    session.commit()
-    execute(session, "update test set value = 22 where id = 2")
-    execute(session, "insert into test values (4, 40)")
-
-    terminate_backend(observer, session.info.backend_pid)
-
-    with pytest.raises(CONNECTION_LOST):
-        execute(session, "select 1")
-    assert demo_rows(connect()) == [(1, 11), (2, 20), (3, 30)], (
-        "durability: the commit made before the kill must survive it; "
-        "atomicity: the transaction open at the kill must vanish entirely")
-
-
-def test_sqlalchemy_invalidates_a_connection_killed_inside_a_transaction(engines, observer):
-    """Scenario: through a pool of one connection (pool_pre_ping on), one transaction commits
-    row 3; the next inserts row 4 and, before it ends, its server process is terminated.
-    Its next statement fails; then the app checks out a connection again and commits row 5.
-
-    Outcome: SQLAlchemy raises OperationalError with ``connection_invalidated`` (the
-    pool throws that connection away); row 4 is gone, rows 3 and 5 are there: the
-    next checkout got a fresh, working connection.
-    """
-    engine = engines(pool_size=1, max_overflow=0, pool_pre_ping=True)
-    with engine.begin() as conn:
-        conn.execute(text("insert into test values (3, 30)"))
-
-    with engine.connect() as conn:
-        conn.execute(text("insert into test values (4, 40)"))
-        terminate_backend(observer, conn.execute(text("select pg_backend_pid()")).scalar_one())
-        with pytest.raises(sqlalchemy.exc.OperationalError) as killed:
-            conn.execute(text("select 1"))
-    assert killed.value.connection_invalidated, "the pool must drop a connection that died"
-
-    with engine.begin() as conn:
-        conn.execute(text("insert into test values (5, 50)"))
-    assert demo_rows(observer) == [*DEMO_ROWS, (3, 30), (5, 50)], (
-        "durability: commits before and after the kill stay; the killed transaction's row 4 "
-        "is gone")
-
-
-@pytest.mark.parametrize("pre_ping, first_statement", [
-    pytest.param(True, "works",
-                 id="pool_pre_ping on: the checkout replaces the dead connection"),
-    pytest.param(False, "fails: connection invalidated",
-                 id="pool_pre_ping off: the first statement finds it dead"),
-])
-def test_a_pooled_connection_killed_while_idle(engines, observer, pre_ping, first_statement):
-    """Scenario: a pool of one connection; while that connection idles in the pool, its
-    server process is terminated. The app checks it out and runs a statement, then again.
-
-    Outcome: with pool_pre_ping the checkout pings, finds the connection dead and
-    opens a new one: the statement works. Without it the first statement fails (and
-    invalidates the connection); the checkout after that works either way.
-    """
-    engine = engines(pool_size=1, max_overflow=0, pool_pre_ping=pre_ping)
-    with engine.connect() as conn:
-        pooled_pid = conn.execute(text("select pg_backend_pid()")).scalar_one()
-    terminate_backend(observer, pooled_pid)
-
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("select 1"))
-        outcome = "works"
-    except sqlalchemy.exc.OperationalError as error:
-        outcome = f"fails: connection {'invalidated' if error.connection_invalidated else '?'}"
-
-    assert outcome == first_statement, "what the app sees of a connection killed in the pool"
-    with engine.connect() as conn:
-        assert conn.execute(text("select count(*) from test")).scalar_one() == 2, (
-            "after a dead connection the pool must hand out a working one")
-
-
-# --------------------------------------------------------------------------- killed clients
-
-
-@pytest.mark.parametrize("statements, status, rows_after", [
-    pytest.param(["begin", "insert into test values (3, 30)", "select pg_current_xact_id()",
-                  "commit"],
-                 "committed", [*DEMO_ROWS, (3, 30)],
-                 id="committed, then killed: the row stays"),
-    pytest.param(["begin", "insert into test values (3, 30)", "select pg_current_xact_id()"],
-                 "aborted", DEMO_ROWS,
-                 id="killed with the transaction open: the row never appears"),
-])
-def test_a_killed_client_process(connect, observer, statements, status, rows_after):
-    """Scenario: a real client program (a child process) runs the statements and is SIGKILLed
-    before it closes anything: no COMMIT or ROLLBACK afterwards, no goodbye to the server.
-
-    Outcome: the server notices the vanished connection and ends its session. A
-    transaction committed before the kill stays; one open at the kill is aborted
-    (pg_xact_status of its id says so) and its row never appears.
-    """
-    with ClientProcess(connect.dsn()) as client:
-        reports = client.run(statements)
-        assert all(report.ok for report in reports), [report.error for report in reports]
-        xid = reports[2].rows[0][0]
-        assert client.kill() == -9, "the client must die by SIGKILL"
-    wait_for_backend_exit(observer, client.backend_pid)
-
-    assert xact_status(observer, xid) == status, "what became of the client's transaction"
-    assert demo_rows(observer) == rows_after, (
-        "durability keeps what was committed; a killed client's open transaction is rolled back")
-
-
 # --------------------------------------------------------------------------- crashed servers
 
 
@@ -297,9 +160,9 @@ def test_a_crash_keeps_committed_transactions_and_aborts_the_one_in_flight(crash
 
     Outcome: the server log says it was not shut down properly and replayed the WAL
     ("redo"). T2's changes are there and pg_xact_status says committed; T1's are not
-    and it says aborted. (T2's commit flushed the WAL with T1's records in it, so
-    replay wrote T1's row versions back too: without a commit record they stay
-    invisible.)
+    and it says aborted -- inferred: no commit record, and not running any more.
+    (T2's commit flushed the WAL with T1's records in it, so redo wrote T1's row
+    versions back too: they stay invisible because T1 never committed.)
     """
     t1, t2 = crash_place(), crash_place()
     execute(t1, "update test set value = 22 where id = 2")
