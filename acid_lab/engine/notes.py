@@ -43,12 +43,15 @@ from typing import Any
 
 from acid_lab.engine.scenario import StepResult
 
-_ROWS = r"(?P<rows>nothing|-?\d+\s*=>\s*-?\d+(?:\s*,\s*-?\d+\s*=>\s*-?\d+)*)"
+_PAIRS = r"-?\d+\s*=>\s*-?\d+(?:\s*,\s*-?\d+\s*=>\s*-?\d+)*"
+_VALUES = r"-?\d+(?:\s*,\s*-?\d+)*(?!\s*=>)(?![\d.])"
+_ROWS = rf"(?P<rows>nothing|{_PAIRS}|{_VALUES})"
 _QUOTED = r"\"(?P<quoted>[^\"]*)\"|\((?P<paren>\"[^\"]*\")\)"
 _SESSION = r"(?P<session>T\d+)"
 
 # (kind, pattern) tried in order at the current position of the note
 _CLAUSE_TEXT = (
+    ("unblocks_colon", _SESSION + r"\s+unblocks\s*:"),
     ("blocks", r"blocks(?:\s*\(\s*eventually\s+(?:shows|returns)\s+" + _ROWS + r"\s*\))?"),
     ("unblocks", r"(?:this\s+)?unblocks\s+" + _SESSION
      + r"(?:\s*,?\s*(?:which|so\s+it)\s+(?:now\s+)?(?:shows|returns)\s+" + _ROWS + r")?"),
@@ -62,12 +65,15 @@ _CLAUSE_TEXT = (
     ("rows", r"(?:still\s+|now\s+)?(?:shows|returns)\s+" + _ROWS + r"(?:\s+again)?"),
     ("no_change", r"doesn't\s+(?:delete|update)\s+anything"),
     ("error", r"prints(?:\s+out)?\s*(?:" + _QUOTED + ")"),
-    ("failed", r"there's\s+nothing\s+else\s+we\s+can\s+do,\s*this\s+transaction\s+has\s+failed"),
+    ("failed", r"(?:there's\s+)?nothing\s+else\s+(?:we\s+can\s+|to\s+)do\s*[,:]?\s*"
+               r"this\s+transaction\s+has\s+failed"),
+    ("bare_error", r"(?:then\s+)?ERROR\s+(?P<state>[0-9A-Z]{5})\s+(?P<bare>.+)$"),
+    ("command", r"(?-i:(?P<tag>(?:UPDATE|DELETE|SELECT|MERGE|INSERT\s+\d+)\s+\d+))\b"),
     ("rollback", r"(?:rollback|rolls\s+back|rolled\s+back)\b"),
-    ("commit", r"commits\b"),
+    ("commit", r"commit(?:s|ted)?\b"),
 )
 _CLAUSES = [(kind, re.compile(pattern, re.I)) for kind, pattern in _CLAUSE_TEXT]
-_SEPARATOR = re.compile(r"(?:[\s,.;:]|\band\b)*", re.I)
+_SEPARATOR = re.compile(r"(?:[\s,.;]|\band\b|\bthen\b)*", re.I)
 _COMMENTARY = re.compile(r"(?:\(|so\b|despite\b|which\b|but\b)", re.I)
 
 
@@ -77,7 +83,7 @@ class Claim:
 
     kind: str
     session: str | None = None  # for claims about another session's waiting statement
-    rows: tuple[tuple[int, int], ...] | None = None  # () for "nothing"
+    rows: tuple[tuple[int, ...], ...] | None = None  # () for "nothing"
     message: str | None = None  # an error message, without "ERROR:"
     prefix: bool = False  # the message ended in "...": compare its start only
     sqlstate: str | None = None
@@ -92,7 +98,7 @@ class Claim:
         if self.kind == "rows":
             if not self.rows:
                 return "returns nothing"
-            return "shows " + ", ".join(f"{k} => {v}" for k, v in self.rows)
+            return "shows " + ", ".join(" => ".join(map(str, row)) for row in self.rows)
         if self.kind == "some_rows":
             return "returns rows"
         if self.kind == "no_change":
@@ -104,6 +110,8 @@ class Claim:
             return "fails with a deadlock (40P01)"
         if self.kind == "failed":
             return "the transaction had failed already"
+        if self.kind == "command":
+            return f"answers {self.message}"
         if self.kind == "rollback":
             return "answers ROLLBACK"
         if self.kind == "commit":
@@ -156,12 +164,15 @@ class Note:
         return data
 
 
-def _rows(text: str | None) -> tuple[tuple[int, int], ...] | None:
+def _rows(text: str | None) -> tuple[tuple[int, ...], ...] | None:
+    """``1 => 11, 2 => 21`` -> ((1, 11), (2, 21)); ``10, 20`` -> ((10,), (20,)); nothing -> ()."""
     if text is None:
         return None
     if text.lower() == "nothing":
         return ()
-    return tuple((int(k), int(v)) for k, v in re.findall(r"(-?\d+)\s*=>\s*(-?\d+)", text))
+    if "=>" in text:
+        return tuple((int(k), int(v)) for k, v in re.findall(r"(-?\d+)\s*=>\s*(-?\d+)", text))
+    return tuple((int(value),) for value in re.findall(r"-?\d+", text))
 
 
 def _error_claim(kind: str, quoted: str, session: str | None = None) -> Claim:
@@ -180,12 +191,21 @@ def _error_claim(kind: str, quoted: str, session: str | None = None) -> Claim:
 def parse_note(text: str) -> Note:
     """Read one note (the text after a session tag)."""
     claims: list[Claim] = []
+    unblocked: str | None = None  # "T2 unblocks:" waits for what T2 then did
     pos = _SEPARATOR.match(text, 0).end()
     while pos < len(text):
+        if claims and text[pos] == ":":  # "Shows 12: T1's write is lost"
+            return Note(text, tuple(claims), commentary=text[pos + 1:].strip())
         for kind, pattern in _CLAUSES:
             match = pattern.match(text, pos)
             if match:
-                claims.append(_claim(kind, match))
+                claim = _claim(kind, match)
+                if kind == "unblocks_colon":
+                    unblocked = claim.session
+                else:
+                    if unblocked is not None:
+                        claim, unblocked = Claim("unblocks", session=unblocked, then=claim), None
+                    claims.append(claim)
                 pos = match.end()
                 break
         else:
@@ -194,6 +214,8 @@ def parse_note(text: str) -> Note:
                 return Note(text, tuple(claims), commentary=rest)
             return Note(text, tuple(claims), unreadable=rest)
         pos = _SEPARATOR.match(text, pos).end()
+    if unblocked is not None:
+        claims.append(Claim("unblocks", session=unblocked))
     return Note(text, tuple(claims))
 
 
@@ -218,6 +240,12 @@ def _claim(kind: str, match: re.Match[str]) -> Claim:
         return Claim("rows", rows=_rows(groups["rows"]))
     if kind == "error":
         return _error_claim("error", groups["quoted"] or groups["paren"])
+    if kind == "bare_error":
+        return Claim("error", message=" ".join(groups["bare"].split()), sqlstate=groups["state"])
+    if kind == "command":
+        return Claim("command", message=" ".join(groups["tag"].split()))
+    if kind == "unblocks_colon":
+        return Claim("unblocks", session=groups["session"].upper())
     return Claim(kind)
 
 
@@ -342,6 +370,8 @@ def _mismatch(claim: Claim, step: StepResult, steps: list[StepResult],
         if before and before[-1].status == "error":
             return None
         return "the session's last statement did not fail" if before else "nothing ran before"
+    if kind == "command":
+        return None if step.status == "ok" and step.command == claim.message else _happened(step)
     if kind in ("rollback", "commit"):
         want = "ROLLBACK" if kind == "rollback" else "COMMIT"
         return None if step.status == "ok" and (step.command or "").upper() == want \
