@@ -26,9 +26,9 @@ from pathlib import Path
 
 import psycopg2
 
-from acid_lab.checkers.serializability import FINAL_STATE, LOST_UPDATE, WRITE_SKEW
+from acid_lab.checkers.serializability import FINAL_STATE, Transaction
 from acid_lab.engine.interleavings import Interleaver
-from acid_lab.engine.scenario import SERIALIZABLE, ScenarioRunner
+from acid_lab.engine.scenario import SERIALIZABLE, T1, T2, ScenarioRunner
 from acid_lab.lessons.catalog import RESTORE_HERMITAGE
 from acid_lab.servers.connections import search_path_option
 from acid_lab.servers.places import PlaceKeeper
@@ -36,7 +36,22 @@ from acid_lab.servers.places import PlaceKeeper
 REPO = Path(__file__).resolve().parent.parent
 CHAPTER_BUDGET_S = 15.0
 
-RACES = {"write skew": WRITE_SKEW, "lost update": LOST_UPDATE}
+# Two races of the chapter's kind (tests/test_isolation_properties.py): one never blocks,
+# one does (both write row 1).
+RACES = {
+    "write skew": (
+        Transaction(T1, ("select sum(value) from test",
+                         "update test set value = (select sum(value) from test) where id = 1",
+                         "commit")),
+        Transaction(T2, ("select sum(value) from test",
+                         "update test set value = (select sum(value) from test) where id = 2",
+                         "commit"))),
+    "lost update": (
+        Transaction(T1, ("select value from test where id = 1",
+                         "update test set value = 11 where id = 1", "commit")),
+        Transaction(T2, ("select value from test where id = 1",
+                         "update test set value = 12 where id = 1", "commit"))),
+}
 
 
 @contextlib.contextmanager

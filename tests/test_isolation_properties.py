@@ -25,7 +25,7 @@ import pytest
 from hypothesis import Phase, find, given, settings
 from hypothesis import strategies as st
 
-from acid_lab.checkers.serializability import LOST_UPDATE, PHANTOM, WRITE_SKEW, Referee, Transaction
+from acid_lab.checkers.serializability import Referee, Transaction
 from acid_lab.engine.scenario import (
     READ_COMMITTED,
     REPEATABLE_READ,
@@ -50,6 +50,40 @@ def obeys_the_law(judged) -> bool:
 
 
 # -- every interleaving ---------------------------------------------------------
+#
+# Three races on Hermitage's table, each two transactions of three steps, given
+# without an order: the merges choose it.
+
+# Each reads the total, then writes it into its own row: no row is written by
+# both, yet each overwrites a row the other's total included (write skew).
+WRITE_SKEW = (
+    Transaction(T1, ("select sum(value) from test",
+                     "update test set value = (select sum(value) from test) where id = 1",
+                     "commit")),
+    Transaction(T2, ("select sum(value) from test",
+                     "update test set value = (select sum(value) from test) where id = 2",
+                     "commit")),
+)
+# Each reads row 1 (10) and writes back what it read plus its own amount: T1 10 + 1,
+# T2 10 + 2. Both read 10 and both commit: one write is lost (11 or 12, never 13).
+LOST_UPDATE = (
+    Transaction(T1, ("select value from test where id = 1",
+                     "update test set value = 11 where id = 1",
+                     "commit")),
+    Transaction(T2, ("select value from test where id = 1",
+                     "update test set value = 12 where id = 1",
+                     "commit")),
+)
+# Each counts the big rows, then inserts one that the other's count missed.
+PHANTOM = (
+    Transaction(T1, ("select count(*) from test where value > 15",
+                     "insert into test (id, value) values (3, 30)",
+                     "commit")),
+    Transaction(T2, ("select count(*) from test where value > 15",
+                     "insert into test (id, value) values (4, 40)",
+                     "commit")),
+)
+
 
 @pytest.mark.parametrize("race, level, valid, invalid, lawless", [
     pytest.param(WRITE_SKEW, SERIALIZABLE, 20, 0, 0,
@@ -134,7 +168,8 @@ def test_hypothesis_finds_write_skew_at_repeatable_read(run, restore):
     Scenario: the same generated transactions and orders, at repeatable read;
     ``hypothesis.find`` searches them for a counterexample.
     Outcome: it finds one, and it is a write skew: both transactions commit,
-    each having written a different row after reading what the other wrote.
+    each having written a different row -- a row whose old version the other
+    had read (a read/write anti-dependency each way).
     """
     referees = {}  # a pair met again (and the replay below) reuses what its runs taught
 

@@ -19,8 +19,6 @@ from typing import Any
 from acid_lab.engine.interleavings import Interleaver, Interleaving
 from acid_lab.engine.scenario import (
     OBSERVER,
-    T1,
-    T2,
     ScenarioResult,
     ScenarioRunner,
     Step,
@@ -165,31 +163,3 @@ class Referee:
         judged = [Judged(interleaving, self.oracle.judge(interleaving.result))
                   for interleaving in exploration.interleavings]
         return judged, exploration.invalid
-
-
-# -- races: two transactions each, given without an order -----------------------
-
-WRITE_SKEW = (  # each reads the total, then writes it into its own row
-    Transaction(T1, ("select sum(value) from test",
-                     "update test set value = (select sum(value) from test) where id = 1",
-                     "commit")),
-    Transaction(T2, ("select sum(value) from test",
-                     "update test set value = (select sum(value) from test) where id = 2",
-                     "commit")),
-)
-LOST_UPDATE = (  # read-modify-write of the same row
-    Transaction(T1, ("select value from test where id = 1",
-                     "update test set value = value + 1 where id = 1",
-                     "commit")),
-    Transaction(T2, ("select value from test where id = 1",
-                     "update test set value = value + 2 where id = 1",
-                     "commit")),
-)
-PHANTOM = (  # each counts the big rows, then inserts one
-    Transaction(T1, ("select count(*) from test where value > 15",
-                     "insert into test (id, value) values (3, 30)",
-                     "commit")),
-    Transaction(T2, ("select count(*) from test where value > 15",
-                     "insert into test (id, value) values (4, 40)",
-                     "commit")),
-)
