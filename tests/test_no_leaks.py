@@ -31,6 +31,7 @@ import psutil
 import pytest
 
 from acid_lab.servers.guard import wait_for_exit
+from acid_lab.servers.powercut import fuse_missing
 
 pytestmark = [pytest.mark.harness, pytest.mark.own_server]
 
@@ -69,11 +70,43 @@ PROBES = {
             postmaster = (workdir / "data" / "postmaster.pid").read_text().split()[0]
             report(pids=[postmaster, target.cluster._guard.process.pid], paths=[workdir])
     ''',
+    # a cluster on the power-cut disk: a FUSE mount and the process serving it, too
+    "power-cut server": '''
+        from acid_lab.servers.powercut import PowerCutCluster
+
+        @pytest.fixture(scope="module")
+        def lossy():
+            with PowerCutCluster() as server:
+                yield server
+
+        def test_probe(lossy):
+            workdir = lossy.workdir.path
+            postmaster = (workdir / "data" / "postmaster.pid").read_text().split()[0]
+            report(pids=[postmaster, lossy._guard.process.pid, lossy.disk.process.pid],
+                   paths=[workdir], mounts=[workdir / "data"])
+    ''',
+    # a primary and its hot standby: two servers, two guards, two folders
+    "replication pair": '''
+        from acid_lab.servers.replication import ReplicationPair
+
+        @pytest.fixture(scope="module")
+        def pair():
+            with ReplicationPair() as servers:
+                yield servers
+
+        def test_probe(pair):
+            servers = (pair.primary, pair.standby)
+            report(pids=[server.postmaster.pid for server in servers]
+                   + [server._guard.process.pid for server in servers],
+                   paths=[server.workdir.path for server in servers])
+    ''',
 }
 
 # What the case does to the run once the probe has reported (or, for "during initdb",
 # once initdb runs: the probe test itself never starts).
 DURING_INITDB = "during initdb"
+
+NEEDS_FUSE = pytest.mark.skipif(fuse_missing() is not None, reason=str(fuse_missing()))
 
 # One row per case: probe kind, mode (pass / fail / hang / during initdb), extra pytest
 # arguments, the signal sent to pytest (None: it ends by itself), pytest's exit code.
@@ -88,6 +121,13 @@ CASES = [
     # pytest-postgresql writes initdb's 24-byte password file to the temp folder
     pytest.param("suite server", DURING_INITDB, [], signal.SIGKILL, -9,
                  id="sigkill of pytest during initdb"),
+    pytest.param("power-cut server", "pass", [], None, 0, marks=NEEDS_FUSE,
+                 id="power-cut disk: passing run"),
+    pytest.param("power-cut server", "hang", [], signal.SIGKILL, -9, marks=NEEDS_FUSE,
+                 id="power-cut disk: sigkill of pytest"),
+    pytest.param("replication pair", "pass", [], None, 0, id="replication pair: passing run"),
+    pytest.param("replication pair", "hang", [], signal.SIGKILL, -9,
+                 id="replication pair: sigkill of pytest"),
 ]
 
 

@@ -9,6 +9,11 @@ The parent writes to the pipe only to name a file outside WORKDIR that must not
 outlive it: ``+PATH`` (remove it at clean-up) and ``-PATH`` (already removed).
 pytest-postgresql writes initdb's password file to the system temp folder; a run
 killed during initdb would leave it there.
+
+A cluster on the power-cut disk has a FUSE mount inside WORKDIR, served by a
+process of its own (its pid in WORKDIR/lossy_disk.pid): once the server is
+stopped, the guard detaches the mount (``fusermount3 -u -z``) and ends that
+process before it removes the folder.
 """
 
 import contextlib
@@ -74,6 +79,51 @@ def _programs_on(datadir: Path) -> list[int]:
     return pids
 
 
+LOSSY_DISK_PIDFILE = "lossy_disk.pid"  # in WORKDIR, while the power-cut disk is mounted
+LOSSY_DISK_MODULE = b"acid_lab.servers.lossy_disk"
+
+
+def _fuse_mounts_under(folder: Path) -> list[str]:
+    """Mount points of FUSE filesystems inside ``folder`` (from /proc/self/mountinfo)."""
+    inside = []
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            fields, _, rest = line.partition(" - ")
+            mountpoint = fields.split()[4].encode().decode("unicode_escape")  # \040 = space
+            if rest.startswith("fuse") and Path(mountpoint).is_relative_to(folder):
+                inside.append(mountpoint)
+    return inside
+
+
+def _lossy_disk_pid(workdir: Path) -> int | None:
+    """The pid in WORKDIR/lossy_disk.pid, if that process still serves this folder's disk."""
+    try:
+        pid = int((workdir / LOSSY_DISK_PIDFILE).read_text())
+        command_line = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    own = str(workdir).encode()
+    if LOSSY_DISK_MODULE in command_line and any(own in arg for arg in command_line):
+        return pid
+    return None
+
+
+def unmount_lossy_disks(workdir: Path) -> None:
+    """Detach every FUSE mount in the folder and end the process serving it."""
+    for mountpoint in _fuse_mounts_under(workdir):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(["fusermount3", "-u", "-z", mountpoint],
+                           capture_output=True, timeout=STOP_TIMEOUT, check=False)
+    pid = _lossy_disk_pid(workdir)
+    if pid is not None and not wait_for_exit(pid, DISK_EXIT_TIMEOUT):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # it outlived its mount; the pid file names it
+        wait_for_exit(pid, STOP_TIMEOUT)
+
+
+DISK_EXIT_TIMEOUT = 5  # seconds a FUSE process gets to end by itself once unmounted
+
+
 def clean_up(pg_ctl: str, datadir: Path, workdir: Path, files: set[str] = frozenset()) -> None:
     pid = _postmaster_pid(datadir)
     if pid is not None:
@@ -88,6 +138,7 @@ def clean_up(pg_ctl: str, datadir: Path, workdir: Path, files: set[str] = frozen
         with contextlib.suppress(ProcessLookupError):
             os.kill(program, signal.SIGKILL)
         wait_for_exit(program, STOP_TIMEOUT)
+    unmount_lossy_disks(workdir)
     shutil.rmtree(workdir, ignore_errors=True)
     for path in files:
         with contextlib.suppress(FileNotFoundError):

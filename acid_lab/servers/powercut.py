@@ -34,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+from acid_lab.servers.guard import LOSSY_DISK_PIDFILE
 from acid_lab.servers.lossy_disk import NOTHING, Writeback
 from acid_lab.servers.server import (
     Account,
@@ -43,7 +44,6 @@ from acid_lab.servers.server import (
 )
 
 MOUNT_TIMEOUT = 30        # seconds for the filesystem to come up, answer, or go
-DAEMON_PIDFILE = "lossy_disk.pid"
 INSTALL_HINT = "install FUSE 3 (Debian/Ubuntu: apt-get install fuse3)"
 
 
@@ -171,7 +171,7 @@ class PowerCutCluster(CrashableCluster):
             folder.mkdir(mode=stat.S_IRWXU)
             _give_to(folder, self.account)
         self.disk = LossyDiskProcess(platter, self.workdir.data, self.workdir.path / "trash",
-                                     self.workdir.path / DAEMON_PIDFILE)
+                                     self.workdir.path / LOSSY_DISK_PIDFILE)
         self.restart()
 
     def restart(self, **settings: str) -> None:
