@@ -3,8 +3,8 @@
 SQL structures data (CREATE / ALTER / DROP TABLE, ADD / DROP COLUMN),
 manipulates it (INSERT / UPDATE / DELETE) and queries it (SELECT). Every table
 is a list of columns, each with a data type. SQL comes in dialects: the same
-SQLAlchemy statement is written differently for PostgreSQL and for SQLite, and
-a DBAPI driver (psycopg2 here) carries it to the server.
+SQLAlchemy statement is written differently for PostgreSQL, SQLite and
+MariaDB, and a DBAPI driver (psycopg2 here) carries it to the server.
 
 PostgreSQL is object-relational: besides plain tables it has arrays and table
 inheritance, and indexes that let a query find rows without reading them all.
@@ -12,13 +12,15 @@ inheritance, and indexes that let a query find rows without reading them all.
 
 import psycopg2
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, insert
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.mysql.mariadb import MariaDBDialect
 
 pytestmark = pytest.mark.foundation
 
 
-def run(conn, statement, params=None):
+def send(conn, statement, params=None):
+    """Send one statement; its rows, or the number of rows it changed."""
     with conn.cursor() as cur:
         cur.execute(statement, params)
         return cur.fetchall() if cur.description else cur.rowcount
@@ -29,18 +31,18 @@ def test_structure_statements_shape_a_table(observer):
 
     Outcome: the catalog shows each change: columns appear and disappear, then the table.
     """
-    run(observer, "create table drivers (id int primary key, name text not null)")
-    run(observer, "alter table drivers add column licence text")
+    send(observer, "create table drivers (id int primary key, name text not null)")
+    send(observer, "alter table drivers add column licence text")
     assert _columns(observer, "drivers") == [("id", "integer"), ("name", "text"),
                                              ("licence", "text")]
-    run(observer, "alter table drivers drop column licence")
+    send(observer, "alter table drivers drop column licence")
     assert _columns(observer, "drivers") == [("id", "integer"), ("name", "text")]
-    run(observer, "drop table drivers")
-    assert run(observer, "select to_regclass('drivers') is null") == [(True,)]
+    send(observer, "drop table drivers")
+    assert send(observer, "select to_regclass('drivers') is null") == [(True,)]
 
 
 def _columns(conn, table):
-    return run(conn, """
+    return send(conn, """
         select column_name, data_type from information_schema.columns
         where table_schema = current_schema() and table_name = %s order by ordinal_position
         """, (table,))
@@ -51,10 +53,10 @@ def test_manipulation_statements_change_rows_and_report_how_many(observer):
 
     Outcome: each statement reports the number of rows it touched; SELECT shows the result.
     """
-    assert run(observer, "insert into test (id, value) values (3, 30)") == 1
-    assert run(observer, "update test set value = value + 1 where id in (1, 2)") == 2
-    assert run(observer, "delete from test where id = 2") == 1
-    assert run(observer, "select id, value from test order by id") == [(1, 11), (3, 30)]
+    assert send(observer, "insert into test (id, value) values (3, 30)") == 1
+    assert send(observer, "update test set value = value + 1 where id in (1, 2)") == 2
+    assert send(observer, "delete from test where id = 2") == 1
+    assert send(observer, "select id, value from test order by id") == [(1, 11), (3, 30)]
 
 
 def test_a_column_accepts_only_its_data_type(observer):
@@ -63,7 +65,7 @@ def test_a_column_accepts_only_its_data_type(observer):
     Outcome: rejected with invalid_text_representation (22P02): types are part of the schema.
     """
     with pytest.raises(psycopg2.errors.InvalidTextRepresentation):
-        run(observer, "insert into test (id, value) values (3, 'thirty')")
+        send(observer, "insert into test (id, value) values (3, 'thirty')")
 
 
 def test_arrays_are_first_class_values(observer):
@@ -71,10 +73,10 @@ def test_arrays_are_first_class_values(observer):
 
     Outcome: the array comes back as a Python list, and `= any(...)` searches inside it.
     """
-    run(observer, "create table rosters (team text primary key, shifts int[])")
-    run(observer, "insert into rosters values ('night', '{22, 23, 0}'), ('day', '{9, 10}')")
-    assert run(observer, "select shifts from rosters where team = 'night'") == [([22, 23, 0],)]
-    assert run(observer, "select team from rosters where 9 = any(shifts)") == [("day",)]
+    send(observer, "create table rosters (team text primary key, shifts int[])")
+    send(observer, "insert into rosters values ('night', '{22, 23, 0}'), ('day', '{9, 10}')")
+    assert send(observer, "select shifts from rosters where team = 'night'") == [([22, 23, 0],)]
+    assert send(observer, "select team from rosters where 9 = any(shifts)") == [("day",)]
 
 
 def test_a_child_table_inherits_its_parents_columns_and_rows_show_up_in_the_parent(observer):
@@ -83,14 +85,14 @@ def test_a_child_table_inherits_its_parents_columns_and_rows_show_up_in_the_pare
     Outcome: a truck has the parent's columns; selecting from vehicles includes trucks,
     `only vehicles` does not.
     """
-    run(observer, "create table vehicles (plate text primary key, seats int)")
-    run(observer, "create table trucks (payload_tonnes int) inherits (vehicles)")
-    run(observer, "insert into vehicles values ('CAR-1', 5)")
-    run(observer, "insert into trucks values ('TRK-1', 2, 18)")
+    send(observer, "create table vehicles (plate text primary key, seats int)")
+    send(observer, "create table trucks (payload_tonnes int) inherits (vehicles)")
+    send(observer, "insert into vehicles values ('CAR-1', 5)")
+    send(observer, "insert into trucks values ('TRK-1', 2, 18)")
 
-    assert run(observer, "select plate from vehicles order by plate") == [("CAR-1",), ("TRK-1",)]
-    assert run(observer, "select plate from only vehicles") == [("CAR-1",)]
-    assert run(observer, "select plate, seats, payload_tonnes from trucks") == [("TRK-1", 2, 18)]
+    assert send(observer, "select plate from vehicles order by plate") == [("CAR-1",), ("TRK-1",)]
+    assert send(observer, "select plate from only vehicles") == [("CAR-1",)]
+    assert send(observer, "select plate, seats, payload_tonnes from trucks") == [("TRK-1", 2, 18)]
 
 
 def test_an_index_lets_a_query_skip_reading_every_row(observer):
@@ -99,7 +101,7 @@ def test_an_index_lets_a_query_skip_reading_every_row(observer):
     Outcome: the planner uses an index scan for the indexed column and must read the
     whole table (sequential scan) for the other.
     """
-    run(observer, """
+    send(observer, """
         create table readings as
         select n as id, n % 97 as sensor from generate_series(1, 10000) as n;
         create index on readings (id);
@@ -112,23 +114,34 @@ def test_an_index_lets_a_query_skip_reading_every_row(observer):
 
 
 def _plan(conn, query):
-    return " ".join(line for (line,) in run(conn, "explain (costs off) " + query))
+    return " ".join(line for (line,) in send(conn, "explain (costs off) " + query))
 
 
-def test_one_statement_two_dialects():
-    """Scenario: compile the same SQLAlchemy insert for PostgreSQL and for SQLite.
+@pytest.mark.parametrize("dialect, written", [
+    pytest.param(postgresql.psycopg2.dialect(),
+                 "INSERT INTO drivers (name) VALUES (%(name)s) RETURNING drivers.id",
+                 id="postgresql+psycopg2: %(name)s placeholders"),
+    pytest.param(sqlite.dialect(), "INSERT INTO drivers (name) VALUES (?) RETURNING id",
+                 id="sqlite: ? placeholders"),
+    pytest.param(MariaDBDialect(), "INSERT INTO drivers (name) VALUES (%s) RETURNING drivers.id",
+                 id="mariadb: %s placeholders"),
+])
+def test_one_statement_several_dialects(dialect, written):
+    """Scenario: compile one SQLAlchemy statement -- insert a driver named Ada, return
+    the new id -- for PostgreSQL (psycopg2), SQLite and MariaDB.
 
-    Outcome: PostgreSQL's dialect writes psycopg2's %(name)s placeholders and can
-    RETURNING; SQLite's writes ? placeholders. SQLAlchemy writes the SQL, the DBAPI sends it.
+    Outcome: each dialect writes the SQL its database and DBAPI expect: the
+    placeholder style differs (psycopg2's %(name)s, sqlite3's ?, %s), and so
+    does the detail (SQLite names the returned column bare). RETURNING is not
+    PostgreSQL's alone: SQLite (3.35+) and MariaDB (10.5+) have it too. The
+    value "Ada" is not in the text: SQLAlchemy writes the SQL, the DBAPI sends
+    it with the value.
     """
     drivers = Table("drivers", MetaData(), Column("id", Integer, primary_key=True),
                     Column("name", String))
     statement = insert(drivers).values(name="Ada").returning(drivers.c.id)
 
-    assert str(statement.compile(dialect=postgresql.psycopg2.dialect())) == (
-        "INSERT INTO drivers (name) VALUES (%(name)s) RETURNING drivers.id")
-    assert str(select(drivers.c.name).where(drivers.c.id == 1).compile(
-        dialect=sqlite.dialect())) == "SELECT drivers.name \nFROM drivers \nWHERE drivers.id = ?"
+    assert str(statement.compile(dialect=dialect)) == written
 
 
 def test_the_engine_speaks_the_postgresql_dialect_through_psycopg2(engine):
