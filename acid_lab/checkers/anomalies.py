@@ -482,10 +482,11 @@ def duplicate_elements(txns: Sequence[Transaction]) -> list[Anomaly]:
         if txn.type == OK or txn.type == "info":
             for f, k, v in txn.mops:
                 if f == READ and v and len(set(v)) != len(v):
-                    twice = sorted({e for e in v if v.count(e) > 1}, key=str)
+                    twice = sorted({str(e) for e in v if v.count(e) > 1})
+                    verb = "appears" if len(twice) == 1 else "appear"
                     found.append(Anomaly(DUPLICATES, [txn.name], (
-                        f"{txn.name} read key {k} as {show(v)}: {show(twice)} appear more than "
-                        "once, but every value is appended only once.")))
+                        f"{txn.name} read key {k} as {show(v)}: {_and(twice)} {verb} more "
+                        "than once, but every value is appended only once.")))
     return found
 
 

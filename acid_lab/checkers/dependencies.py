@@ -122,17 +122,17 @@ class Orders:
 
 def version_orders(committed: Sequence[Transaction]) -> Orders:
     """The version order of every key, from the reads of ``committed`` (ok and info)."""
-    reads: dict[Any, set[tuple]] = defaultdict(set)
+    reads: dict[Any, dict[tuple, None]] = defaultdict(dict)  # distinct, in history order
     appends: dict[Any, list] = defaultdict(list)
     for txn in committed:
         for f, k, v in txn.mops:
             if f == READ and v:
-                reads[k].add(v)
+                reads[k][v] = None
             elif f == APPEND:
                 appends[k].append(v)
     elements, incompatible = {}, []
     for k, seen in reads.items():
-        by_length = sorted(seen, key=len)
+        by_length = sorted(seen, key=len)  # stable: equally long reads in history order
         for shorter, longer in pairwise(by_length):
             if longer[:len(shorter)] != shorter:
                 incompatible.append((k, shorter, longer))
