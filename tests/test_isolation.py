@@ -597,9 +597,9 @@ def test_g_single_write_predicate(run, server_major, level, t1_delete, t1_commit
 
 G2_ITEM = Anomaly(
     "G2-item", "write skew",
-    "Two transactions read the same rows, then each updates a different one "
-    "(a row the other read, and overwrites only now): together they break a "
-    "rule each of them checked.",
+    "Two transactions read the same rows, then each updates a different one: "
+    "each overwrites a row the other read, and together they break a rule "
+    "each of them checked.",
     schedule=[
         (T1, "select * from test where id in (1, 2) order by id",  sees((1, 10), (2, 20))),
         (T2, "select * from test where id in (1, 2) order by id",  sees((1, 10), (2, 20))),

@@ -3,8 +3,8 @@
 The report is the suite's summary for people who will not read the tests: one
 command that shows what *this* PostgreSQL guarantees, the way Hermitage's
 summary table does -- but every cell observed live, by running the anomaly's
-schedule at that isolation level just now (the same schedules the isolation
-tests run, from ``acid_lab.lessons.catalog``), and one line per atomicity,
+schedule at that isolation level just now (the schedules written out in
+``tests/test_isolation.py``, collected by ``acid_lab.lessons.catalog``), and one line per atomicity,
 consistency and durability demonstration with what it observed.
 
 These tests hold it to what the README promises: the ``--json`` shape, the
@@ -13,8 +13,8 @@ repeatable read adds PMP, P4 and G-single, serializable prevents all ten, read
 uncommitted behaves as read committed; PostgreSQL's own documentation states
 the SQL standard's phenomena -- dirty read, nonrepeatable read, phantom read,
 serialization anomaly -- not these ten), ``--out`` files that open anywhere
-(Markdown, and an HTML page with no outside resources whose timelines mark
-waits and aborts), plain text when the output is not a terminal, and one
+(Markdown, and an HTML page with no outside resources whose timelines, folded
+until opened, mark waits and aborts), plain text when the output is not a terminal, and one
 clear line when there is no server. The report runs twice per module: once as
 ``make report`` runs it (a temporary server of its own, a crashable one for
 durability), once on the suite's own server through ``--dsn``.
@@ -85,7 +85,7 @@ def plain_run(target):
 def timeline_of(page: str, code: str, level: str) -> str:
     """The HTML of one scenario's timeline (without its transcript)."""
     anchor = f"{code}-{level.replace(' ', '-')}"
-    found = re.search(rf'<details open id="{anchor}">.*?(<table class="timeline".*?</table>)',
+    found = re.search(rf'<details id="{anchor}">.*?(<table class="timeline".*?</table>)',
                       page, re.DOTALL)
     assert found, f"the page has no timeline for {code} at {level}"
     return found.group(1)
@@ -132,13 +132,13 @@ def test_json_has_the_documented_shape(full_run):
         "OTV": PREVENTED, "PMP": PREVENTED, "P4": PREVENTED, "G-single": PREVENTED,
         "G2-item": PREVENTED, "G2": PREVENTED}, id="serializable: prevents all ten"),
 ])
-def test_matrix_is_what_postgresql_documents(full_run, level, row):
+def test_matrix_is_hermitages_row_for_postgresql(full_run, level, row):
     """Scenario: the report's matrix, one level (row) at a time.
 
     Outcome: Hermitage's PostgreSQL row, observed live on this server.
     """
     observed = {code: cells[level] for code, cells in full_run.json["matrix"].items()}
-    assert observed == row, f"the report's {level} row differs from PostgreSQL's documentation"
+    assert observed == row, f"the report's {level} row differs from Hermitage's for PostgreSQL"
 
 
 def test_one_line_per_letter_demonstration(full_run, pytestconfig):
@@ -187,6 +187,25 @@ def test_out_writes_a_self_contained_html_page(full_run, out_dir):
         assert outside not in page, f"the page is not self-contained: it has {outside!r}"
 
 
+def test_html_timelines_are_folded_and_every_column_is_headed(full_run, out_dir):
+    """Scenario: the HTML page of ``--out``, as a reader first sees it.
+
+    Outcome: all 40 timelines are folded (``<details>`` without ``open``), so
+    the page stays short; every table column has a heading, and the matrix's
+    row labels sit on the same line as their cells (both vertically centred).
+    """
+    page = (out_dir / HTML_NAME).read_text(encoding="utf-8")
+    assert page.count('<details id="') == 40, "one folded timeline per matrix cell"
+    assert "<details open" not in page, "a timeline is unfolded from the start"
+    assert "<th></th>" not in page and "<th scope=\"col\"></th>" not in page, (
+        "a column without a heading")
+    assert ".matrix th, .matrix td { vertical-align: middle; }" in page, (
+        "the matrix's row labels are not aligned with their cells")
+    markdown = (out_dir / MARKDOWN_NAME).read_text(encoding="utf-8")
+    assert "| held | letter | demonstration | observed |" in markdown, (
+        "the Markdown demonstrations table has a column without a heading")
+
+
 @pytest.mark.parametrize("level, t2_resumes_with", [
     pytest.param("read committed", "UPDATE 1", id="read committed: T2 waits, then writes"),
     pytest.param("repeatable read", "✗ ERROR 40001", id="repeatable read: T2 waits, then aborts"),
@@ -218,7 +237,7 @@ def test_plain_text_when_not_a_terminal(plain_run):
     """Scenario: ``report`` with stdout a file (not a terminal).
 
     Outcome: no colour codes, and the matrix as fixed-width text with the
-    marks of PostgreSQL's documented behaviour.
+    marks Hermitage observed for PostgreSQL.
     """
     assert "\x1b[" not in plain_run.out, "colour codes in output that is not a terminal"
     assert (

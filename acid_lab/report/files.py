@@ -2,7 +2,8 @@
 
 ``report --out DIR`` writes ``acid-report.md`` (the matrix, the legend, the
 demonstrations) and ``acid-report.html``: the same, plus the timeline of every
-scenario that decided a cell -- one column per session, one row per step, in
+scenario that decided a cell, folded until opened (a cell of the matrix links
+to its own) -- one column per session, one row per step, in
 the order the steps ran; a step that had to wait is marked where it was sent
 and again where it resumed, an error (the transaction is aborted) in red.
 
@@ -16,8 +17,8 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
-from acid_lab.report.build import DEMO_MARK, KEY, MARK, POSSIBLE, Report, legend_lines
 from acid_lab.engine.scenario import ScenarioResult, StepResult
+from acid_lab.report.build import DEMO_MARK, KEY, MARK, POSSIBLE, Report, legend_lines
 
 MARKDOWN_NAME = "acid-report.md"
 HTML_NAME = "acid-report.html"
@@ -52,7 +53,7 @@ def to_markdown(report: Report) -> str:
     lines += ["", KEY, "", "| anomaly | in plain words |", "|---|---|"]
     lines += [f"| {code} | {_md(words)} |" for code, words in legend_lines(report)]
     lines += ["", "## Atomicity, consistency, durability", "",
-              "| | letter | demonstration | observed |", "|:-:|---|---|---|"]
+              "| held | letter | demonstration | observed |", "|:-:|---|---|---|"]
     lines += [f"| {DEMO_MARK[shown.ok]} | {shown.letter} | {_md(shown.name)} | "
               f"{_md(shown.outcome)} |" for shown in report.demonstrations]
     lines += ["", f"The timeline of every scenario is in `{HTML_NAME}`.", ""]
@@ -156,8 +157,9 @@ h1 { margin-bottom: .2rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid v
 table { border-collapse: collapse; }
 th, td { border: 1px solid var(--line); padding: .3rem .55rem; vertical-align: top; }
 thead th { background: #f6f8fa; }
-.matrix td { text-align: center; font-size: 1.2rem; padding: .25rem .9rem; }
-.matrix th[scope=row] { text-align: left; white-space: nowrap; }
+.matrix td { text-align: center; font-size: 1.2rem; line-height: 1.45rem; padding: .25rem .9rem; }
+.matrix th, .matrix td { vertical-align: middle; }
+.matrix th[scope=row], .matrix th.level { text-align: left; white-space: nowrap; }
 .matrix a { text-decoration: none; font-weight: bold; display: block; }
 .prevented, .prevented a { color: var(--ok); } .possible, .possible a { color: var(--bad); }
 td.possible { background: #ffebe9; } td.prevented { background: #dafbe1; }
@@ -215,7 +217,8 @@ def _matrix_html(report: Report) -> str:
     legend = "".join(f"<dt>{html.escape(code)}</dt><dd>{html.escape(words)}</dd>"
                      for code, words in legend_lines(report))
     return (f"<h2>Isolation</h2>"
-            f'<table class="matrix"><thead><tr><th>level</th>{head}</tr></thead>'
+            f'<table class="matrix"><thead><tr><th scope="col" class="level">level</th>'
+            f"{head}</tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>"
             f'<p class="key">{html.escape(KEY)} A cell links to its timeline below.</p>'
             f'<dl class="legend">{legend}</dl>')
@@ -229,8 +232,9 @@ def _demonstrations_html(report: Report) -> str:
         f"<td>{html.escape(shown.outcome)}</td></tr>"
         for shown in report.demonstrations)
     return ("<h2>Atomicity, consistency, durability</h2>"
-            '<table class="demos"><thead><tr><th></th><th>letter</th><th>demonstration</th>'
-            f"<th>observed</th></tr></thead><tbody>{rows}</tbody></table>")
+            '<table class="demos"><thead><tr><th scope="col">held</th><th scope="col">letter</th>'
+            '<th scope="col">demonstration</th><th scope="col">observed</th></tr></thead>'
+            f"<tbody>{rows}</tbody></table>")
 
 
 def _timelines_html(report: Report) -> str:
@@ -240,7 +244,8 @@ def _timelines_html(report: Report) -> str:
                 "the level named (<code>begin transaction isolation level …</code>). "
                 '<span class="badge">waits</span> marks a step the server made wait for another '
                 'session, <span class="badge">resumes</span> the moment it went on; '
-                '<span class="abort">✗ red</span> is an error: that transaction is aborted.</p>']
+                '<span class="abort">✗ red</span> is an error: that transaction is aborted. '
+                "Each timeline is folded: open it by its level.</p>"]
     for anomaly in report.anomalies:
         sections.append(
             f'<section class="anomaly" id="{_anchor(anomaly.code)}">'
@@ -253,7 +258,7 @@ def _timelines_html(report: Report) -> str:
             verdict = ("possible: the anomaly happened" if cell == POSSIBLE
                        else "prevented: the anomaly did not happen")
             sections.append(
-                f'<details open id="{_anchor(anomaly.code, level)}">'
+                f'<details id="{_anchor(anomaly.code, level)}">'
                 f'<summary>{level} <span class="verdict {cell}">{MARK[cell]} {verdict}'
                 f"</span></summary>{timeline_table(observation.result)}"
                 f"<details><summary>transcript</summary>"
