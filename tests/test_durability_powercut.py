@@ -38,18 +38,29 @@ longer has.
 import psycopg2
 import pytest
 
-from acid_lab.lessons.faults import AcknowledgedWriters
-from acid_lab.lessons.queries import execute, one
+from acid_lab.lessons.faults import (
+    AcknowledgedWriters,
+    terminate_backend,
+    wait_until_wal_writer_sleeps,
+)
+from acid_lab.lessons.queries import execute
 from acid_lab.servers.connections import ConnectionFactory
 from acid_lab.servers.places import PlaceKeeper
 from acid_lab.servers.powercut import PowerCutCluster, fuse_missing
+from acid_lab.servers.server import SLOW_WAL_WRITER
 
 pytestmark = [pytest.mark.durability, pytest.mark.own_server]
 
-COMMITS = 20          # single-row commits before one power cut
+COMMITS = 10          # single-row commits before one failure
 WRITERS = 2           # threads committing at once in the load test
 CUTS = 3              # power cuts in the load test
-COMMITS_BETWEEN_CUTS = 20
+COMMITS_BETWEEN_CUTS = 10
+
+# Server settings of the table test. Every one has a WAL writer that wakes every 10 s
+# only (and no autovacuum): WAL is flushed by a synchronous COMMIT or not at all.
+SYNCHRONOUS = {"fsync": "on", "synchronous_commit": "on", **SLOW_WAL_WRITER}
+ASYNCHRONOUS = {"fsync": "on", "synchronous_commit": "off", **SLOW_WAL_WRITER}
+NO_FSYNC = {"fsync": "off", "synchronous_commit": "on", **SLOW_WAL_WRITER}
 
 
 # --------------------------------------------------------------------------- helper verbs
@@ -84,75 +95,153 @@ def powercut_server():
 
 @pytest.fixture
 def ledger(powercut_server):
-    """Prepares a durable, empty table ledger(id) in a fresh schema; then the server runs with
-    the settings asked for. Call ``ledger(**settings)`` -> a ConnectionFactory to that schema.
+    """``ledger(**settings)``: the server running with these settings, and a ConnectionFactory
+    to a fresh schema holding an empty table ledger(id), on the platter already.
 
-    Afterwards the server runs again with its usual settings on durable data, whatever
-    the test did (a stop, a clean shutdown of the machine, a start).
+    The table is created with a synchronous commit, then the disk writes everything
+    back (as the kernel's own writeback would within half a minute): whatever the
+    settings, the test starts from durable data. Then a fresh WAL segment begins
+    and the WAL writer is asleep: nothing flushes the WAL but a synchronous COMMIT.
     """
     server = powercut_server
     factories: list[ConnectionFactory] = []
 
     def prepare(**settings: str) -> ConnectionFactory:
+        running_with = {**server.settings, **server.start_settings}
+        if not server.running or running_with != {**server.settings, **settings}:
+            if server.running:
+                server.stop()
+            server.restart(**settings)
         keeper = PlaceKeeper(psycopg2.connect(**server.info.params()))
         try:
-            assert one(keeper.admin, "show fsync") == "on"
+            execute(keeper.admin, "set synchronous_commit = on")
             schema = keeper.create("create table ledger (id int primary key)")
+            server.disk.sync()
+            execute(keeper.admin, "select pg_switch_wal()")
+            wait_until_wal_writer_sleeps(keeper.admin)
         finally:
             keeper.close()
-        if any(server.settings.get(name) != value for name, value in settings.items()):
-            server.stop()  # a clean shutdown with fsync on: all of it is on the platter
-            server.restart(**settings)
         factories.append(ConnectionFactory(server.info, schema))
         return factories[-1]
 
     yield prepare
     for factory in factories:
         factory.close_all()
-    if server.running and server.start_settings:
-        server.stop()
-        server.disk.sync()  # a clean shutdown of the machine writes its page cache out
     if not server.running:
-        server.restart()
+        server.restart(**server.start_settings)
 
 
-# --------------------------------------------------------------------------- power cuts
+# --------------------------------------------------------------------------- the failures
 
 
-@pytest.mark.parametrize("fsync, survivors", [
-    pytest.param("on", list(range(1, COMMITS + 1)),
-                 id="fsync on: 0 of 20 acknowledged commits lost"),
-    pytest.param("off", [],
-                 id="fsync off: 20 of 20 acknowledged commits lost"),
+def kill_the_connection(server, connect, session) -> None:
+    """pg_terminate_backend of the session's server process; the server lives on."""
+    terminate_backend(connect(autocommit=True), session.info.backend_pid)
+
+
+def kill_the_server(server, connect, session) -> None:
+    """SIGKILL every server process; the machine (and its page cache) lives on."""
+    server.crash()
+    server.restart(**server.start_settings)
+
+
+def cut_the_power(server, connect, session) -> None:
+    """SIGKILL every server process and forget every write the disk was not made to keep."""
+    server.power_cut()
+    server.restart(**server.start_settings)
+
+
+# --------------------------------------------------------------------------- the table
+
+
+@pytest.mark.parametrize("failure, settings, lost", [
+    pytest.param(kill_the_connection, SYNCHRONOUS, 0,
+                 id="killed connection, fsync on: 0 of 10 acknowledged commits lost"),
+    pytest.param(kill_the_server, SYNCHRONOUS, 0,
+                 id="killed server, fsync on: 0 of 10 lost"),
+    pytest.param(cut_the_power, SYNCHRONOUS, 0,
+                 id="power cut, fsync on: 0 of 10 lost"),
+    pytest.param(kill_the_connection, ASYNCHRONOUS, 0,
+                 id="killed connection, synchronous_commit off: 0 of 10 lost"),
+    pytest.param(kill_the_server, ASYNCHRONOUS, 10,
+                 id="killed server, synchronous_commit off: 10 of 10 lost"),
+    pytest.param(cut_the_power, ASYNCHRONOUS, 10,
+                 id="power cut, synchronous_commit off: 10 of 10 lost"),
+    pytest.param(kill_the_connection, NO_FSYNC, 0,
+                 id="killed connection, fsync off: 0 of 10 lost"),
+    pytest.param(kill_the_server, NO_FSYNC, 0,
+                 id="killed server, fsync off: 0 of 10 lost"),
+    pytest.param(cut_the_power, NO_FSYNC, 10,
+                 id="power cut, fsync off: 10 of 10 lost"),
 ])
-def test_fsync_decides_what_a_power_cut_keeps(powercut_server, ledger, fsync, survivors):
-    """Scenario: with ``fsync = on`` / ``off``, a session commits rows 1..20 into ledger, one
-    transaction each, every commit acknowledged. Then the power is cut (every server
-    process SIGKILLed, every write the disk had not been asked to fsync forgotten) and
-    the server restarts on what the disk kept.
+def test_acknowledged_commits_lost_by_failure_and_setting(powercut_server, ledger, failure,
+                                                          settings, lost):
+    """Scenario: a session commits rows 1..10 into ledger, one transaction each, every commit
+    acknowledged. Then one failure: its connection is killed (pg_terminate_backend), or
+    the server is (SIGKILL of every server process: a process crash, the page cache
+    survives), or the power is cut (the page cache is lost too). The server restarts
+    with the same settings; the rows are counted.
 
-    Outcome: with fsync on, each COMMIT waited for fdatasync of the WAL: all 20 rows
-    are there. With fsync off, PostgreSQL never asked the disk to keep anything: the
-    WAL records of all 20 commits lived only in the page cache, and the cluster comes
-    back as it was when the server started — ledger empty, 20 of 20 acknowledged
-    commits lost.
+    Outcome, acknowledged commits lost:
+
+    ======================  ==================  =========================  =========
+    failure                 fsync on            synchronous_commit off     fsync off
+    ======================  ==================  =========================  =========
+    killed connection       0                   0                          0
+    killed server           0                   10                         0
+    power cut               0                   10                         10
+    ======================  ==================  =========================  =========
+
+    A killed connection loses nothing: the server has the commits. A killed server
+    loses the asynchronous commits still in its own memory (the WAL writer was asleep),
+    but fsync off costs nothing yet: the kernel still holds the WAL. Only a power cut
+    shows what fsync is for: without it, every commit since the data was last
+    written back is gone.
     """
-    connect = ledger(fsync=fsync)
+    connect = ledger(**settings)
     session = connect()
     commit_rows(session, range(1, COMMITS + 1))
+
+    failure(powercut_server, connect, session)
+
+    survivors = ids_in_ledger(connect())
+    assert COMMITS - len(survivors) == lost, (
+        f"durability: acknowledged commits lost by {failure.__name__} with {settings} "
+        f"(survivors: {survivors})")
+    assert survivors == list(range(1, len(survivors) + 1)), (
+        "what survives is always a prefix of the commit order")
+
+
+def test_asynchronous_commits_lose_the_unflushed_tail_and_keep_a_prefix(powercut_server,
+                                                                         ledger):
+    """Scenario: with synchronous_commit off (fsync on) and the WAL writer asleep, a session
+    commits rows 1..5; row 6 commits with ``set local synchronous_commit = on``; rows
+    7..10 commit asynchronously again. The power is cut; the server restarts.
+
+    Outcome: exactly rows 1..6 survive, and the cluster starts. Flushing the WAL up to
+    commit 6 made every earlier commit durable too; the commits after it lived in
+    memory only. What survives is a prefix of the commit order: never a later commit
+    without an earlier one.
+    """
+    connect = ledger(**ASYNCHRONOUS)
+    session = connect()
+    for row in range(1, COMMITS + 1):
+        if row == 6:
+            execute(session, "set local synchronous_commit = on")
+        execute(session, "insert into ledger values (%s)", (row,))
+        session.commit()
 
     powercut_server.power_cut()
     powercut_server.restart()
 
-    assert ids_in_ledger(connect()) == survivors, (
-        f"durability across a power cut with fsync = {fsync}: the acknowledged rows that "
-        "survive")
+    assert ids_in_ledger(connect()) == [1, 2, 3, 4, 5, 6], (
+        "durability: a synchronous commit makes every earlier commit durable, and no later one")
 
 
 def test_acknowledged_commits_survive_repeated_power_cuts_under_load(powercut_server, ledger,
                                                                      record_property):
     """Scenario: with fsync on, two writer threads commit one row per transaction and note
-    each commit the server acknowledged. Each time 20 more commits are acknowledged,
+    each commit the server acknowledged. Each time 10 more commits are acknowledged,
     the power is cut while they write; the server restarts on what the disk kept and
     the writers go on; three power cuts in all.
 
@@ -160,14 +249,14 @@ def test_acknowledged_commits_survive_repeated_power_cuts_under_load(powercut_se
     time. A commit cut off by the power (sent, never answered) may or may not have
     happened; a row whose COMMIT was never sent never appears.
     """
-    connect = ledger()
+    connect = ledger(**SYNCHRONOUS)
     writers = AcknowledgedWriters(connect.dsn(), "ledger", threads=WRITERS)
 
     for _ in range(CUTS):
         with writers.running():
             writers.wait_until_acknowledged(len(writers.acknowledged) + COMMITS_BETWEEN_CUTS)
             powercut_server.power_cut()
-        powercut_server.restart()
+        powercut_server.restart(**SYNCHRONOUS)
 
     tally = writers.tally(set(ids_in_ledger(connect())))
     record_property("acknowledged_writes", f"power cuts: {CUTS}, {tally}")

@@ -43,6 +43,7 @@ from acid_lab.servers.server import (
     ServerError,
 )
 
+WAL_SEGMENT_MB = 1
 MOUNT_TIMEOUT = 30        # seconds for the filesystem to come up, answer, or go
 INSTALL_HINT = "install FUSE 3 (Debian/Ubuntu: apt-get install fuse3)"
 
@@ -164,6 +165,10 @@ class PowerCutCluster(CrashableCluster):
     def _start_server(self) -> None:
         # initdb writes straight onto the platter; the disk is mounted over it afterwards
         self._executor = self._new_executor()
+        # 1 MB WAL segments, not 16: every new segment is zero-filled through the disk
+        build_initdb = self._executor._build_initdb_command
+        self._executor._build_initdb_command = lambda options, pgdata=None: build_initdb(
+            [*options, f"--wal-segsize={WAL_SEGMENT_MB}"], pgdata)
         self._executor.init_directory()
         platter = self.workdir.path / "disk"
         self.workdir.data.rename(platter)
