@@ -103,7 +103,7 @@ def spec_command(argv: Sequence[str], *, out: TextIO | None = None,
         return EXIT_UNPARSABLE
     verdicts: list[Verdict] = []
     try:
-        with _server(args.dsn) as dsn, _database(dsn) as conninfo:
+        with _server(args.dsn) as dsn, isolation_database(dsn) as conninfo:
             capabilities = _Capabilities(conninfo)
             runner = SpecRunner(conninfo, timeout=args.timeout)
             for spec in specs:
@@ -226,7 +226,7 @@ def _server(dsn: str | None) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def _database(dsn: str) -> Iterator[str]:
+def isolation_database(dsn: str) -> Iterator[str]:
     """A fresh ``isolation_regression`` database set up as the golden outputs assume."""
     admin = psycopg2.connect(dsn, connect_timeout=10)
     admin.autocommit = True
