@@ -96,6 +96,7 @@ def _serve(playground: Playground, port: int, where: str, warning: str | None) -
 @contextlib.contextmanager
 def serving(app, port: int = 0) -> Iterator[str]:
     """Serve ``app`` on 127.0.0.1 from a thread of this process; yields its URL (tests, bench)."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     server = make_server(HOST, port, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="play-http", daemon=True)
     thread.start()

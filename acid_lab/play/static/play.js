@@ -144,7 +144,7 @@ function drawCell(cell) {
     td.append(badge("resumes", "RESUMES"), outcome(entry));
     return td;
   }
-  if (entry.begin) td.append(element("div", `${entry.begin}; (implicit)`, "begin"));
+  if (entry.begin) td.append(element("div", `(implicit) ${entry.begin};`, "begin"));
   td.append(element("code", entry.sql));
   if (entry.blocked) {
     td.className = "waits";
