@@ -7,6 +7,7 @@ durability chapter starts the servers it crashes in its own module.)
 """
 
 import dataclasses
+import functools
 import os
 
 import psycopg2
@@ -16,6 +17,7 @@ from hypothesis import HealthCheck, settings
 from acid_lab.engine.scenario import ScenarioRunner
 from acid_lab.lessons.bank import fleet_rows
 from acid_lab.lessons.schema import BANK, BANK_ACCOUNTS, DRIVERS, DRIVERS_ROWS, create
+from acid_lab.lessons.statement_log import StatementLog
 from acid_lab.servers.connections import make_engine
 from acid_lab.servers.places import PlaceKeeper
 from acid_lab.servers.server import ServerError, find_binaries, server_account
@@ -123,6 +125,30 @@ def observer(connect):
 def engine(target, place):
     """A SQLAlchemy engine (postgresql+psycopg2) on this test's place; disposed at teardown."""
     sa_engine = make_engine(target.info, place)
+    yield sa_engine
+    sa_engine.dispose()
+
+
+@pytest.fixture
+def statement_log():
+    """Records what psycopg2 sends, with the server's answers (and what SQLAlchemy wrote)."""
+    return StatementLog()
+
+
+@pytest.fixture
+def logged_connect(connect, statement_log):
+    """``connect``, but each connection's statements go into ``statement_log``."""
+    return functools.partial(connect, connection_factory=statement_log.connection_class)
+
+
+@pytest.fixture
+def logged_engine(target, place, statement_log):
+    """``engine``, but its statements go into ``statement_log`` (empty at the start)."""
+    sa_engine = statement_log.watch(make_engine(
+        target.info, place, connect_args={"connection_factory": statement_log.connection_class}))
+    with sa_engine.connect():
+        pass  # the dialect's first-connect queries are not the test's
+    statement_log.clear()
     yield sa_engine
     sa_engine.dispose()
 

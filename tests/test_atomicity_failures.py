@@ -7,7 +7,8 @@ at every point by the ways transactions really die:
 
 * the application raises an exception between two statements;
 * a statement breaks a rule (a CHECK, a foreign key);
-* ``statement_timeout`` cancels a statement that waits too long for a lock;
+* a timeout ends a statement that waits too long for a lock: ``lock_timeout``
+  (55P03, lock waits only) or ``statement_timeout`` (57014, any long statement);
 * another session ends the transaction's server process (``pg_terminate_backend``);
 * the client process is SIGKILLed, between statements or while one waits;
 * the server picks the transaction as the victim of a deadlock.
@@ -29,7 +30,13 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from psycopg2 import errors
 
-from acid_lab.lessons.bank import audit_sums, balances, run, seen_by_everyone, transfer_statements
+from acid_lab.lessons.bank import (
+    audit_sums,
+    balances,
+    execute_each,
+    seen_by_everyone,
+    transfer_statements,
+)
 from acid_lab.lessons.faults import (
     CONNECTION_LOST,
     ClientProcess,
@@ -72,7 +79,7 @@ def test_an_exception_in_the_application_undoes_the_transfer(connect, observer, 
     """
     conn = connect()
     with pytest.raises(InjectedFailure), conn:
-        run(conn, transfer_statements()[:done])
+        execute_each(conn, transfer_statements()[:done])
         raise InjectedFailure(f"the application fails after statement {done}")
 
     assert seen_by_everyone(observer) == UNTOUCHED, "atomicity: an exception undoes it all"
@@ -99,7 +106,7 @@ def test_a_statement_that_breaks_a_rule_undoes_the_transfer(connect, observer, s
     succeeded = []
     with pytest.raises(error), conn:
         for statement in statements:
-            run(conn, [statement])
+            execute_each(conn, [statement])
             succeeded.append(statement)
 
     assert len(succeeded) == failing - 1, f"statement {failing} is the one that fails"
@@ -126,11 +133,49 @@ def test_a_statement_cancelled_by_statement_timeout_undoes_the_transfer(connect,
 
     with pytest.raises(errors.QueryCanceled), conn:
         statements = transfer_statements()
-        run(conn, statements[:cancelled - 1])
-        run(conn, [("set local statement_timeout = '100ms'", None), statements[cancelled - 1]])
+        execute_each(conn, statements[:cancelled - 1])
+        execute_each(conn, [("set local statement_timeout = '100ms'", None),
+                            statements[cancelled - 1]])
     holder.rollback()
 
     assert seen_by_everyone(observer) == UNTOUCHED, "atomicity: a cancelled statement undoes all"
+
+
+@pytest.mark.usefixtures("bank")
+@pytest.mark.parametrize("setting, statement, error", [
+    pytest.param("lock_timeout", "update accounts set balance = balance - 30 where id = 1",
+                 errors.LockNotAvailable, id="lock_timeout, a lock wait: 55P03 lock_not_available"),
+    pytest.param("statement_timeout", "update accounts set balance = balance - 30 where id = 1",
+                 errors.QueryCanceled, id="statement_timeout, a lock wait: 57014 query_canceled"),
+    pytest.param("lock_timeout", "select pg_sleep(0.2)", None,
+                 id="lock_timeout, a slow statement without a lock wait: runs to its end"),
+    pytest.param("statement_timeout", "select pg_sleep(0.2)", errors.QueryCanceled,
+                 id="statement_timeout, a slow statement: 57014 query_canceled"),
+])
+def test_lock_timeout_and_statement_timeout_are_two_different_limits(connect, setting,
+                                                                     statement, error):
+    """Scenario: another session holds alice's row (FOR UPDATE); under a 100 ms limit
+    a session debits alice (a lock wait) or sleeps 0.2 s (no lock involved).
+
+    Outcome: lock_timeout limits only the time spent waiting for a lock, and
+    fails with its own code, 55P03 (lock_not_available); statement_timeout
+    limits the whole statement, whatever it waits for, and cancels it with
+    57014 (query_canceled). Either error fails the transaction.
+    """
+    holder = connect()
+    execute(holder, "select from accounts where id = 1 for update")
+    conn = connect()
+    execute(conn, f"set local {setting} = '100ms'")
+
+    if error is None:
+        execute(conn, statement)
+    else:
+        with pytest.raises(error):
+            execute(conn, statement)
+        with pytest.raises(errors.InFailedSqlTransaction):
+            execute(conn, "select 1")
+    conn.rollback()
+    holder.rollback()
 
 
 @pytest.mark.usefixtures("bank")
@@ -143,7 +188,7 @@ def test_a_terminated_server_process_takes_its_transaction_with_it(connect, obse
     the transaction back when the process ended; nothing of it is seen.
     """
     conn = connect()
-    run(conn, transfer_statements()[:done])
+    execute_each(conn, transfer_statements()[:done])
 
     terminate_backend(observer, conn.info.backend_pid)
 
@@ -202,12 +247,12 @@ def test_a_deadlock_victim_loses_its_whole_transaction(connect, observer):
     execute(t2, "set local deadlock_timeout = '10ms'")
     with ClientProcess(connect.dsn()) as t1:
         assert all(report.ok for report in t1.run(t1_statements[:3]))  # T1 debits alice
-        run(t2, transfer_statements(2, 1, 20)[:1])               # T2 debits bob
+        execute_each(t2, transfer_statements(2, 1, 20)[:1])               # T2 debits bob
         t1.send(t1_statements[3])                                    # T1 credits bob: waits
         wait_until_blocked(observer, t1.backend_pid)
 
         with pytest.raises(errors.DeadlockDetected):
-            run(t2, transfer_statements(2, 1, 20)[1:2])          # T2 credits alice: cycle
+            execute_each(t2, transfer_statements(2, 1, 20)[1:2])          # T2 credits alice: cycle
         t2.rollback()
 
         assert t1.wait_report().ok, "the survivor's waiting statement goes on"
@@ -285,7 +330,7 @@ def test_a_transaction_is_all_or_nothing_for_any_operations(connect, observer, o
             for number, statement in enumerate(statements):
                 if number == fail_at:
                     inject(failure[0], conn, observer)
-                run(conn, [statement])
+                execute_each(conn, [statement])
             if fail_at == len(statements):
                 inject(failure[0], conn, observer)
     except (InjectedFailure, errors.CheckViolation, *CONNECTION_LOST):

@@ -36,7 +36,7 @@ def transfer_statements(source: int = 1, target: int = 2,
     return [(statement, params) for statement in TRANSFER]
 
 
-def run(conn, statements: list[tuple[str, dict]]) -> None:
+def execute_each(conn, statements: list[tuple[str, dict]]) -> None:
     """Execute statements on ``conn`` one after another (no transaction control here)."""
     with conn.cursor() as cur:
         for statement, params in statements:
@@ -62,7 +62,7 @@ class Bank:
 
     def _transaction(self, statements: list[tuple[str, dict]]) -> None:
         with self.conn:  # commits on success, rolls back on any exception
-            run(self.conn, statements)
+            execute_each(self.conn, statements)
 
     def open(self, account: int, owner: str) -> None:
         self._transaction([("insert into accounts (id, owner) values (%s, %s)",

@@ -57,5 +57,5 @@ def sqlalchemy_url(info: ConnectionInfo) -> URL:
 
 def make_engine(info: ConnectionInfo, schema: str | None = None, **engine_options) -> Engine:
     """A SQLAlchemy engine whose every pooled connection uses the place's search_path."""
-    return create_engine(sqlalchemy_url(info), connect_args=search_path_option(schema),
-                         **engine_options)
+    connect_args = {**search_path_option(schema), **engine_options.pop("connect_args", {})}
+    return create_engine(sqlalchemy_url(info), connect_args=connect_args, **engine_options)
