@@ -37,6 +37,7 @@ from psycopg2 import errors
 
 from acid_lab.engine.scenario import (
     OBSERVER,
+    RAW,
     READ_COMMITTED,
     REPEATABLE_READ,
     T1,
@@ -141,6 +142,34 @@ def test_an_update_writes_a_new_row_version(run):
     assert (new_value, new_xmin, new_xmax) == (11, t2_xid, "0"), (
         "everyone else reads the new version, created by T2" + story)
     assert new_ctid != old_ctid, "the new version is a new tuple, not the old one rewritten" + story
+
+
+@pytest.mark.parametrize("t1_first_read, t1_later_read", [
+    pytest.param(None, sees(11),
+                 id="begin alone takes no snapshot: the first read sees T2's 11"),
+    pytest.param("select value from test where id = 2", sees(10),
+                 id="a select takes the snapshot: the later read still sees 10"),
+])
+def test_a_select_inside_a_transaction_fixes_what_it_sees(run, t1_first_read, t1_later_read):
+    """SELECT belongs in transactions too: the course notes' "transactions concern
+    changing data, not querying" misses what a reader gets from one.
+
+    Scenario: T1 begins a repeatable read transaction, maybe reads row 2;
+    T2 updates row 1 to 11 (autocommit); T1 reads row 1, then commits.
+    Outcome: the snapshot is taken by the transaction's first statement, not
+    by BEGIN. Once T1 has read anything, it keeps reading the database as it
+    was then -- row 1 is still 10, a consistent picture across all its
+    SELECTs; without that first read, its first look at row 1 shows 11.
+    """
+    steps = [(T1, "begin transaction isolation level repeatable read")]
+    if t1_first_read:
+        steps.append((T1, t1_first_read, sees(20)))
+    run(RAW, [
+        *steps,
+        (T2, "update test set value = 11 where id = 1"),
+        (T1, READ_ROW_1, t1_later_read),
+        (T1, "commit", commits),
+    ])
 
 
 @pytest.mark.parametrize("t1_statement, t1_end, xmax_after", [
