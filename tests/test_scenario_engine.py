@@ -27,10 +27,12 @@ from psycopg2 import errors
 
 from acid_lab.cli import run_command
 from acid_lab.engine.scenario import (
+    CONCURRENT_UPDATE,
     OBSERVER,
     RAW,
     READ_COMMITTED,
     REPEATABLE_READ,
+    RW_DEPENDENCIES,
     SERIALIZABLE,
     T1,
     T2,
@@ -39,6 +41,8 @@ from acid_lab.engine.scenario import (
     ScheduleStuck,
     aborts,
     blocks,
+    commits,
+    rolls_back,
     sees,
     succeeds,
 )
@@ -233,6 +237,61 @@ def test_each_expectation_can_fail(run, expectation, observed):
     """
     with pytest.raises(ExpectationFailed, match=observed):
         run(READ_COMMITTED, [(T1, "select value from test where id = 1", expectation)])
+
+
+@pytest.mark.parametrize("commit_step, observed", [
+    pytest.param(commits, "observed: ROLLBACK", id="commits: the COMMIT answered ROLLBACK"),
+    pytest.param(succeeds, "observed: ROLLBACK", id="succeeds: never passes a ROLLBACK"),
+])
+def test_a_commit_that_answers_rollback_does_not_pass(run, commit_step, observed):
+    """Scenario: T1's transaction fails (division by zero), then T1 sends COMMIT.
+
+    Outcome: the server answers ROLLBACK, without an error; neither ``commits``
+    nor ``succeeds`` accepts that -- only ``rolls_back`` does.
+    """
+    failing = [(T1, "select 1 / 0", aborts(errors.DivisionByZero))]
+    with pytest.raises(ExpectationFailed, match=observed):
+        run(READ_COMMITTED, [*failing, (T1, "commit", commit_step)])
+    run(READ_COMMITTED, [*failing, (T1, "commit", rolls_back)])
+
+
+@pytest.mark.parametrize("expectation, observed", [
+    pytest.param(rolls_back, "observed: COMMIT", id="rolls_back: the COMMIT committed"),
+    pytest.param(aborts(errors.SerializationFailure), "observed: COMMIT",
+                 id="aborts: the COMMIT committed"),
+])
+def test_a_commit_that_commits_is_not_a_rollback(run, expectation, observed):
+    """Scenario: T1 updates row 1 and commits: the server answers COMMIT.
+
+    Outcome: ``rolls_back`` (or an abort) held to it fails, saying COMMIT.
+    """
+    with pytest.raises(ExpectationFailed, match=observed):
+        run(READ_COMMITTED, [(T1, "update test set value = 11 where id = 1"),
+                             (T1, "commit", expectation)])
+
+
+@pytest.mark.parametrize("message, passes", [
+    pytest.param(CONCURRENT_UPDATE, True, id="concurrent update: the first updater won"),
+    pytest.param(RW_DEPENDENCIES, False, id="read/write dependencies: another 40001"),
+])
+def test_aborts_tells_the_two_serialization_failures_apart(run, message, passes):
+    """Scenario: the lost update at repeatable read: T2's update waits for T1, then fails.
+
+    Outcome: it fails with 40001 "could not serialize access due to concurrent
+    update"; the same SQLSTATE with the other text (SSI's read/write
+    dependencies) does not match.
+    """
+    schedule = [
+        (T1, "update test set value = 11 where id = 1"),
+        (T2, "update test set value = 12 where id = 1",
+         blocks(then=aborts(errors.SerializationFailure, message))),
+        (T1, "commit", commits),
+    ]
+    if passes:
+        run(REPEATABLE_READ, schedule)
+    else:
+        with pytest.raises(ExpectationFailed, match="concurrent update"):
+            run(REPEATABLE_READ, schedule)
 
 
 def test_a_step_that_blocks_unexpectedly_fails_even_if_it_then_succeeds(run):

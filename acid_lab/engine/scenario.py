@@ -261,7 +261,12 @@ class _Succeeds(Expectation):
         return "succeeds"
 
     def outcome_mismatch(self, result: StepResult) -> str | None:
-        return None if result.status == "ok" else result.outcome()
+        if result.status != "ok":
+            return result.outcome()
+        if _is_commit(result.sql) and not result.committed:
+            # A failed transaction's COMMIT answers ROLLBACK without an error: never a pass.
+            return f"{result.outcome()} (say `commits` or `rolls_back` on a COMMIT step)"
+        return None
 
 
 class _Ends(Expectation):
