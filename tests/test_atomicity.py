@@ -244,22 +244,31 @@ def test_a_rolled_back_transfer_leaves_no_trace(transfer_via, sent, logged_conne
     assert seen_by_everyone(observer) == UNTOUCHED, "atomicity: a rollback leaves nothing"
 
 
-def test_psycopg2_sends_begin_itself(target, logged_connect, statement_log):
+@pytest.mark.parametrize("session_level, begin", [
+    pytest.param(None, "BEGIN", id="default session: BEGIN"),
+    pytest.param("SERIALIZABLE", "BEGIN ISOLATION LEVEL SERIALIZABLE",
+                 id="set_session(isolation_level=...): BEGIN ISOLATION LEVEL ..."),
+])
+def test_psycopg2_sends_begin_itself(target, logged_connect, statement_log, session_level, begin):
     """The statement log's BEGIN, checked against the server's own log.
 
     Scenario: one session asks the server to log every statement it receives
-    (``log_statement = all``), then, not in autocommit mode, runs an UPDATE and
+    (``log_statement = all``), then, not in autocommit mode (maybe with an
+    isolation level set by ``conn.set_session()``), runs an UPDATE and
     ``conn.commit()``.
     Outcome: the server received BEGIN, the UPDATE and COMMIT -- the list the
     statement log recorded -- though the program executed one statement: the
-    BEGIN came from psycopg2 itself, the COMMIT from ``commit()``. (The next
-    statement, sent only to have the COMMIT's log line written, gets a BEGIN too.)
+    BEGIN came from psycopg2 itself, carrying the session's isolation level,
+    the COMMIT from ``commit()``. (The next statement, sent only to have the
+    COMMIT's log line written, gets a BEGIN too.)
     """
     if not target.managed:
         pytest.skip("reads the log file of a server the suite started (--dsn is set)")
     conn = logged_connect(autocommit=True)
     execute(conn, "set log_statement = 'all'")
     conn.autocommit = False
+    if session_level:
+        conn.set_session(isolation_level=session_level)
     statement_log.clear()
     start = target.cluster.workdir.log.stat().st_size
 
@@ -272,8 +281,8 @@ def test_psycopg2_sends_begin_itself(target, logged_connect, statement_log):
         marker = f"[{conn.info.backend_pid}] LOG:  statement: "
         received = [line.split(marker, 1)[1].strip() for line in log if marker in line]
     assert received == statement_log.sent == [
-        "BEGIN", "update test set value = 11 where id = 1", "COMMIT",
-        "BEGIN", "select 'logged so far'"], "what the server received, in order"
+        begin, "update test set value = 11 where id = 1", "COMMIT",
+        begin, "select 'logged so far'"], "what the server received, in order"
 
 
 # --------------------------------------------------------------------------- the queue

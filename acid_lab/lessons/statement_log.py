@@ -12,9 +12,9 @@ the statement reached the server and ran there):
   of a failed transaction is answered ``ROLLBACK``; psycopg2 does not raise;
 * ``BEGIN`` is sent by psycopg2 itself, through no cursor, just before the
   first statement whenever the connection is not in autocommit mode and no
-  transaction is open. It is logged at that moment, from that rule: psycopg2
-  offers no hook for it (tests/test_atomicity.py checks the rule against the
-  server's own statement log).
+  transaction is open (``BEGIN ISOLATION LEVEL ...`` after ``set_session()``).
+  It is logged at that moment, from that rule: psycopg2 offers no hook for it
+  (tests/test_atomicity.py checks the rule against the server's own log).
 
 SQLAlchemy sits on top: :meth:`StatementLog.watch` also records the SQL that
 SQLAlchemy *wrote* (with its placeholders), before psycopg2 fills them in.
@@ -80,6 +80,25 @@ def _answer(cursor: ext.cursor, error: BaseException | None) -> str:
     return cursor.statusmessage or ""
 
 
+_LEVELS = {ext.ISOLATION_LEVEL_READ_UNCOMMITTED: "READ UNCOMMITTED",
+           ext.ISOLATION_LEVEL_READ_COMMITTED: "READ COMMITTED",
+           ext.ISOLATION_LEVEL_REPEATABLE_READ: "REPEATABLE READ",
+           ext.ISOLATION_LEVEL_SERIALIZABLE: "SERIALIZABLE"}
+
+
+def _begin_statement(conn: ext.connection) -> str:
+    """The BEGIN psycopg2 sends: plain, or with the session's characteristics
+    (``conn.set_session()``, which SQLAlchemy's isolation_level uses)."""
+    words = ["BEGIN"]
+    if conn.isolation_level is not None:
+        words.append(f"ISOLATION LEVEL {_LEVELS[conn.isolation_level]}")
+    if conn.readonly is not None:
+        words.append("READ ONLY" if conn.readonly else "READ WRITE")
+    if conn.deferrable is not None:
+        words.append("DEFERRABLE" if conn.deferrable else "NOT DEFERRABLE")
+    return " ".join(words)
+
+
 def _logging_connection_class(log: StatementLog) -> type:
     class LoggingCursor(ext.cursor):
         def execute(self, query, vars=None):
@@ -115,7 +134,7 @@ def _logging_connection_class(log: StatementLog) -> type:
 
         def note_begin(self) -> None:
             if not self.autocommit and self.info.transaction_status == ext.TRANSACTION_STATUS_IDLE:
-                log._record("BEGIN", "BEGIN")
+                log._record(_begin_statement(self), "BEGIN")
 
         def _in_transaction(self) -> bool:
             return not self.autocommit and \
