@@ -85,6 +85,21 @@ PROBES = {
             report(pids=[postmaster, lossy._guard.process.pid, lossy.disk.process.pid],
                    paths=[workdir], mounts=[workdir / "data"])
     ''',
+    # a primary and its hot standby: two servers, two guards, two folders
+    "replication pair": '''
+        from acid_lab.servers.replication import ReplicationPair
+
+        @pytest.fixture(scope="module")
+        def pair():
+            with ReplicationPair() as servers:
+                yield servers
+
+        def test_probe(pair):
+            servers = (pair.primary, pair.standby)
+            report(pids=[server.postmaster.pid for server in servers]
+                   + [server._guard.process.pid for server in servers],
+                   paths=[server.workdir.path for server in servers])
+    ''',
 }
 
 # What the case does to the run once the probe has reported (or, for "during initdb",
@@ -110,6 +125,9 @@ CASES = [
                  id="power-cut disk: passing run"),
     pytest.param("power-cut server", "hang", [], signal.SIGKILL, -9, marks=NEEDS_FUSE,
                  id="power-cut disk: sigkill of pytest"),
+    pytest.param("replication pair", "pass", [], None, 0, id="replication pair: passing run"),
+    pytest.param("replication pair", "hang", [], signal.SIGKILL, -9,
+                 id="replication pair: sigkill of pytest"),
 ]
 
 
