@@ -35,32 +35,50 @@ cuts the power, restarts and counts what the server had acknowledged and no
 longer has.
 """
 
+import re
+
 import psycopg2
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from acid_lab.lessons.faults import (
     AcknowledgedWriters,
     terminate_backend,
     wait_until_wal_writer_sleeps,
 )
-from acid_lab.lessons.queries import execute
+from acid_lab.lessons.queries import execute, one
 from acid_lab.servers.connections import ConnectionFactory
+from acid_lab.servers.lossy_disk import GROUPS, RULES, Writeback
 from acid_lab.servers.places import PlaceKeeper
 from acid_lab.servers.powercut import PowerCutCluster, fuse_missing
-from acid_lab.servers.server import SLOW_WAL_WRITER
+from acid_lab.servers.server import SLOW_WAL_WRITER, ServerError
 
 pytestmark = [pytest.mark.durability, pytest.mark.own_server]
 
+# No autovacuum: no commits but the tests' own. 1 MB of shared buffers: a bulk insert
+# soon has to write table pages out (to the page cache) long before a checkpoint.
+MODULE_SERVER = {"autovacuum": "off", "shared_buffers": "1MB"}
 COMMITS = 10          # single-row commits before one failure
 WRITERS = 2           # threads committing at once in the load test
-CUTS = 3              # power cuts in the load test
+CUTS = 2              # power cuts in the load test
 COMMITS_BETWEEN_CUTS = 10
+
+LEDGER_AND_FILLER = ("create table ledger (id int primary key);"
+                     " create table filler (id int, pad text)")
 
 # Server settings of the table test. Every one has a WAL writer that wakes every 10 s
 # only (and no autovacuum): WAL is flushed by a synchronous COMMIT or not at all.
 SYNCHRONOUS = {"fsync": "on", "synchronous_commit": "on", **SLOW_WAL_WRITER}
 ASYNCHRONOUS = {"fsync": "on", "synchronous_commit": "off", **SLOW_WAL_WRITER}
 NO_FSYNC = {"fsync": "off", "synchronous_commit": "on", **SLOW_WAL_WRITER}
+
+
+# The pinned adversarial writeback: the checkpoint's pg_control reaches the platter, the
+# WAL it points to does not.
+CHECKPOINT_WITHOUT_ITS_WAL = Writeback(pg_control="all", wal="none", relations="none",
+                                       other="none")
+WRITEBACKS = st.builds(Writeback, **{group: st.sampled_from(RULES) for group in GROUPS})
 
 
 # --------------------------------------------------------------------------- helper verbs
@@ -84,19 +102,20 @@ def commit_rows(conn, ids) -> None:
 
 @pytest.fixture(scope="module")
 def powercut_server():
-    """A server of this module's own on the lossy disk (fsync on, no autovacuum: no commits
-    but the tests' own). Skipped, with what to install, where FUSE is missing."""
+    """A server of this module's own on the lossy disk (fsync on). Skipped, with what to
+    install, where FUSE is missing."""
     missing = fuse_missing()
     if missing:
         pytest.skip(missing)
-    with PowerCutCluster(settings={"autovacuum": "off"}) as server:
+    with PowerCutCluster(settings=MODULE_SERVER) as server:
         yield server
 
 
 @pytest.fixture
 def ledger(powercut_server):
     """``ledger(**settings)``: the server running with these settings, and a ConnectionFactory
-    to a fresh schema holding an empty table ledger(id), on the platter already.
+    to a fresh schema holding empty tables ledger(id) and filler(id, pad), on the platter
+    already.
 
     The table is created with a synchronous commit, then the disk writes everything
     back (as the kernel's own writeback would within half a minute): whatever the
@@ -115,7 +134,7 @@ def ledger(powercut_server):
         keeper = PlaceKeeper(psycopg2.connect(**server.info.params()))
         try:
             execute(keeper.admin, "set synchronous_commit = on")
-            schema = keeper.create("create table ledger (id int primary key)")
+            schema = keeper.create(LEDGER_AND_FILLER)
             server.disk.sync()
             execute(keeper.admin, "select pg_switch_wal()")
             wait_until_wal_writer_sleeps(keeper.admin)
@@ -154,7 +173,7 @@ def cut_the_power(server, connect, session) -> None:
 # --------------------------------------------------------------------------- the table
 
 
-@pytest.mark.parametrize("failure, settings, lost", [
+@pytest.mark.parametrize("failure, server_settings, lost", [
     pytest.param(kill_the_connection, SYNCHRONOUS, 0,
                  id="killed connection, fsync on: 0 of 10 acknowledged commits lost"),
     pytest.param(kill_the_server, SYNCHRONOUS, 0,
@@ -175,7 +194,7 @@ def cut_the_power(server, connect, session) -> None:
                  id="power cut, fsync off: 10 of 10 lost"),
 ])
 def test_acknowledged_commits_lost_by_failure_and_setting(powercut_server, ledger, failure,
-                                                          settings, lost):
+                                                          server_settings, lost):
     """Scenario: a session commits rows 1..10 into ledger, one transaction each, every commit
     acknowledged. Then one failure: its connection is killed (pg_terminate_backend), or
     the server is (SIGKILL of every server process: a process crash, the page cache
@@ -198,7 +217,7 @@ def test_acknowledged_commits_lost_by_failure_and_setting(powercut_server, ledge
     shows what fsync is for: without it, every commit since the data was last
     written back is gone.
     """
-    connect = ledger(**settings)
+    connect = ledger(**server_settings)
     session = connect()
     commit_rows(session, range(1, COMMITS + 1))
 
@@ -206,7 +225,7 @@ def test_acknowledged_commits_lost_by_failure_and_setting(powercut_server, ledge
 
     survivors = ids_in_ledger(connect())
     assert COMMITS - len(survivors) == lost, (
-        f"durability: acknowledged commits lost by {failure.__name__} with {settings} "
+        f"durability: acknowledged commits lost by {failure.__name__} with {server_settings} "
         f"(survivors: {survivors})")
     assert survivors == list(range(1, len(survivors) + 1)), (
         "what survives is always a prefix of the commit order")
@@ -243,7 +262,7 @@ def test_acknowledged_commits_survive_repeated_power_cuts_under_load(powercut_se
     """Scenario: with fsync on, two writer threads commit one row per transaction and note
     each commit the server acknowledged. Each time 10 more commits are acknowledged,
     the power is cut while they write; the server restarts on what the disk kept and
-    the writers go on; three power cuts in all.
+    the writers go on; two power cuts in all.
 
     Outcome: every acknowledged row is there: 0 lost, and the cluster came back every
     time. A commit cut off by the power (sent, never answered) may or may not have
@@ -263,3 +282,104 @@ def test_acknowledged_commits_survive_repeated_power_cuts_under_load(powercut_se
     assert tally.lost == [], f"durability: acknowledged commits lost in a power cut ({tally})"
     assert tally.never_committed_present == [], (
         f"atomicity: rows whose COMMIT was never sent must not exist ({tally})")
+
+
+# --------------------------------------------------------------------------- adversarial writeback
+
+
+def commits_around_a_checkpoint(connect: ConnectionFactory):
+    """Rows 1..10 committed, CHECKPOINT, rows 11..20 committed, then a bulk insert into
+    filler left open: unsynced WAL and table pages are in the page cache at the cut."""
+    session = connect()
+    commit_rows(session, range(1, 11))
+    execute(session, "checkpoint")
+    session.commit()
+    commit_rows(session, range(11, 21))
+    execute(session, "insert into filler select g, repeat('x', 400) from generate_series(1, 300) g")
+    return session
+
+
+def start_outcome(server, connect) -> str:
+    """'starts: N of 20 acknowledged commits lost', or 'does not start: ' and the server's
+    PANIC or FATAL message, word for word (without the WAL position PostgreSQL 17+ adds)."""
+    try:
+        server.restart(**server.start_settings)
+    except ServerError:
+        for line in server.startup_log().splitlines():
+            words = re.search(r"(PANIC|FATAL):  .*", line)
+            if words:
+                return "does not start: " + re.sub(r" at [0-9A-F]+/[0-9A-F]+$", "", words[0])
+        return "does not start: (nothing logged)"
+    lost = 20 - len(ids_in_ledger(connect()))
+    return f"starts: {lost} of 20 acknowledged commits lost"
+
+
+@pytest.mark.parametrize("server_settings, outcome", [
+    pytest.param(SYNCHRONOUS, "starts: 0 of 20 acknowledged commits lost",
+                 id="fsync on: the cluster starts, 0 of 20 lost"),
+    pytest.param(NO_FSYNC, "does not start: PANIC:  could not locate a valid checkpoint record",
+                 id="fsync off: the cluster does not start"),
+])
+def test_a_checkpoint_written_back_without_its_wal(powercut_server, ledger, server_settings,
+                                                   outcome):
+    """Scenario: a session commits rows 1..10, runs CHECKPOINT, commits rows 11..20 and
+    starts a bulk insert. The power is cut, and of the writes still in the page cache
+    only the new pg_control reaches the platter — the kernel writes dirty pages back
+    in any order: ``Writeback(pg_control='all', wal='none', relations='none',
+    other='none')``. The server restarts.
+
+    Outcome: with fsync on the checkpoint had fsynced the WAL and the pages before it
+    wrote pg_control (and fsynced that too): nothing of it was left to reorder; the
+    cluster starts with all 20 rows. With fsync off, pg_control now names a
+    checkpoint record that never reached the disk, and the server refuses to start:
+    "PANIC:  could not locate a valid checkpoint record". (Then the test puts the
+    old pg_control back, so that the server starts again for the next test.)
+    """
+    connect = ledger(**server_settings)
+    control_file = powercut_server.platter / "global" / "pg_control"
+    durable_control = control_file.read_bytes()
+    commits_around_a_checkpoint(connect)
+
+    powercut_server.power_cut(CHECKPOINT_WITHOUT_ITS_WAL)
+    observed = start_outcome(powercut_server, connect)
+    if not powercut_server.running:  # repair the platter for the tests after this one
+        powercut_server.power_cut()
+        control_file.write_bytes(durable_control)
+        powercut_server.restart(**powercut_server.start_settings)
+
+    assert observed == outcome, (
+        f"durability: what a power cut with a reordered writeback leaves, fsync = "
+        f"{server_settings['fsync']}\n{powercut_server.log_tail()}")
+
+
+@settings(max_examples=2)
+@given(writeback=WRITEBACKS)
+@example(writeback=CHECKPOINT_WITHOUT_ITS_WAL)  # the one that breaks a cluster with fsync off
+def test_with_fsync_on_no_writeback_order_loses_an_acknowledged_commit(powercut_server, ledger,
+                                                                        writeback):
+    """Scenario: with fsync on, rows 1..10 commit, CHECKPOINT, rows 11..20 commit, a bulk
+    insert into filler is left open (its WAL and table pages partly written out, not
+    fsynced). The power is cut; the writes still in the page cache reach the platter
+    as the writeback says — per group of files (pg_control, WAL, tables, the rest):
+    none, all, every other one, or each torn after its first 512 bytes or 4 KiB.
+    Hypothesis chooses the writebacks (two); one is pinned: the writeback that leaves
+    a cluster with fsync off unable to start (previous test).
+
+    Outcome, for every writeback: the cluster starts, all 20 acknowledged rows are
+    there, the open insert left nothing. Torn WAL ends replay at the first record
+    whose checksum fails (all of it after the last flush); a torn table page is
+    rebuilt from the full-page image the WAL holds of it since the checkpoint. A
+    failing writeback is printed as a literal to paste into ``@example``.
+    """
+    connect = ledger(**SYNCHRONOUS)
+    commits_around_a_checkpoint(connect)
+
+    cut = powercut_server.power_cut(writeback)
+    replay = f"replay with @example(writeback={writeback!r}); the cut: {cut}"
+    observed = start_outcome(powercut_server, connect)
+
+    assert observed == "starts: 0 of 20 acknowledged commits lost", (
+        f"durability with fsync on, whatever order the page cache was written back in; "
+        f"{replay}\n{powercut_server.log_tail()}")
+    assert one(connect(), "select count(*) from filler") == 0, (
+        f"atomicity: the insert open at the cut must leave nothing; {replay}")

@@ -170,7 +170,7 @@ class PowerCutCluster(CrashableCluster):
         self._executor._build_initdb_command = lambda options, pgdata=None: build_initdb(
             [*options, f"--wal-segsize={WAL_SEGMENT_MB}"], pgdata)
         self._executor.init_directory()
-        platter = self.workdir.path / "disk"
+        platter = self.platter
         self.workdir.data.rename(platter)
         for folder in (self.workdir.data, self.workdir.path / "trash"):
             folder.mkdir(mode=stat.S_IRWXU)
@@ -199,6 +199,11 @@ class PowerCutCluster(CrashableCluster):
         """SIGKILL every server process; the disk keeps its unsynced writes (a process crash)."""
         self._crashed_on_power = self.running or self._crashed_on_power
         super().crash()
+
+    @property
+    def platter(self) -> Path:
+        """The backing folder: what the disk keeps when the power goes."""
+        return self.workdir.path / "disk"
 
     def power_cut(self, writeback: Writeback = NOTHING) -> dict:
         """SIGKILL every server process, then power the disk off: only what was fsynced
