@@ -27,7 +27,7 @@ import dataclasses
 from collections import defaultdict
 from collections.abc import Sequence
 from itertools import pairwise
-from typing import Any
+from typing import Any, NamedTuple
 
 import networkx as nx
 
@@ -64,11 +64,11 @@ class Transaction:
         return f"T{self.id}"
 
 
-@dataclasses.dataclass(frozen=True)
-class Dependency:
+class Dependency(NamedTuple):
     """Why ``source`` must come before ``target``. ``key``/``value``: the append that
     orders them (``value``: the later transaction's element for ww/rw, the element read
-    for wr); ``read``: the list read (wr, rw); ``previous``: the earlier element (ww)."""
+    for wr); ``read``: the list read (wr, rw); ``previous``: the earlier element (ww).
+    (A named tuple: a big history has hundreds of thousands of them.)"""
 
     kind: str
     source: int
@@ -171,13 +171,13 @@ def dependency_graph(txns: Sequence[Transaction], *, process: bool = False,
     committed = possibly_committed(txns)
     orders = version_orders(committed)
     writer: dict[tuple, Transaction] = {}
-    readers: dict[tuple, list[int]] = defaultdict(list)
+    readers: dict[tuple, list[tuple[int, tuple]]] = defaultdict(list)  # -> (reader, list)
     for txn in committed:
         for f, k, v in txn.mops:
             if f == APPEND:
                 writer[k, v] = txn
             elif v is not None and (txn.type == OK or v):  # an info's nil read is unknown
-                readers[k, v[-1] if v else INITIAL].append(txn.id)
+                readers[k, v[-1] if v else INITIAL].append((txn.id, v))
 
     edges: dict[tuple[int, int], list[Dependency]] = defaultdict(list)
     for txn in committed:
@@ -191,20 +191,14 @@ def dependency_graph(txns: Sequence[Transaction], *, process: bool = False,
                         edges[before.id, me].append(
                             Dependency(WW, before.id, me, k, v, previous=previous))
                 if RW in kinds:
-                    for reader in readers.get((k, previous), ()):
+                    for reader, read in readers.get((k, previous), ()):
                         if reader != me:
-                            edges[reader, me].append(Dependency(RW, reader, me, k, v))
+                            edges[reader, me].append(Dependency(RW, reader, me, k, v, read))
             elif f == READ and v and WR in kinds:
                 before = writer.get((k, v[-1]))
                 if before is not None and before.id != me:
                     edges[before.id, me].append(Dependency(WR, before.id, me, k, v[-1], v))
-    # the rw explanation wants the list the reader saw
     by_id = {txn.id: txn for txn in committed}
-    for deps in edges.values():
-        for i, dep in enumerate(deps):
-            if dep.kind == RW:
-                deps[i] = dataclasses.replace(dep, read=_read_before(by_id[dep.source],
-                                                                     dep.key, orders, dep.value))
     if process:
         _process_edges(committed, edges)
     if realtime:
@@ -213,16 +207,6 @@ def dependency_graph(txns: Sequence[Transaction], *, process: bool = False,
     graph.add_nodes_from(by_id)
     graph.add_edges_from((a, b, {"deps": deps}) for (a, b), deps in edges.items())
     return Dependencies(graph, by_id, orders, writer)
-
-
-def _read_before(reader: Transaction, key: Any, orders: Orders, appended: Any) -> tuple:
-    """The reader's read of ``key`` that ends just before ``appended``."""
-    previous = orders.previous(key, appended)
-    for f, k, v in reader.mops:
-        if f == READ and k == key and v is not None and (
-                (v[-1] if v else INITIAL) == previous):
-            return v
-    return ()
 
 
 def _process_edges(committed: Sequence[Transaction], edges: dict) -> None:
