@@ -31,7 +31,7 @@ import dataclasses
 import difflib
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -101,15 +101,9 @@ def spec_command(argv: Sequence[str], *, out: TextIO | None = None,
     if args.expected and Path(args.expected).is_file() and len(specs) > 1:
         print("error: --expected names one file, but several specs were given", file=err)
         return EXIT_UNPARSABLE
-    verdicts: list[Verdict] = []
     try:
-        with _server(args.dsn) as dsn, isolation_database(dsn) as conninfo:
-            capabilities = _Capabilities(conninfo)
-            runner = SpecRunner(conninfo, timeout=args.timeout)
-            for spec in specs:
-                verdict = _run_one(spec, runner, capabilities, args.expected)
-                verdicts.append(verdict)
-                _report(verdict, bool(args.expected), out)
+        verdicts = run_specs(specs, args.dsn, expected=args.expected, timeout=args.timeout,
+                             report=lambda verdict: _report(verdict, bool(args.expected), out))
     except (psycopg2.Error, RuntimeError, OSError) as error:
         print(f"error: {' '.join(str(error).split())}", file=err)
         return EXIT_FAILED
@@ -126,6 +120,23 @@ def spec_command(argv: Sequence[str], *, out: TextIO | None = None,
         print(summary, file=out)
         return EXIT_OK if matching == len(compared) else EXIT_FAILED
     return EXIT_FAILED if any(v.status == "stuck" for v in verdicts) else EXIT_OK
+
+
+def run_specs(specs: Sequence[Spec], dsn: str | None, *, expected: str | None = None,
+              timeout: float = DEFAULT_STEP_TIMEOUT,
+              report: Callable[[Verdict], None] | None = None) -> list[Verdict]:
+    """Run the specs one after the other in one fresh database (on ``dsn``, or on a
+    temporary server) and compare each output with ``expected`` when given."""
+    verdicts = []
+    with _server(dsn) as server_dsn, isolation_database(server_dsn) as conninfo:
+        capabilities = _Capabilities(conninfo)
+        runner = SpecRunner(conninfo, timeout=timeout)
+        for spec in specs:
+            verdict = _run_one(spec, runner, capabilities, expected)
+            verdicts.append(verdict)
+            if report is not None:
+                report(verdict)
+    return verdicts
 
 
 def _report(verdict: Verdict, comparing: bool, out: TextIO) -> None:

@@ -402,7 +402,7 @@ class _SpecRun:
                 else:
                     out.write(_text(result.error_message) + "\n")
             else:
-                out.write(f"unexpected result status: {status.name}\n")
+                out.write(f"unexpected result status: PGRES_{status.name}\n")
         _consume(pgconn)
         while (notify := pgconn.notifies()) is not None:
             sender = next((c.name for c in self.conns[1:] if c.pid == notify.be_pid),
