@@ -25,21 +25,29 @@ What each letter promises there, and what breaks without it:
   hands the next request a new connection and the purchase is there.
 
 The foundation tests at the end show the course notes' picture itself:
-client - web server - database server over TCP, the dialect and DBAPI, and
-the connection pool (sessions reused across requests, a cap on how many).
+client - web server - database server over TCP, the dialect and DBAPI (the SQL
+SQLAlchemy writes, the statements psycopg2 sends), and the connection pool
+(sessions reused across requests, a cap on how many).
 
-Each test builds its own app on its own schema (the ``place``); the Flask test
-client drives it, from several threads where requests must overlap. Overlap is
+Each test builds its own app on its own schema (the ``place``). The tests about
+the stack itself serve it for real: a WSGI server (werkzeug's) on 127.0.0.1 and a
+free port, and HTTP requests over TCP. The others call it in process through
+Flask's test client -- the same views, without the sockets -- from several
+threads where requests must overlap. Overlap is
 arranged, never left to luck or sleeps: a hook in the view holds a request
 until the other has read too, or until the server says the other is blocked.
 """
 
+import http.client
+import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg2
 import pytest
 from psycopg2 import errors
-from sqlalchemy import NullPool, select
+from sqlalchemy import NullPool
+from werkzeug.serving import make_server
 
 from acid_lab.lessons.faults import terminate_backend
 from acid_lab.lessons.queries import execute, rows
@@ -66,21 +74,58 @@ ONE_SESSION = {"pool_size": 1, "max_overflow": 0}  # one worker, one pooled conn
 
 @pytest.fixture
 def make_app(target, place):
-    """Factory of shop apps on this test's place (their tables created there); pools closed."""
+    """Factory of shop apps on this test's place (their tables created there); pools closed.
+
+    ``make_app(..., statement_log=log)``: the app's connections record what they send.
+    """
     apps = []
 
-    def make(engine_options=None, **config):
-        options = {"connect_args": {"options": f"-c search_path={place}"
-                                               f" -c lock_timeout={LOCK_TIMEOUT}",
-                                    "application_name": app_name(place)}}
-        options.update(engine_options or {})
+    def make(engine_options=None, statement_log=None, **config):
+        connect_args = {"options": f"-c search_path={place} -c lock_timeout={LOCK_TIMEOUT}",
+                        "application_name": app_name(place)}
+        if statement_log is not None:
+            connect_args["connection_factory"] = statement_log.connection_class
+        options = {"connect_args": connect_args, **(engine_options or {})}
         app = create_app(sqlalchemy_url(target.info), options, **config)
         apps.append(app)
+        if statement_log is not None:
+            statement_log.clear()  # creating the tables is not the test's
         return app
 
     yield make
     for app in apps:
         dispose_engines(app)
+
+
+@pytest.fixture
+def serve():
+    """Serves an app over real HTTP: a WSGI server (werkzeug's) on 127.0.0.1 and a free
+    port, in a thread; ``serve(app)`` returns (host, port). Shut down at teardown."""
+    running = []
+
+    def start(app):
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        thread = threading.Thread(target=server.serve_forever, name="wsgi-server", daemon=True)
+        thread.start()
+        running.append((server, thread))
+        return server.server_address
+
+    yield start
+    for server, thread in running:
+        server.shutdown()
+        thread.join(REQUEST_TIMEOUT)
+        server.server_close()
+
+
+def http_request(address, method, path):
+    """One HTTP request over TCP, as a browser would send it: (status, JSON body)."""
+    connection = http.client.HTTPConnection(*address, timeout=REQUEST_TIMEOUT)
+    try:
+        connection.request(method, path)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
 
 
 # --------------------------------------------------------------------------- helper verbs
@@ -164,6 +209,54 @@ def test_a_request_that_fails_halfway_leaves_nothing_behind(make_app, observer):
 
 
 ALL_READ, ONE_WAITS = Rendezvous.ALL_READ, Rendezvous.ONE_WAITS_FOR_A_LOCK
+
+
+READ_THE_WIDGET = ("SELECT stock.item, stock.quantity FROM stock WHERE stock.item = 'widget'",
+                   "SELECT 1")
+WRITE_BACK_9 = ("UPDATE stock SET quantity=9 WHERE stock.item = 'widget'", "UPDATE 1")
+
+
+@pytest.mark.isolation
+@pytest.mark.parametrize("way, sent", [
+    pytest.param("read-modify-write", [
+        ("BEGIN ISOLATION LEVEL READ COMMITTED", "BEGIN"),
+        READ_THE_WIDGET,           # the view reads 10 ...
+        WRITE_BACK_9,              # ... and writes back the 9 it computed in Python
+        ("COMMIT", "COMMIT"),
+    ], id="read-modify-write"),
+    pytest.param("for-update", [
+        ("BEGIN ISOLATION LEVEL READ COMMITTED", "BEGIN"),
+        (READ_THE_WIDGET[0] + " FOR UPDATE", "SELECT 1"),   # the read locks the row
+        WRITE_BACK_9,
+        ("COMMIT", "COMMIT"),
+    ], id="with_for_update"),
+    pytest.param("atomic-update", [
+        ("BEGIN ISOLATION LEVEL READ COMMITTED", "BEGIN"),
+        ("UPDATE stock SET quantity=(stock.quantity - 1) WHERE stock.item = 'widget' "
+         "RETURNING stock.quantity", "UPDATE 1"),           # read and write in one statement
+        ("COMMIT", "COMMIT"),
+    ], id="atomic UPDATE"),
+    pytest.param("serializable", [
+        ("BEGIN ISOLATION LEVEL SERIALIZABLE", "BEGIN"),   # the server checks the reads
+        READ_THE_WIDGET,
+        WRITE_BACK_9,
+        ("COMMIT", "COMMIT"),
+    ], id="serializable"),
+])
+def test_each_way_to_buy_sends_its_sql(make_app, observer, statement_log, way, sent):
+    """The SQL behind the four buy views (``acid_lab.lessons.webapp``), as psycopg2 sent it.
+
+    Scenario: stock 10; one ``POST /stock/widget/buy/<way>``, alone.
+    Outcome: exactly these statements, with the server's answers. Alone, all four
+    leave 9; the next test runs two buyers at once, where they differ.
+    """
+    app = make_app(ONE_SESSION, statement_log=statement_log)
+    put_stock(observer, "widget", 10)
+
+    bought = app.test_client().post(f"/stock/widget/buy/{way}")
+
+    assert (bought.status_code, bought.json["quantity"]) == (200, 9)
+    assert statement_log.transcript == sent, "what the view sent"
 
 
 @pytest.mark.isolation
@@ -299,23 +392,29 @@ def test_a_committed_buy_outlives_the_server_process_that_made_it(make_app, obse
 
 
 @pytest.mark.foundation
-def test_a_request_goes_web_client_web_server_database_server(make_app, observer, target,
+def test_a_request_goes_web_client_web_server_database_server(make_app, serve, observer, target,
                                                                place):
-    """Scenario: the test client (web client) asks the Flask app (web server) which
-    database session serves it; the observer asks the database server about that session.
+    """Scenario: the app runs in a real WSGI server listening on 127.0.0.1 and a free port;
+    a web client sends ``GET /session`` over TCP (http.client, as a browser would) and
+    the view reports who called it and which database session served it; the observer
+    asks the database server about that session.
 
-    Outcome: the app's session came over TCP/IP to the server's port, from a client
-    address (a Unix socket would have none); to the database server the web server is
-    just a client, one server process per connection, named by its application_name.
+    Outcome: two TCP hops, two ports: the web client reached the web server on the
+    port it listens on (a free one here; 80 for plain HTTP in production), and the web
+    server's database session came over TCP/IP to the database server's port (5432 by
+    default; the run's own port here), from a client address (a Unix socket would have
+    none). To the database server the web server is just a client, one server process
+    per connection, named by its application_name.
     """
-    app = make_app()
-    response = app.test_client().get("/session")
-    session = response.json
+    web_server = serve(make_app())
+    status, session = http_request(web_server, "GET", "/session")
     seen_by_server = rows(observer, "select application_name, backend_type, client_addr"
                                      " from pg_stat_activity where pid = %s",
                            (session["backend_pid"],))
 
-    assert response.status_code == 200, "HTTP request and response"
+    assert status == 200, "HTTP request and response"
+    assert (session["web_client_addr"], session["web_server_port"]) == web_server, \
+        "the web client reached the web server over TCP, on its port"
     assert session["server_port"] == target.info.port, "the database server's TCP port"
     assert session["client_addr"] is not None, "the web server reached the database over TCP"
     assert seen_by_server == [(app_name(place), "client backend", session["client_addr"])], \
@@ -323,26 +422,40 @@ def test_a_request_goes_web_client_web_server_database_server(make_app, observer
 
 
 @pytest.mark.foundation
-def test_sqlalchemy_writes_postgresql_sql_and_psycopg2_sends_it(make_app):
-    """Scenario: look inside the app's engine: its dialect, its DBAPI, the SQL it writes
-    for "select the widget row", the connection its pool hands out.
+def test_sqlalchemy_writes_postgresql_sql_and_psycopg2_sends_it(make_app, serve, statement_log):
+    """Scenario: the app serves ``GET /stock/widget`` over HTTP; we record the SQL
+    SQLAlchemy wrote for it and what psycopg2 sent to the database server.
 
-    Outcome: dialect postgresql, DBAPI psycopg2 (pyformat parameters, %(name)s), and the
-    pooled connection is a plain psycopg2 connection underneath.
+    Outcome: the engine's dialect is postgresql, its DBAPI psycopg2, and the pooled
+    connection a plain psycopg2 connection. SQLAlchemy wrote the SELECT with a
+    %(pk_1)s placeholder (psycopg2's pyformat style); psycopg2 sent BEGIN (by itself),
+    that SELECT with 'widget' filled in, and ROLLBACK: the request wrote nothing, and
+    the pool rolls a returned connection back.
     """
-    app = make_app()
+    app = make_app(statement_log=statement_log)
     with app.app_context():
-        engine = db.engine
-        written = str(select(Stock).where(Stock.item == "widget").compile(engine))
+        engine = statement_log.watch(db.engine)
         driver_connection = db.session.connection().connection.driver_connection
+        db.session.add(Stock(item="widget", quantity=10))
+        db.session.commit()
+    statement_log.clear()
 
+    status, body = http_request(serve(app), "GET", "/stock/widget")
+
+    assert (status, body) == (200, {"item": "widget", "quantity": 10})
     assert (engine.dialect.name, engine.dialect.driver) == ("postgresql", "psycopg2"), \
         "dialect + DBAPI"
     assert engine.dialect.loaded_dbapi is psycopg2, "the DBAPI module is psycopg2"
-    assert written == ("SELECT stock.item, stock.quantity \nFROM stock \n"
-                       "WHERE stock.item = %(item_1)s"), "SQLAlchemy writes the SQL"
     assert isinstance(driver_connection, psycopg2.extensions.connection), \
-        "psycopg2 carries it to the server"
+        "psycopg2 carries the SQL to the server"
+    assert statement_log.written == [
+        "SELECT stock.item, stock.quantity \nFROM stock \nWHERE stock.item = %(pk_1)s",
+    ], "SQLAlchemy writes the SQL"
+    assert statement_log.transcript == [
+        ("BEGIN", "BEGIN"),
+        ("SELECT stock.item, stock.quantity FROM stock WHERE stock.item = 'widget'", "SELECT 1"),
+        ("ROLLBACK", "ROLLBACK"),
+    ], "psycopg2 sends it"
 
 
 @pytest.mark.foundation
@@ -350,18 +463,18 @@ def test_sqlalchemy_writes_postgresql_sql_and_psycopg2_sends_it(make_app):
     pytest.param(ONE_SESSION, True, id="QueuePool: one server session serves both requests"),
     pytest.param({"poolclass": NullPool}, False, id="NullPool: a new session per request"),
 ])
-def test_the_pool_keeps_server_sessions_between_requests(make_app, engine_options,
+def test_the_pool_keeps_server_sessions_between_requests(make_app, serve, engine_options,
                                                          same_server_session):
-    """Scenario: two requests, one after the other, each ask which server process and which
-    transaction serve them.
+    """Scenario: two HTTP requests to the served app, one after the other, each ask which
+    database server process and which transaction serve them.
 
     Outcome: with a pool the second request reuses the first one's connection -- the same
     server process, a long-running session -- without one, each request connects anew.
     Either way each request is a transaction of its own.
     """
-    client = make_app(engine_options).test_client()
+    web_server = serve(make_app(engine_options))
 
-    first, second = client.get("/session").json, client.get("/session").json
+    (_, first), (_, second) = (http_request(web_server, "GET", "/session") for _ in range(2))
 
     assert (first["backend_pid"] == second["backend_pid"]) is same_server_session, \
         "is the server session reused across requests?"

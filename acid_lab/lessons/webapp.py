@@ -21,6 +21,7 @@ request, at most ``pool_size + max_overflow`` of them at once.
 * ``POST /drivers`` ``{"name", "vehicles": [{"plate", "seats"}]}`` -> 201
 * ``POST /drivers/<id>/vehicles`` ``{"plate", "seats"}``           -> 201
 * ``GET  /session``  the database server's view of this request's session
+  (and the web server's view of the HTTP client)
 
 Errors become proper HTTP answers: a unique violation 409, any other broken
 rule (check, foreign key, not null) 422, a transient database failure
@@ -333,12 +334,14 @@ def register_vehicle(driver_id: int):
 
 @shop.get("/session")
 def describe_session():
-    """What the database server knows about the session serving this request."""
+    """What the database server knows about the session serving this request, and what
+    the web server knows about the HTTP client (its address, the port it called)."""
     row = db.session.execute(text(
         "select pg_backend_pid() as backend_pid, txid_current() as transaction_id,"
         " host(inet_client_addr()) as client_addr, inet_server_port() as server_port,"
         " current_setting('application_name') as application_name")).one()
-    return jsonify(row._asdict())
+    return jsonify(**row._asdict(), web_client_addr=request.remote_addr,
+                   web_server_port=int(request.environ["SERVER_PORT"]))
 
 
 # --------------------------------------------------------------------------- test hooks
