@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session
 
 from acid_lab.lessons.bank import balances, fleet_rows, one_transaction, snapshot
 from acid_lab.lessons.models import Account, Base, Driver, Vehicle
-from acid_lab.lessons.queries import execute, one
+from acid_lab.lessons.queries import execute, one, rows
 
 pytestmark = pytest.mark.consistency
 
@@ -135,12 +135,18 @@ def test_no_balance_goes_negative(connect, observer):
     assert balances(observer) == {1: 100, 2: 50}, "consistency: no negative balance"
 
 
+INSPECTION_KEYS = "select vehicle_id, inspected_on::text from inspections order by 1, 2"
+KEYS_BEFORE = [(10, "2024-03-01"), (10, "2025-03-01"), (20, "2025-03-01")]
+
+
 @pytest.mark.parametrize("statement, allowed, inspections_after", [
-    pytest.param("insert into inspections values (10, '2024-03-02', true)", True, 4,
+    pytest.param("insert into inspections values (10, '2024-03-02', true)", True,
+                 [(10, "2024-03-01"), (10, "2024-03-02"), (10, "2025-03-01"), (20, "2025-03-01")],
                  id="same vehicle, another day: allowed"),
-    pytest.param("insert into inspections values (20, '2024-03-01', true)", True, 4,
+    pytest.param("insert into inspections values (20, '2024-03-01', true)", True,
+                 [(10, "2024-03-01"), (10, "2025-03-01"), (20, "2024-03-01"), (20, "2025-03-01")],
                  id="same day, another vehicle: allowed"),
-    pytest.param("insert into inspections values (10, '2024-03-01', true)", False, 3,
+    pytest.param("insert into inspections values (10, '2024-03-01', true)", False, KEYS_BEFORE,
                  id="same vehicle, same day: refused"),
 ])
 def test_a_composite_key_names_a_row_by_all_its_columns(fleet, connect, observer, statement,
@@ -157,7 +163,7 @@ def test_a_composite_key_names_a_row_by_all_its_columns(fleet, connect, observer
         outcome = False
 
     assert outcome is allowed, "a composite key is unique as a whole"
-    assert len(snapshot(observer, "inspections")["inspections"]) == inspections_after
+    assert rows(observer, INSPECTION_KEYS) == inspections_after
 
 
 def test_deleting_a_vehicle_cascades_to_its_inspections_and_bookings(fleet, connect, observer):
@@ -170,7 +176,8 @@ def test_deleting_a_vehicle_cascades_to_its_inspections_and_bookings(fleet, conn
 
     after = fleet_rows(observer)
     assert [row[0] for row in after["vehicles"]] == [11, 20]
-    assert after["inspections"] == [row for row in fleet["inspections"] if row[0] != 10]
+    assert rows(observer, INSPECTION_KEYS) == [(20, "2025-03-01")], \
+        "vehicle 10's two inspections went with it"
     assert after["bookings"] == [], "the booking of vehicle 10 went with it"
     assert after["drivers"] == fleet["drivers"]
 
