@@ -51,7 +51,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from acid_lab.report import demonstrations
+from acid_lab.report import demonstrations, power_cuts
 from acid_lab.lessons.catalog import MATRIX, POSSIBLE, PREVENTED, Anomaly, Observation, observe
 from acid_lab.servers.connections import ConnectionFactory
 from acid_lab.report.demonstrations import Shown
@@ -141,6 +141,7 @@ def _progress_display(console: Console | None) -> Iterator[_Progress]:
 MATRIX_TASK = "isolation matrix (one scenario per cell)"
 PLACE_TASK = "atomicity and consistency"
 CRASH_TASK = "durability (a server of its own, crashed)"
+POWER_CUT_TASK = "durability (a server on a disk that loses power)"
 SERVER_TASK = "starting PostgreSQL"
 
 
@@ -155,15 +156,18 @@ def make_report(dsn: str | None = None, *, workers: int = WORKERS,
     began = time.perf_counter()
     server_task = SERVER_TASK if dsn is None else "reaching the server"
     with _progress_display(progress_console) as progress, \
-            ThreadPoolExecutor(max_workers=2, thread_name_prefix="report-demo") as side:
+            ThreadPoolExecutor(max_workers=3, thread_name_prefix="report-demo") as side:
         for task, total in ((server_task, 1), (MATRIX_TASK, len(MATRIX) * len(LEVELS)),
                             (PLACE_TASK, len(demonstrations.IN_A_PLACE)),
-                            (CRASH_TASK, len(demonstrations.ON_A_CRASHABLE_SERVER))):
+                            (CRASH_TASK, len(demonstrations.ON_A_CRASHABLE_SERVER)),
+                            (POWER_CUT_TASK, len(power_cuts.ON_A_LOSSY_DISK))):
             progress.add(task, total)
-        crash = None
+        crash = power_cut = None
         if dsn is None:
             crash = side.submit(demonstrations.show_on_crashable_server,
                                 lambda shown: progress.advance(CRASH_TASK))
+            power_cut = side.submit(power_cuts.show_on_lossy_disk,
+                                    lambda shown: progress.advance(POWER_CUT_TASK))
         with _target(dsn) as target:
             progress.advance(server_task)
             in_places = side.submit(demonstrations.show_in_places, target.info,
@@ -176,6 +180,11 @@ def make_report(dsn: str | None = None, *, workers: int = WORKERS,
             progress.advance(CRASH_TASK)
         else:
             shown += crash.result()
+        if power_cut is None:
+            shown += power_cuts.skip_power_cut_demonstrations()
+            progress.advance(POWER_CUT_TASK)
+        else:
+            shown += power_cut.result()
     return Report(target.version, target.description, observations, shown,
                   seconds=time.perf_counter() - began)
 
