@@ -421,14 +421,17 @@ class ReplicationPair:
         discard(lost)
 
     def promote(self) -> None:
-        """pg_promote() on the standby (it waits until promotion is done); it is the primary now.
+        """pg_promote() on the standby; return once it has left recovery: it is the primary now.
 
-        Its synchronous_standby_names is emptied: it has no standby to wait for yet.
+        (pg_promote(wait => true) would look every 100 ms; pg_is_in_recovery()
+        is asked here at a shorter interval.) Its synchronous_standby_names is
+        emptied: it has no standby to wait for yet.
         """
         standby = self.admin(self.standby)
-        if not query_value(standby, "select pg_promote(wait => true, wait_seconds => 30)"):
-            raise ServerError("pg_promote() did not finish within 30 s:\n"
-                              + self.standby.log_tail())
+        query_value(standby, "select pg_promote(wait => false)")
+        wait_for(lambda: not query_value(standby, "select pg_is_in_recovery()"),
+                 "the standby to finish its promotion", START_TIMEOUT,
+                 lambda: self.standby.log_tail(5))
         self.primary, self.standby = self.standby, None
         if query_value(standby, "show synchronous_standby_names"):
             self.set_synchronous("")
