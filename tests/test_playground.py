@@ -20,13 +20,16 @@ the machinery (sessions held, pages apart, bounds, reset, idle timeout,
 shutdown, the ``play`` command).
 """
 
+import contextlib
+import io
 import json
 import os
 import signal
-import subprocess
-import sys
+import threading
+import urllib.request
 from pathlib import Path
 
+import psutil
 import psycopg2
 import pytest
 from psycopg2 import errors
@@ -34,6 +37,7 @@ from psycopg2 import errors
 from acid_lab.engine.scenario import READ_COMMITTED, REPEATABLE_READ, SERIALIZABLE
 from acid_lab.lessons.queries import rows
 from acid_lab.play.app import create_app
+from acid_lab.play.command import play_command
 from acid_lab.play.scenarios import find
 from acid_lab.play.sessions import MAX_SESSIONS, Playground
 
@@ -398,45 +402,62 @@ def test_shutdown_closes_every_session(target, observer_conn):
         assert not schema_exists(observer_conn, schema)
 
 
+class ConsoleWatch(io.StringIO):
+    """Stands for the terminal; ``printed`` is set once the command has shown its URL."""
+
+    def __init__(self):
+        super().__init__()
+        self.printed = threading.Event()
+
+    def write(self, text):
+        written = super().write(text)
+        if "open http://" in self.getvalue():
+            self.printed.set()
+        return written
+
+
 @pytest.mark.engine
-def test_play_command(target):
+def test_play_command(target, observer_conn):
     """``python -m acid_lab play --dsn ...``: warns, serves on 127.0.0.1, Ctrl-C ends it cleanly.
 
-    Scenario: the command on the suite's server; fetch the page; Ctrl-C (SIGINT).
-    Outcome: a warning that the page runs the SQL typed into it; the URL is on
-    127.0.0.1; the page is served; exit status 0, and its database is gone.
+    Scenario: the command (in this process, as the terminal would run it) on the
+    suite's server; a visitor opens the page and asks for the scenarios, then
+    presses Ctrl-C (SIGINT).
+    Outcome: a warning that the page runs the SQL typed into it; the only
+    listening socket is on 127.0.0.1; the page is served; exit status 0, and
+    the playground's database is gone from the server.
     """
-    import urllib.request
+    out, err = ConsoleWatch(), io.StringIO()
+    seen = {}
 
-    command = [sys.executable, "-m", "acid_lab", "play", "--dsn", target.info.dsn()]
-    child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        lines = []
-        while not any(line.startswith("open ") for line in lines):
-            line = child.stdout.readline()  # the command prints its URL, or exits
-            assert line, f"the command ended early: {child.stderr.read()}"
-            lines.append(line)
-        url = lines[-1].split()[1]
-        assert url.startswith("http://127.0.0.1:")
+    def visitor():
+        if not out.printed.wait(COMMAND_BOUND):
+            return
+        url = out.getvalue().split("open ")[1].split()[0]
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        seen["listening"] = sorted({c.laddr.ip for c in psutil.Process().net_connections("tcp")
+                                    if c.status == psutil.CONN_LISTEN and c.laddr.port == port})
         with urllib.request.urlopen(url, timeout=COMMAND_BOUND) as response:
-            assert "ACID Lab playground" in response.read().decode()
+            seen["page"] = response.read().decode()
         with urllib.request.urlopen(url + "api/scenarios", timeout=COMMAND_BOUND) as response:
-            codes = [s["code"] for s in json.load(response)["scenarios"]]
-        assert codes[:10] == ["G0", "G1a", "G1b", "G1c", "OTV", "PMP", "P4", "G-single",
-                              "G2-item", "G2"]
-        child.send_signal(signal.SIGINT)
-        _, err = child.communicate(timeout=COMMAND_BOUND)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(COMMAND_BOUND)
-    assert child.returncode == 0, err
-    assert "warning: This page runs the SQL typed into it" in err
-    database = err.split("in a database of its own (")[1].split(",")[0]
-    conn = psycopg2.connect(**target.info.params())
+            seen["codes"] = [s["code"] for s in json.load(response)["scenarios"]]
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C
+
+    visiting = threading.Thread(target=visitor)
+    visiting.start()
     try:
-        assert rows(conn, "select count(*) from pg_database where datname = %s",
-                    (database,)) == [(0,)]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = play_command(["--dsn", target.info.dsn()])
     finally:
-        conn.close()
+        out.printed.set()  # the visitor stops waiting, whatever happened
+        visiting.join(COMMAND_BOUND)
+    assert status == 0, err.getvalue()
+    assert seen["listening"] == ["127.0.0.1"]
+    assert "ACID Lab playground" in seen["page"]
+    assert "This page runs the SQL typed into it" in seen["page"]
+    assert seen["codes"][:10] == ["G0", "G1a", "G1b", "G1c", "OTV", "PMP", "P4", "G-single",
+                                  "G2-item", "G2"]
+    assert "warning: This page runs the SQL typed into it" in err.getvalue()
+    database = err.getvalue().split("in a database of its own (")[1].split(",")[0]
+    assert rows(observer_conn, "select count(*) from pg_database where datname = %s",
+                (database,)) == [(0,)]

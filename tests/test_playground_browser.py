@@ -13,8 +13,11 @@ possible); at repeatable read it RESUMES with 40001 (prevented); two sessions
 that lock rows in opposite orders end in a deadlock, 40P01.
 
 Only the system's Chromium and chromedriver are used (never a download);
-without them these tests skip, saying what to install.
+without them these tests skip, saying what to install (on CI, where .ci/run
+installs them, they fail instead).
 """
+
+import os
 
 import pytest
 from selenium.webdriver.common.by import By
@@ -40,6 +43,8 @@ def site(target):
 def chromium():
     """One headless Chromium for the module (starting one takes a second or two)."""
     why = browser.missing()
+    if why is not None and os.environ.get("CI"):
+        pytest.fail(f"CI must run the browser tests: {why}")  # .ci/run installs them as root
     if why is not None:
         pytest.skip(why)
     with browser.chromium() as driver:

@@ -99,13 +99,16 @@ function drawTable() {
   for (const name of sessions) head.append(element("th", name));
   const body = $("timeline").tBodies[0];
   body.replaceChildren();
+  let sent = 0;  // free mode numbers the statements sent
   for (const row of state.rows) {
     const tr = document.createElement("tr");
     if (row.step !== null) {
       tr.id = `step-${row.step + 1}`;
       tr.append(element("td", String(row.step + 1), "number"));
+    } else if (row.cells.some((c) => c.kind === "step")) {
+      tr.append(element("td", String(++sent), "number"));
     } else {
-      tr.className = row.cells.every((c) => c.kind === "resumes") ? "resume-row" : "";
+      tr.className = "resume-row";
       tr.append(element("td", "", "number"));
     }
     for (const name of sessions) {
