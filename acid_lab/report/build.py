@@ -52,11 +52,13 @@ from rich.table import Table
 from rich.text import Text
 
 from acid_lab.report import demonstrations, power_cuts
+from acid_lab.report.histories import HISTORY_LEVELS, HistoryRow, check_histories
 from acid_lab.lessons.catalog import MATRIX, POSSIBLE, PREVENTED, Anomaly, Observation, observe
 from acid_lab.servers.connections import ConnectionFactory
 from acid_lab.report.demonstrations import Shown
 from acid_lab.servers.places import PlaceKeeper
 from acid_lab.engine.scenario import LEVELS, ScenarioError, ScenarioRunner
+from acid_lab.engine.workloads import WorkloadError
 from acid_lab.servers.server import ConnectionInfo, ServerError
 from acid_lab.servers.target import Target, open_target
 
@@ -85,6 +87,8 @@ class Report:
     demonstrations: list[Shown]
     seconds: float = 0.0                         # wall time of the whole run
     made_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    histories: list[HistoryRow] = field(default_factory=list)  # one checked history a level
+    histories_note: str = ""                     # why there are none, if there are none
 
     anomalies: tuple[Anomaly, ...] = MATRIX
     levels: tuple[str, ...] = LEVELS
@@ -143,6 +147,7 @@ PLACE_TASK = "atomicity and consistency"
 CRASH_TASK = "durability (a server of its own, crashed)"
 POWER_CUT_TASK = "durability (a server on a disk that loses power)"
 SERVER_TASK = "starting PostgreSQL"
+HISTORY_TASK = "histories (random transactions, checked)"
 
 
 def make_report(dsn: str | None = None, *, workers: int = WORKERS,
@@ -156,11 +161,12 @@ def make_report(dsn: str | None = None, *, workers: int = WORKERS,
     began = time.perf_counter()
     server_task = SERVER_TASK if dsn is None else "reaching the server"
     with _progress_display(progress_console) as progress, \
-            ThreadPoolExecutor(max_workers=3, thread_name_prefix="report-demo") as side:
+            ThreadPoolExecutor(max_workers=4, thread_name_prefix="report-demo") as side:
         for task, total in ((server_task, 1), (MATRIX_TASK, len(MATRIX) * len(LEVELS)),
                             (PLACE_TASK, len(demonstrations.IN_A_PLACE)),
                             (CRASH_TASK, len(demonstrations.ON_A_CRASHABLE_SERVER)),
-                            (POWER_CUT_TASK, len(power_cuts.ON_A_LOSSY_DISK))):
+                            (POWER_CUT_TASK, len(power_cuts.ON_A_LOSSY_DISK)),
+                            (HISTORY_TASK, len(HISTORY_LEVELS))):
             progress.add(task, total)
         crash = power_cut = None
         if dsn is None:
@@ -172,9 +178,12 @@ def make_report(dsn: str | None = None, *, workers: int = WORKERS,
             progress.advance(server_task)
             in_places = side.submit(demonstrations.show_in_places, target.info,
                                     lambda shown: progress.advance(PLACE_TASK))
+            histories = side.submit(check_histories, target.info,
+                                    lambda row: progress.advance(HISTORY_TASK))
             observations = observe_matrix(target.info, workers=workers,
                                           done=lambda observation: progress.advance(MATRIX_TASK))
             shown = in_places.result()
+            rows, note = _histories_or_why_not(histories)
         if crash is None:
             shown += demonstrations.skip_crash_demonstrations()
             progress.advance(CRASH_TASK)
@@ -186,7 +195,16 @@ def make_report(dsn: str | None = None, *, workers: int = WORKERS,
         else:
             shown += power_cut.result()
     return Report(target.version, target.description, observations, shown,
-                  seconds=time.perf_counter() - began)
+                  seconds=time.perf_counter() - began, histories=rows, histories_note=note)
+
+
+def _histories_or_why_not(future) -> tuple[list[HistoryRow], str]:
+    """The checked histories; a history that could not be recorded costs its section
+    only (one line saying why), not the whole report."""
+    try:
+        return future.result(), ""
+    except (WorkloadError, psycopg2.Error) as error:
+        return [], f"histories could not be recorded: {' '.join(str(error).split())}"
 
 
 @contextlib.contextmanager

@@ -65,7 +65,25 @@ def plain_text(report: Report) -> str:
     letter_width = max(len(shown.letter) for shown in report.demonstrations) + 2
     lines += [f"  {DEMO_MARK[shown.ok]} {shown.letter.ljust(letter_width)}{shown.name} — "
               f"{shown.outcome}" for shown in report.demonstrations]
+    lines += ["", HISTORIES_TITLE]
+    lines += [f"  {line}" for line in history_lines(report)]
     return "\n".join(lines) + "\n"
+
+
+HISTORIES_TITLE = "Histories (random transactions on 4 threads, checked as Elle does)"
+
+
+def history_lines(report: Report) -> list[str]:
+    """Per level: transactions checked, anomalies by kind, one cycle explained."""
+    if not report.histories:
+        return [report.histories_note or "no histories recorded"]
+    width = max(len(row.level) for row in report.histories) + 2
+    lines = []
+    for row in report.histories:
+        lines.append(f"{row.level.ljust(width)}{row.checked()}: {row.found()}")
+        if row.cycle is not None:
+            lines.append(f"{'':{width}}e.g. {row.cycle.kind}: {row.cycle.explanation}")
+    return lines
 
 
 def print_rich(report: Report, console: Console) -> None:
@@ -109,6 +127,10 @@ def print_rich(report: Report, console: Console) -> None:
         demos.add_row(Text(DEMO_MARK[shown.ok], style=demo_style[shown.ok]), shown.letter,
                       shown.name, Text(shown.outcome, style="dim" if shown.ok is None else ""))
     console.print(demos)
+    console.print()
+    console.print(Text(HISTORIES_TITLE, style="bold"))
+    for line in history_lines(report):
+        console.print(f"  {line}", highlight=False)
 
 
 # --------------------------------------------------------------------------- the command

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from acid_lab.engine.scenario import ScenarioResult, StepResult
 from acid_lab.report.build import DEMO_MARK, KEY, MARK, POSSIBLE, Report, legend_lines
+from acid_lab.report.histories import cycle_svg
 
 MARKDOWN_NAME = "acid-report.md"
 HTML_NAME = "acid-report.html"
@@ -56,6 +57,13 @@ def to_markdown(report: Report) -> str:
               "| held | letter | demonstration | observed |", "|:-:|---|---|---|"]
     lines += [f"| {DEMO_MARK[shown.ok]} | {shown.letter} | {_md(shown.name)} | "
               f"{_md(shown.outcome)} |" for shown in report.demonstrations]
+    lines += ["", "## Histories", "", "| level | checked | anomalies found | one cycle |",
+              "|---|---|---|---|"]
+    lines += [f"| {row.level} | {row.checked()} | {_md(row.found())} | "
+              f"{_md(row.cycle.kind + ': ' + row.cycle.explanation) if row.cycle else ''} |"
+              for row in report.histories]
+    if not report.histories:
+        lines.append(f"| – | {_md(report.histories_note)} | | |")
     lines += ["", f"The timeline of every scenario is in `{HTML_NAME}`.", ""]
     return "\n".join(lines)
 
@@ -184,6 +192,7 @@ td.aborts, td.resumed.aborts { background: #ffebe9; }
          letter-spacing: .04em; color: var(--wait); border: 1px solid var(--wait);
          border-radius: .6rem; padding: 0 .45rem; margin-top: .15rem; }
 pre { background: #f6f8fa; padding: .6rem; overflow-x: auto; font-size: .8rem; }
+.histories td { max-width: 44rem; } .histories svg { display: block; margin: .3rem auto; }
 """
 
 
@@ -196,7 +205,8 @@ def to_html(report: Report) -> str:
         "<h1>ACID report</h1>",
         f'<p class="server">{html.escape(report.server)}</p>',
         f'<p class="server">{html.escape(report.summary())}</p>',
-        _matrix_html(report), _demonstrations_html(report), _timelines_html(report),
+        _matrix_html(report), _demonstrations_html(report), _histories_html(report),
+        _timelines_html(report),
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
@@ -234,6 +244,27 @@ def _demonstrations_html(report: Report) -> str:
     return ("<h2>Atomicity, consistency, durability</h2>"
             '<table class="demos"><thead><tr><th scope="col">held</th><th scope="col">letter</th>'
             '<th scope="col">demonstration</th><th scope="col">observed</th></tr></thead>'
+            f"<tbody>{rows}</tbody></table>")
+
+
+def _histories_html(report: Report) -> str:
+    rows = "".join(
+        f"<tr><th scope=\"row\">{row.level}</th><td>{html.escape(row.checked())}</td>"
+        f"<td>{html.escape(row.found())}</td><td>"
+        + (f"<p><b>{html.escape(row.cycle.kind)}</b>: {html.escape(row.cycle.explanation)}"
+           f"</p>{cycle_svg(row.cycle)}" if row.cycle else "")
+        + "</td></tr>"
+        for row in report.histories)
+    if not report.histories:
+        rows = f'<tr><td colspan="4">{html.escape(report.histories_note)}</td></tr>'
+    return ("<h2>Histories</h2>"
+            '<p class="note">At each level, four threads ran random transactions that read '
+            "and append to lists, retries off; the checker then worked from what the clients "
+            "saw alone: the order of appends each read reveals, who overwrote (ww), saw (wr) "
+            "or missed (rw, dashed) whom, and the cycles no serial order can explain.</p>"
+            '<table class="histories"><thead><tr><th scope="col">level</th>'
+            '<th scope="col">checked</th><th scope="col">anomalies found</th>'
+            '<th scope="col">one cycle, explained</th></tr></thead>'
             f"<tbody>{rows}</tbody></table>")
 
 
