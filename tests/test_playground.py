@@ -291,6 +291,27 @@ def test_pasted_script(client):
     assert page["verdict"] is None
 
 
+@pytest.mark.isolation
+def test_pasted_page(client):
+    """A pasted Hermitage page holds several scripts; the page plays the one picked.
+
+    Scenario: examples/lost_update_page.md; its second script (repeatable read),
+    stepped to the end, where the "either" session reads row 1.
+    Outcome: the page lists both scripts by heading; T2 WAITS, then resumes with
+    40001; "either" sees T1's 11.
+    """
+    text = (REPO / "examples" / "lost_update_page.md").read_text()
+    page = open_page(client, mode="script", text=text, part=1)
+    assert [name.split(":")[0] for name in page["parts"]] == ["Read committed",
+                                                              "Repeatable read"]
+    while not page["finished"]:
+        page = next_step(client, page)
+    assert [(s, outcome(e)) for s, e in cells(page, "resumes")] == [
+        ("T2", errors.SerializationFailure)]
+    assert [outcome(e) for s, e in cells(page, "step") if s == "either"] == ["sees [[1, 11]]"]
+    call(client, "/api/pages", {"mode": "script", "text": text, "part": 2}, status=400)
+
+
 # --------------------------------------------------------------------------- the machinery
 
 

@@ -5,7 +5,8 @@ Routes (every answer is the page's whole state as JSON, or ``{"error": ...}``)::
     GET  /                             the page
     GET  /api/scenarios                the catalog: code, name, legend, steps; the levels
     POST /api/pages                    open a page: {"mode": "scenario", "code", "level"}
-                                       | {"mode": "script", "text"} | {"mode": "free", "level"}
+                                       | {"mode": "script", "text", "part"} (part: which
+                                       script of a pasted page) | {"mode": "free", "level"}
     POST /api/pages/<token>/next       the scenario's next step
     POST /api/pages/<token>/run        free mode: {"session": "T1", "sql": "..."}
     POST /api/pages/<token>/poll       what finished meanwhile (waits at most POLL_BOUND)
@@ -61,8 +62,11 @@ def create_app(playground: Playground, *, warning: str | None = None) -> Flask:
     @app.post("/api/pages")
     def open_page():
         body = _body()
+        part = body.get("part", 0)
+        if not isinstance(part, int):
+            raise PlaygroundError(400, "part is the number of a page's script, from 0")
         setup = make_setup(str(body.get("mode", "")), code=body.get("code"),
-                           level=body.get("level") or None, text=body.get("text"))
+                           level=body.get("level") or None, text=body.get("text"), part=part)
         page = playground.open_page(setup)
         with playground.holding(page.token) as held:
             return jsonify(held.as_json()), 201

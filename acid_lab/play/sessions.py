@@ -203,10 +203,12 @@ class Setup:
     scenario: catalog.Scenario | None = None
     script_setup: list[str] = field(default_factory=list)
     schedule: list[tuple[str, str]] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)  # a pasted page's scripts, by name
+    part: int = 0                                    # the one this page plays
 
 
 def make_setup(mode: str, *, code: str | None = None, level: str | None = None,
-               text: str | None = None) -> Setup:
+               text: str | None = None, part: int = 0) -> Setup:
     """Check what a page asked for; PlaygroundError(400) says what is wrong."""
     if level is not None and level not in catalog.LEVELS:
         raise PlaygroundError(400, f"level must be one of {', '.join(catalog.LEVELS)}")
@@ -221,10 +223,10 @@ def make_setup(mode: str, *, code: str | None = None, level: str | None = None,
         return Setup(SCENARIO, level, scenario, schedule=list(scenario.steps))
     if mode == SCRIPT:
         try:
-            setup, steps = catalog.parse_pasted(text or "")
+            setup, steps, parts = catalog.parse_pasted(text or "", part)
         except ValueError as error:
             raise PlaygroundError(400, str(error)) from None
-        return Setup(SCRIPT, None, None, setup, steps)
+        return Setup(SCRIPT, None, None, setup, steps, parts, part)
     raise PlaygroundError(400, f"mode must be {FREE}, {SCENARIO} or {SCRIPT}")
 
 
@@ -485,6 +487,7 @@ class Page:
                 "code": scenario.code, "name": scenario.name, "legend": scenario.legend},
             "sessions": sorted(names, key=lambda n: (n == catalog.OBSERVER, n)),
             "schedule": [{"session": s, "sql": sql} for s, sql in setup.schedule],
+            "parts": setup.parts, "part": setup.part,
             "next_step": self.next_step,
             "rows": self.rows,
             "entries": {entry.id: entry.as_json() for entry in self.entries},

@@ -85,6 +85,20 @@ function drawAbout() {
     title.textContent = (state.mode === "script" ? "Your script" : "Free mode") + level;
     about.append(title);
   }
+  if (state.parts.length > 1) {  // a pasted page: one of its scripts at a time
+    const parts = element("select", "");
+    parts.id = "part";
+    parts.setAttribute("aria-label", "script of the page");
+    state.parts.forEach((name, index) => {
+      const option = element("option", name);
+      option.value = String(index);
+      option.selected = index === state.part;
+      parts.append(option);
+    });
+    parts.addEventListener("change", () =>
+      open({mode: "script", text: $("script").value, part: Number(parts.value)}));
+    about.append(parts);
+  }
 }
 
 function sessionsShown() {
