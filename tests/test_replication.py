@@ -64,6 +64,7 @@ from acid_lab.servers.replication import (
     wait_for,
     wait_replayed,
 )
+from acid_lab.servers.target import parse_dsn
 
 COMMITTED, WAITS = Commit.COMMITTED, Commit.WAITING
 ASYNCHRONOUS = ""            # synchronous_standby_names: nobody to wait for
@@ -139,9 +140,13 @@ def replica(request, pytestconfig):
     if pytestconfig.getoption("dsn"):
         standby_info = request.getfixturevalue("existing_standby")
         primary = request.getfixturevalue("connect")
+        # the run's database and the place reach the standby by replay
+        with contextlib.closing(admin_connection(primary.info)) as on_primary, \
+                contextlib.closing(admin_connection(
+                    parse_dsn(pytestconfig.getoption("standby_dsn")))) as on_standby:
+            wait_replayed(on_primary, on_standby)
         made = Replica(primary, ConnectionFactory(standby_info, primary.schema), pair=None)
         try:
-            wait_replayed(made.primary_admin, made.standby_admin)
             yield made
         finally:
             made.close()

@@ -228,7 +228,8 @@ class Standby(CrashableCluster):
                    "-C", "-S", self.slot,      # a new physical slot on the primary
                    "-c", "fast",               # an immediate checkpoint, not a spread one
                    "-X", "stream",             # the WAL of the copy period, streamed along
-                   "--no-sync"]                # only process crashes hit a standby here
+                   "--no-manifest",            # no checksum list: the copy is used at once
+                   "--no-sync"]                # the standby syncs its folder as it starts
         done = subprocess.run(
             command, capture_output=True, text=True, timeout=START_TIMEOUT, check=False,
             cwd=self.workdir.path,
