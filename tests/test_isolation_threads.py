@@ -39,6 +39,11 @@ pytestmark = pytest.mark.isolation
 
 THREADS, INCREMENTS = 4, 5  # 20 increments; per round 3 + 2 + 1 = 6 conflicts
 NO_ERRORS: dict = {}
+# The two 40001s: "could not serialize access due to concurrent update" (the row
+# changed since this transaction's snapshot) and "... due to read/write
+# dependencies among transactions" (serializable's dependency tracking).
+UPDATE_CONFLICT = "40001 concurrent update"
+RW_DEPENDENCY = "40001 read/write dependencies"
 
 
 def show(result):
@@ -77,11 +82,11 @@ def atomic_update(cur, turn):
                  id="read uncommitted (read committed in PostgreSQL): 15 of 20 lost"),
     pytest.param(READ_COMMITTED, True, 5, 15, NO_ERRORS, NO_ERRORS,
                  id="read committed: 15 of 20 increments lost"),
-    pytest.param(REPEATABLE_READ, True, 20, 0, {"40001": 30}, {"40001": 30},
+    pytest.param(REPEATABLE_READ, True, 20, 0, {UPDATE_CONFLICT: 30}, {UPDATE_CONFLICT: 30},
                  id="repeatable read with retries: all 20 kept"),
-    pytest.param(SERIALIZABLE, True, 20, 0, {"40001": 30}, {"40001": 30},
+    pytest.param(SERIALIZABLE, True, 20, 0, {UPDATE_CONFLICT: 30}, {UPDATE_CONFLICT: 30},
                  id="serializable with retries: all 20 kept"),
-    pytest.param(REPEATABLE_READ, False, 5, 0, {"40001": 15}, NO_ERRORS,
+    pytest.param(REPEATABLE_READ, False, 5, 0, {UPDATE_CONFLICT: 15}, NO_ERRORS,
                  id="repeatable read without retries: 15 refused, none lost silently"),
 ])
 def test_threads_incrementing_one_counter(connect, level, retry, counter, lost, aborts, retries):
@@ -93,7 +98,7 @@ def test_threads_incrementing_one_counter(connect, level, retry, counter, lost, 
     Outcome: at read committed each write overwrites the one before: the
     counter gains 1 per round, 15 committed increments vanish without an
     error. From repeatable read up the first writer wins and the other three
-    get 40001; retrying (3 + 2 + 1 aborts per round) every increment counts.
+    get 40001 for a concurrent update; retrying (3 + 2 + 1 aborts per round) every increment counts.
     Without the retry loop the refused increments are missing too -- but the
     application was told, which is the difference.
     """
@@ -151,9 +156,9 @@ def pay_10_from_the_shared_account(cur, turn):
 @pytest.mark.parametrize("level, total, shared_account, aborts", [
     pytest.param(READ_COMMITTED, 1150, 950, NO_ERRORS,
                  id="read committed: 150 created from nothing"),
-    pytest.param(REPEATABLE_READ, 1000, 800, {"40001": 30},
+    pytest.param(REPEATABLE_READ, 1000, 800, {UPDATE_CONFLICT: 30},
                  id="repeatable read with retries: total conserved"),
-    pytest.param(SERIALIZABLE, 1000, 800, {"40001": 30},
+    pytest.param(SERIALIZABLE, 1000, 800, {UPDATE_CONFLICT: 30},
                  id="serializable with retries: total conserved"),
 ])
 def test_bank_transfers_conserve_the_total(connect, level, total, shared_account, aborts):
@@ -164,7 +169,8 @@ def test_bank_transfers_conserve_the_total(connect, level, total, shared_account
     Outcome: at read committed the debits overwrite each other -- the shared
     account is charged once per round while four customers are paid: 150
     appear from nothing. From repeatable read up the conflicting debits are
-    refused (40001) and retried: 200 paid out, 200 debited, total still 1000.
+    refused (40001, concurrent update) and retried: 200 paid out, 200
+    debited, total still 1000.
     """
     result = workloads.bank_transfers(connect, pay_10_from_the_shared_account, level=level,
                                       tellers=THREADS, transfers=INCREMENTS, opening=1000)
@@ -201,7 +207,7 @@ def go_off_call_if_another_stays(cur, turn):
                  id="read committed: every shift left uncovered"),
     pytest.param(REPEATABLE_READ, [0, 0, 0], NO_ERRORS,
                  id="repeatable read: write skew, every shift left uncovered"),
-    pytest.param(SERIALIZABLE, [1, 1, 1], {"40001": 3},
+    pytest.param(SERIALIZABLE, [1, 1, 1], {RW_DEPENDENCY: 3},
                  id="serializable: one doctor stays each shift"),
 ])
 def test_on_call_doctors_keep_one_on_call(connect, level, on_call, aborts):
@@ -211,8 +217,9 @@ def test_on_call_doctors_keep_one_on_call(connect, level, on_call, aborts):
     then each takes only *their own* row off call -- no row is written twice.
     Outcome: read committed and repeatable read see no conflict and both leave:
     nobody is on call. Serializable notices that each counted a row the other
-    then overwrote (a read/write anti-dependency each way), aborts one (40001),
-    and on retry that doctor counts 1 and stays.
+    then overwrote (a read/write anti-dependency each way), aborts one (40001
+    for read/write dependencies: no row was written twice), and on retry that
+    doctor counts 1 and stays.
     """
     result = workloads.on_call_doctors(connect, go_off_call_if_another_stays, level=level,
                                        shifts=3, doctors=DOCTORS)

@@ -188,7 +188,7 @@ Transaction = Callable[[Any, Turn], Any]  # (cursor, turn) -> outcome, or STOP
 
 @dataclasses.dataclass
 class Tally:
-    """Counts of one workload run. ``aborts``/``retries`` are keyed by SQLSTATE."""
+    """Counts of one workload run. ``aborts``/``retries`` are keyed by :func:`abort_kind`."""
 
     level: str
     commits: int = 0
@@ -211,11 +211,25 @@ def _by_kind(counts: Counter) -> str:
     return ", ".join(f"{n} x {code} {_error_name(code)}" for code, n in sorted(counts.items()))
 
 
-def _error_name(code: str) -> str:
+def _error_name(kind: str) -> str:
     try:
-        return psycopg2.errors.lookup(code).__name__
+        return psycopg2.errors.lookup(kind.split()[0]).__name__
     except KeyError:
         return "?"
+
+
+def abort_kind(exc: psycopg2.Error) -> str:
+    """The SQLSTATE, and for 40001 which one: ``"40001 concurrent update"`` (the row
+    changed since the snapshot: first updater wins) or ``"40001 read/write dependencies"``
+    (serializable's dependency tracking); ``"40P01"`` for a deadlock."""
+    code = exc.pgcode or "?"
+    if code != "40001":
+        return code
+    message = (exc.diag.message_primary or "") if exc.diag else ""
+    for reason in ("concurrent update", "read/write dependencies"):
+        if reason in message:
+            return f"{code} {reason}"
+    return f"{code} {message}".rstrip()
 
 
 @dataclasses.dataclass
@@ -383,8 +397,8 @@ class _Driver:
                 failure = None
             except RETRYABLE as exc:
                 _rollback(cur.connection)
-                tally.aborts[exc.pgcode] += 1
-                failure = exc.pgcode
+                failure = abort_kind(exc)
+                tally.aborts[failure] += 1
             turn._make_sure_met()
             self.attempt_gate.arrive_and_wait()  # every attempt of this round has ended
             if failure is None:
