@@ -257,7 +257,10 @@ class _SpecRun:
 
     def exec_block(self, conn: _Connection, sql: str) -> pq.PGresult:
         # A block may hold several statements: PQexec keeps the last result.
-        result = conn.conn.exec_(sql.encode())
+        try:
+            result = conn.conn.exec_(sql.encode())
+        except psycopg.Error:  # no result at all: the connection is gone
+            raise SpecSetupFailed(f"{conn.name}: {conn.conn.get_error_message()}") from None
         if result.status == pq.ExecStatus.TUPLES_OK:
             self.out.write(format_result(result))
         return result
@@ -291,7 +294,11 @@ class _SpecRun:
                     raise SpecStuck(f"step {conn.active.name} timed out after "
                                     f"{int(time.monotonic() - started)} seconds\n"
                                     f"active steps are: {active}")
-            conn.conn.send_query(step.sql.encode())
+            try:
+                conn.conn.send_query(step.sql.encode())
+            except psycopg.Error:
+                raise SpecStuck(f"failed to send query for step {step.name}: "
+                                + conn.conn.get_error_message()) from None
             conn.active = pstep
             self.targets[id(pstep)] = self.notice_targets(pstep)
             must_wait = self.try_complete(pstep, _NONBLOCK)
