@@ -6,8 +6,10 @@ in every possible way -- all merges of their steps, as PostgreSQL's isolation
 tester does when a spec lists no permutation -- or in ways Hypothesis
 generates. Each run is judged by a brute-force oracle: the transactions that
 committed are run again one after the other, in every order, on a fresh copy
-of the table; the concurrent run must have left the same rows and shown each
-committed transaction the same values as one of those serial runs.
+of the table; the concurrent run must have left the same rows (read at the end
+by an outside observer: ``select * from test order by id``) and shown each
+committed transaction the same values as one of those serial runs. A
+transaction counts as committed only if its COMMIT answered COMMIT.
 
 The law at serializable: every interleaving either commits both transactions
 in a serializable way or aborts one of them (SQLSTATE 40001), never anything
