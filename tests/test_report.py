@@ -210,6 +210,28 @@ def test_histories_have_a_row_per_level_and_a_cycle_drawn(full_run, out_dir):
     assert page.count('<svg class="cycle"') == 2, "one cycle drawn per level with anomalies"
 
 
+@pytest.mark.parametrize("row", [
+    pytest.param("| asynchronous | lost 3 of 5 | stale |", id="asynchronous: lost 3 of 5, stale"),
+    pytest.param("| synchronous, remote_write | lost 0 of 2 | stale |",
+                 id="remote_write: lost 0 of 2, stale"),
+    pytest.param("| synchronous, on | lost 0 of 2 | stale |", id="on: lost 0 of 2, stale"),
+    pytest.param("| synchronous, remote_apply | lost 0 of 2 | fresh |",
+                 id="remote_apply: lost 0 of 2, fresh"),
+])
+def test_replication_has_a_row_per_setting(full_run, out_dir, pytestconfig, row):
+    """Scenario: the replication section of ``--out``: a primary and a hot standby of the
+    report's own, per setting a failover after the standby was cut off, and a standby
+    read right after COMMIT with replay paused.
+
+    Outcome: the row the id names; with --dsn, one line saying why it was skipped.
+    """
+    markdown = (out_dir / MARKDOWN_NAME).read_text(encoding="utf-8")
+    if pytestconfig.getoption("dsn"):
+        assert "skipped: needs a primary and a standby the report starts itself" in markdown
+        return
+    assert row in markdown.splitlines(), markdown[markdown.find("## Replication"):]
+
+
 def test_html_timelines_are_folded_and_every_column_is_headed(full_run, out_dir):
     """Scenario: the HTML page of ``--out``, as a reader first sees it.
 

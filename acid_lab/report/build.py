@@ -51,11 +51,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from acid_lab.report import demonstrations, power_cuts
+from acid_lab.report import demonstrations, power_cuts, replication
 from acid_lab.report.histories import HISTORY_LEVELS, HistoryRow, check_histories
 from acid_lab.lessons.catalog import MATRIX, POSSIBLE, PREVENTED, Anomaly, Observation, observe
 from acid_lab.servers.connections import ConnectionFactory
 from acid_lab.report.demonstrations import Shown
+from acid_lab.report.replication import ReplicationRow
 from acid_lab.servers.places import PlaceKeeper
 from acid_lab.engine.scenario import LEVELS, ScenarioError, ScenarioRunner
 from acid_lab.engine.workloads import WorkloadError
@@ -89,6 +90,8 @@ class Report:
     made_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     histories: list[HistoryRow] = field(default_factory=list)  # one checked history a level
     histories_note: str = ""                     # why there are none, if there are none
+    replication: list[ReplicationRow] = field(default_factory=list)  # one row a setting
+    replication_note: str = ""                   # why there are none, if there are none
 
     anomalies: tuple[Anomaly, ...] = MATRIX
     levels: tuple[str, ...] = LEVELS
@@ -148,6 +151,7 @@ CRASH_TASK = "durability (a server of its own, crashed)"
 POWER_CUT_TASK = "durability (a server on a disk that loses power)"
 SERVER_TASK = "starting PostgreSQL"
 HISTORY_TASK = "histories (random transactions, checked)"
+REPLICATION_TASK = "replication (a primary and a standby, failed over)"
 
 
 def make_report(dsn: str | None = None, *, workers: int = WORKERS,
@@ -161,15 +165,18 @@ def make_report(dsn: str | None = None, *, workers: int = WORKERS,
     began = time.perf_counter()
     server_task = SERVER_TASK if dsn is None else "reaching the server"
     with _progress_display(progress_console) as progress, \
-            ThreadPoolExecutor(max_workers=4, thread_name_prefix="report-demo") as side:
+            ThreadPoolExecutor(max_workers=5, thread_name_prefix="report-demo") as side:
         for task, total in ((server_task, 1), (MATRIX_TASK, len(MATRIX) * len(LEVELS)),
                             (PLACE_TASK, len(demonstrations.IN_A_PLACE)),
                             (CRASH_TASK, len(demonstrations.ON_A_CRASHABLE_SERVER)),
                             (POWER_CUT_TASK, len(power_cuts.ON_A_LOSSY_DISK)),
-                            (HISTORY_TASK, len(HISTORY_LEVELS))):
+                            (HISTORY_TASK, len(HISTORY_LEVELS)),
+                            (REPLICATION_TASK, len(replication.SETTINGS))):
             progress.add(task, total)
-        crash = power_cut = None
+        crash = power_cut = failovers = None
         if dsn is None:
+            failovers = side.submit(replication.observe_replication,
+                                    lambda row: progress.advance(REPLICATION_TASK))
             crash = side.submit(demonstrations.show_on_crashable_server,
                                 lambda shown: progress.advance(CRASH_TASK))
             power_cut = side.submit(power_cuts.show_on_lossy_disk,
@@ -194,8 +201,20 @@ def make_report(dsn: str | None = None, *, workers: int = WORKERS,
             progress.advance(POWER_CUT_TASK)
         else:
             shown += power_cut.result()
+        replicated, replication_note = _replication_or_why_not(failovers)
     return Report(target.version, target.description, observations, shown,
-                  seconds=time.perf_counter() - began, histories=rows, histories_note=note)
+                  seconds=time.perf_counter() - began, histories=rows, histories_note=note,
+                  replication=replicated, replication_note=replication_note)
+
+
+def _replication_or_why_not(future) -> tuple[list[ReplicationRow], str]:
+    """The replication rows; skipped with --dsn; a failure costs this section only."""
+    if future is None:
+        return [], replication.SKIPPED_WITH_DSN
+    try:
+        return future.result(), ""
+    except (ServerError, AssertionError, psycopg2.Error) as error:
+        return [], f"replication could not be observed: {' '.join(str(error).split())}"
 
 
 def _histories_or_why_not(future) -> tuple[list[HistoryRow], str]:

@@ -67,7 +67,22 @@ def plain_text(report: Report) -> str:
               f"{shown.outcome}" for shown in report.demonstrations]
     lines += ["", HISTORIES_TITLE]
     lines += [f"  {line}" for line in history_lines(report)]
+    lines += ["", REPLICATION_TITLE]
+    lines += [f"  {line}" for line in replication_lines(report)]
     return "\n".join(lines) + "\n"
+
+
+REPLICATION_TITLE = ("Replication (a primary and a hot standby; the primary's machine lost, "
+                     "the standby promoted)")
+
+
+def replication_lines(report: Report) -> list[str]:
+    """Per setting: acknowledged commits lost at failover; was a standby read stale."""
+    if not report.replication:
+        return [report.replication_note or "not observed"]
+    width = max(len(row.setting) for row in report.replication) + 2
+    return [f"{row.setting.ljust(width)}at failover: {row.lost_text.ljust(14)}"
+            f"standby read right after COMMIT: {row.stale_text}" for row in report.replication]
 
 
 HISTORIES_TITLE = "Histories (random transactions on 4 threads, checked as Elle does)"
@@ -130,6 +145,10 @@ def print_rich(report: Report, console: Console) -> None:
     console.print()
     console.print(Text(HISTORIES_TITLE, style="bold"))
     for line in history_lines(report):
+        console.print(f"  {line}", highlight=False)
+    console.print()
+    console.print(Text(REPLICATION_TITLE, style="bold"))
+    for line in replication_lines(report):
         console.print(f"  {line}", highlight=False)
 
 

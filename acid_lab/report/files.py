@@ -64,6 +64,13 @@ def to_markdown(report: Report) -> str:
               for row in report.histories]
     if not report.histories:
         lines.append(f"| – | {_md(report.histories_note)} | | |")
+    lines += ["", "## Replication", "", REPLICATION_NOTE, "",
+              "| setting | acknowledged commits lost at failover | standby read right after "
+              "COMMIT |", "|---|---|---|"]
+    lines += [f"| {row.setting} | {row.lost_text} | {row.stale_text} |"
+              for row in report.replication]
+    if not report.replication:
+        lines.append(f"| – | {_md(report.replication_note)} | |")
     lines += ["", f"The timeline of every scenario is in `{HTML_NAME}`.", ""]
     return "\n".join(lines)
 
@@ -206,6 +213,7 @@ def to_html(report: Report) -> str:
         f'<p class="server">{html.escape(report.server)}</p>',
         f'<p class="server">{html.escape(report.summary())}</p>',
         _matrix_html(report), _demonstrations_html(report), _histories_html(report),
+        _replication_html(report),
         _timelines_html(report),
         "</body></html>",
     ]
@@ -265,6 +273,31 @@ def _histories_html(report: Report) -> str:
             '<table class="histories"><thead><tr><th scope="col">level</th>'
             '<th scope="col">checked</th><th scope="col">anomalies found</th>'
             '<th scope="col">one cycle, explained</th></tr></thead>'
+            f"<tbody>{rows}</tbody></table>")
+
+
+REPLICATION_NOTE = (
+    "A primary and a hot standby of the report's own. Per setting: two rows committed while "
+    "the standby streams, the standby cut off, three more sessions commit (a synchronous "
+    "COMMIT waits for the standby), the primary's machine lost, the standby promoted: how many "
+    "of the acknowledged commits it lacks. And, with the standby's replay paused, whether a "
+    "row read there right after its COMMIT returned was stale (remote_apply waits for replay).")
+
+
+def _replication_html(report: Report) -> str:
+    rows = "".join(
+        f'<tr><th scope="row">{html.escape(row.setting)}</th>'
+        f'<td class="{"possible" if row.lost else "prevented"}">{html.escape(row.lost_text)}</td>'
+        f'<td class="{"possible" if row.stale_read else "prevented"}">'
+        f"{html.escape(row.stale_text)}</td></tr>"
+        for row in report.replication)
+    if not report.replication:
+        rows = f'<tr><td colspan="3">{html.escape(report.replication_note)}</td></tr>'
+    return ("<h2>Replication</h2>"
+            f'<p class="note">{html.escape(REPLICATION_NOTE)}</p>'
+            '<table class="replication"><thead><tr><th scope="col">setting</th>'
+            '<th scope="col">acknowledged commits lost at failover</th>'
+            '<th scope="col">standby read right after COMMIT</th></tr></thead>'
             f"<tbody>{rows}</tbody></table>")
 
 
