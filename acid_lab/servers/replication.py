@@ -135,20 +135,27 @@ class Commit:
     """One COMMIT sent in a thread of its own, so that the test can watch it wait.
 
     ``settle(primary)`` returns "committed" once COMMIT has returned, or
-    "waits for the standby" once the server shows that it waits and nothing
-    will release it: the session waits for synchronous replication (wait
-    event SyncRep) while no standby streams, or while every standby has
-    already flushed all the primary's WAL (then it waits for replay:
-    remote_apply on a standby whose replay is paused). A COMMIT that waits
-    only for a standby about to answer is not "waiting": settle() goes on
-    looking until it returns. Bounded; an error COMMIT raised is kept in ``error``.
+    "waits for the standby" once the server shows that it waits (wait event
+    SyncRep) and that nothing will release it:
+
+    * no standby is connected at all (cut off): nobody can answer; or
+    * every standby has flushed all the primary's WAL, and a probe COMMIT
+      that waits for the standbys' write has returned since -- the WAL sender
+      releases waiters in LSN order, so a COMMIT waiting for the standby's
+      write or flush would have been released before the probe. What still
+      waits, waits for replay (remote_apply while the standby's replay is paused).
+
+    Bounded; an error COMMIT raised is kept in ``error``.
     """
 
     COMMITTED, WAITING = "committed", "waits for the standby"
 
-    # true when every streaming standby has flushed all WAL written so far (or none streams)
-    ALL_FLUSHED = ("select coalesce(bool_and(coalesce(flush_lsn, '0/0') >= pg_current_wal_lsn()),"
-                   " true) from pg_stat_replication")
+    # (standbys connected, streaming ones that have flushed all WAL written so far)
+    STANDBYS = ("select count(*), count(*) filter (where state = 'streaming' and "
+                "flush_lsn >= pg_current_wal_lsn()) from pg_stat_replication")
+    # a transaction with an xid writes a commit record: its COMMIT waits for the standbys
+    PROBE = ("begin; set local synchronous_commit = remote_write; "
+             "select pg_current_xact_id(); commit")
 
     def __init__(self, conn: psycopg2.extensions.connection):
         self.conn = conn
@@ -176,13 +183,19 @@ class Commit:
         def seen() -> str | None:
             if self.done.is_set():
                 return self.COMMITTED
-            # the standbys' progress first, the session's wait after it: a COMMIT the
-            # standbys' answers release has left SyncRep by the second look
-            if (backend_wait_event(primary, self.pid) == "SyncRep"
-                    and query_value(primary, self.ALL_FLUSHED)
-                    and backend_wait_event(primary, self.pid) == "SyncRep"):
+            if backend_wait_event(primary, self.pid) != "SyncRep":
+                return None
+            with primary.cursor() as cur:
+                cur.execute(self.STANDBYS)
+                connected, flushed_all = cur.fetchone()
+            if connected == 0:
                 return self.WAITING
-            return None
+            if flushed_all < connected:
+                return None
+            query_value(primary, self.PROBE)
+            if self.done.is_set() or backend_wait_event(primary, self.pid) != "SyncRep":
+                return None  # it was being released: the next look finds it committed
+            return self.WAITING
         return wait_for(seen, f"COMMIT of server process {self.pid} to return or to wait",
                         timeout, lambda: backend_wait_event(primary, self.pid))
 
