@@ -208,7 +208,7 @@ def test_the_elle_papers_g_single_is_explained_step_by_step():
     pytest.param("snapshot-isolation", {"G0", "duplicate-elements", "G1a", "G1b", "G1c",
                                         "incompatible-order", "internal", "G-single",
                                         "G-nonadjacent", "lost-update"},
-                 id="snapshot-isolation (PostgreSQL's repeatable read): allows G2-item"),
+                 id="snapshot (SI, PostgreSQL's repeatable read): allows G2-item"),
     pytest.param("repeatable-read", {"G0", "duplicate-elements", "G1a", "G1b", "G1c",
                                      "incompatible-order", "internal", "G-single",
                                      "G-nonadjacent", "lost-update", "G2-item"},
@@ -310,7 +310,7 @@ def write_skew_file(tmp_path):
 
 @pytest.mark.parametrize("model, status", [
     pytest.param("serializable", 1, id="serializable forbids write skew: exit 1"),
-    pytest.param("snapshot-isolation", 0, id="snapshot isolation allows it: exit 0"),
+    pytest.param("snapshot-isolation", 0, id="SI (snapshot) allows it: exit 0"),
 ])
 def test_check_exits_1_only_when_the_model_forbids_what_it_found(write_skew_file, model,
                                                                   status):
