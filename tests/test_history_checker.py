@@ -201,6 +201,36 @@ def test_the_elle_papers_g_single_is_explained_step_by_step():
                                       "(ww: T7 overwrote T5)")
 
 
+UNREAD_APPEND = """
+{:index 11, :type :ok, :process 2, :value [[:append 9 2]]}
+{:index 21, :type :ok, :process 4, :value [[:append 8 1] [:r 9 nil]]}
+{:index 31, :type :ok, :process 7, :value [[:r 6 nil] [:r 8 nil] [:append 9 5]]}
+{:index 41, :type :ok, :process 9, :value [[:append 6 2] [:r 9 [2]]]}
+"""
+
+
+@pytest.mark.parametrize("model, valid", [
+    pytest.param("snapshot-isolation", True, id="snapshot isolation allows it"),
+    pytest.param("repeatable-read", False, id="Adya's repeatable read does not"),
+])
+def test_an_append_nobody_read_still_orders_its_transaction(model, valid):
+    """Elle's si-without-g-single history: the decisive append is never read.
+
+    Scenario: T31 read key 6 empty and appended 5 to key 9; T41 appended 2 to key 6
+    and read key 9 as [2]. Nobody ever read the 5: it came after everything read of
+    key 9, so T41's read of [2] missed it.
+    Outcome: one G2-item, T31 and T41 each missing the other's append -- allowed by
+    snapshot isolation, forbidden by (Adya's) repeatable read, as Elle's own test says.
+    """
+    verdict = check(parse_edn(UNREAD_APPEND), model)
+
+    assert verdict.counts() == {"G2-item": 1}
+    assert verdict.anomalies[0].transactions == ["T31", "T41"]
+    assert "T41 read key 9 as [2], without 5, which T31 appended next" in \
+        verdict.anomalies[0].explanation
+    assert verdict.valid is valid
+
+
 @pytest.mark.parametrize("model, forbidden", [
     pytest.param("read-uncommitted", {"G0", "duplicate-elements"}, id="read-uncommitted"),
     pytest.param("read-committed", {"G0", "duplicate-elements", "G1a", "G1b", "G1c",
