@@ -12,7 +12,7 @@ Outcome every time: every process the run started has exited, every reported
 folder and mount is gone, and the run's temporary folder is empty.
 
 The probe runs take seconds each, mostly waiting: a module fixture starts them
-all at once and each test waits for its own.
+together, a few at a time, and each test waits for its own.
 """
 
 import concurrent.futures
@@ -37,6 +37,9 @@ pytestmark = [pytest.mark.harness, pytest.mark.own_server]
 
 REPO = Path(__file__).resolve().parent.parent
 BOUND = 60  # seconds any single wait may take
+# Probe runs at once: mostly waiting, but each starts a pytest and a server; more than
+# this only queue for the CPU (and a loaded machine would stretch every bound).
+PROBES_AT_ONCE = 2 * (os.cpu_count() or 1)
 
 # Every probe reports with report(...) and then ends as PROBE_MODE says.
 PROBE_COMMON = textwrap.dedent('''
@@ -247,12 +250,13 @@ def run_probe(kind, mode, extra_args, interrupt, exit_code, folder: Path) -> Pro
 
 @pytest.fixture(scope="module")
 def probe_runs(request):
-    """Every selected case's run, started at once: case id -> future ProbeOutcome."""
+    """Every selected case's run, started at once (PROBES_AT_ONCE at a time, in table
+    order): case id -> future ProbeOutcome."""
     selected = {item.callspec.id for item in request.session.items
                 if item.module is request.module and hasattr(item, "callspec")}
     cases = [case for case in CASES if case.id in selected]
     with tempfile.TemporaryDirectory(prefix="acid_lab-probes-") as folder, \
-            concurrent.futures.ThreadPoolExecutor(max_workers=max(len(cases), 1)) as pool:
+            concurrent.futures.ThreadPoolExecutor(max_workers=PROBES_AT_ONCE) as pool:
         futures = {}
         for case in cases:
             case_folder = Path(folder) / str(len(futures))
