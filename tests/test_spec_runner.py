@@ -87,7 +87,7 @@ def test_a_step_waiting_for_a_lock_prints_waiting_then_completed(tester):
     assert tester(ACCOUNTS) == ACCOUNTS_OUTPUT
 
 
-def test_results_notices_and_errors_print_as_isolationtester_prints_them(tester):
+def test_results_notices_and_errors_print_as_the_tester_prints_them(tester):
     """Scenario: one session selects text, numbers, NULL and non-ASCII; two result
     sets in one step; no rows; a notice; a division by zero.
 
