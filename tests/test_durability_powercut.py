@@ -35,6 +35,7 @@ cuts the power, restarts and counts what the server had acknowledged and no
 longer has.
 """
 
+import os
 import re
 
 import psycopg2
@@ -49,9 +50,9 @@ from acid_lab.lessons.faults import (
 )
 from acid_lab.lessons.queries import execute, one
 from acid_lab.servers.connections import ConnectionFactory
-from acid_lab.servers.lossy_disk import GROUPS, RULES, Writeback
+from acid_lab.servers.lossy_disk import GROUPS, NOTHING, RULES, Writeback
 from acid_lab.servers.places import PlaceKeeper
-from acid_lab.servers.powercut import PowerCutCluster, fuse_missing
+from acid_lab.servers.powercut import PowerCutCluster, bare_lossy_disk, fuse_missing
 from acid_lab.servers.server import SLOW_WAL_WRITER, ServerError
 
 pytestmark = [pytest.mark.durability, pytest.mark.own_server]
@@ -148,6 +149,46 @@ def ledger(powercut_server):
         factory.close_all()
     if not server.running:
         server.restart(**server.start_settings)
+
+
+# --------------------------------------------------------------------------- the disk itself
+
+
+def test_the_disk_keeps_what_was_fsynced_and_forgets_the_rest():
+    """Scenario: on a lossy disk with no server on it, a file that was on the platter is
+    overwritten without fsync; a new file is written and fsynced; another is written
+    with O_DSYNC; then a file is created and one renamed, with no fsync after them.
+    The power is cut.
+
+    Outcome: the platter holds the old contents of the overwritten file, the fsynced
+    file and the O_DSYNC one; the later create and rename are undone — exactly what
+    a machine keeps when its page cache is lost.
+    """
+    missing = fuse_missing()
+    if missing:
+        pytest.skip(missing)
+    with bare_lossy_disk() as disk:
+        (disk.backing / "old").write_bytes(b"on the platter")
+        mounted = disk.mountpoint
+        (mounted / "old").write_bytes(b"in the page cache only")
+        assert (mounted / "old").read_bytes() == b"in the page cache only", (
+            "reads must see writes not yet fsynced")
+        kept = os.open(mounted / "fsynced", os.O_CREAT | os.O_WRONLY, 0o600)
+        os.write(kept, b"fsynced")
+        os.fsync(kept)
+        os.close(kept)
+        synchronous = os.open(mounted / "dsync", os.O_CREAT | os.O_WRONLY | os.O_DSYNC, 0o600)
+        os.write(synchronous, b"written with O_DSYNC")
+        os.close(synchronous)
+        (mounted / "created later").write_bytes(b"never fsynced")
+        os.rename(mounted / "fsynced", mounted / "renamed later")
+
+        disk.cut(NOTHING)
+
+        platter = {path.name: path.read_bytes() for path in disk.backing.iterdir()}
+    assert platter == {"old": b"on the platter", "fsynced": b"fsynced",
+                       "dsync": b"written with O_DSYNC"}, (
+        "a power cut keeps what was fsynced and nothing else")
 
 
 # --------------------------------------------------------------------------- the failures

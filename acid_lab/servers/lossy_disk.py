@@ -12,9 +12,9 @@ The model, kept simple on purpose, in the terms of a real machine:
 * Reads and metadata (sizes, modes, owners, directory listings) pass through
   to BACKING, seen through the writes still in memory.
 * **File data** (``write``, ``truncate``) stays in this process's memory — the
-  page cache — until that file is fsynced (``fsync``/``fdatasync``, or a write
-  through a file opened with O_SYNC/O_DSYNC, which the kernel turns into an
-  fsync). Only then does it reach BACKING (and is fsynced there too).
+  page cache — until that file is fsynced (``fsync``/``fdatasync``; a write
+  through a handle opened with O_SYNC/O_DSYNC is durable when it returns). Only
+  then does it reach BACKING (and is fsynced there too).
 * **Names** (create, mkdir, unlink, rmdir, rename, link, symlink) are applied
   to BACKING at once but journaled, like ext4's metadata journal: the next fsync
   of any file or directory commits the journal, making every earlier name change
@@ -187,10 +187,6 @@ class _Journal:
         self.entries.clear()
 
 
-class PowerCut(Exception):
-    """Raised inside the filesystem once the power is off."""
-
-
 def _build_operations():
     """The FUSE operations class (mfusepy is imported only where a disk really runs)."""
     import mfusepy
@@ -203,6 +199,7 @@ def _build_operations():
             self.journal = _Journal(trash)
             self.files: dict[int, _File] = {}     # by inode number on the platter
             self.inode_of: dict[int, int] = {}    # open handle (our fd) -> inode
+            self.synchronous: set[int] = set()    # handles opened with O_SYNC or O_DSYNC
             self._mutex = threading.Lock()
             self.seq = count()
             self.powered = True
@@ -305,6 +302,8 @@ def _build_operations():
             except PermissionError:
                 fd = os.open(full, os.O_RDONLY)
             self.inode_of[fd] = os.fstat(fd).st_ino
+            if flags & os.O_DSYNC:  # O_SYNC includes it
+                self.synchronous.add(fd)
             if truncate:
                 self._truncate(self._file(fd, path), 0)
             return fd
@@ -326,7 +325,12 @@ def _build_operations():
                 entry = self._file(fh, path)
                 entry.ops.append(_Write(next(self.seq), offset, bytes(data)))
                 entry.size = max(entry.size, offset + len(data))
-                return len(data)
+                synchronous = fh in self.synchronous
+                if synchronous:  # such a write is durable once it returns
+                    entry.apply()
+            if synchronous:
+                os.fdatasync(fh)
+            return len(data)
 
         def truncate(self, path, length, fh=None):
             with self._mutex:
@@ -368,6 +372,7 @@ def _build_operations():
         def release(self, path, fh):
             with self._mutex:
                 self.inode_of.pop(fh, None)
+                self.synchronous.discard(fh)
                 os.close(fh)
             return 0
 

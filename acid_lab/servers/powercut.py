@@ -32,6 +32,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from acid_lab.servers.guard import LOSSY_DISK_PIDFILE
@@ -41,6 +42,8 @@ from acid_lab.servers.server import (
     Binaries,
     CrashableCluster,
     ServerError,
+    _Guard,
+    _Workdir,
 )
 
 WAL_SEGMENT_MB = 1
@@ -152,6 +155,28 @@ class LossyDiskProcess:
         if "error" in answer:
             raise DiskError(f"the lossy disk failed {what}: {answer['error']}")
         return answer
+
+
+@contextlib.contextmanager
+def bare_lossy_disk() -> Iterator[LossyDiskProcess]:
+    """A lossy disk with no server on it, to look at the disk itself: mounted on
+    ``disk.mountpoint`` over ``disk.backing`` in a private folder that the guard
+    unmounts and removes should this process die."""
+    workdir = _Workdir(account=None)
+    guard = _Guard(Path("pg_ctl"), workdir)  # no server: it only unmounts and removes
+    for folder in (workdir.data, workdir.path / "disk", workdir.path / "trash"):
+        folder.mkdir()
+    disk = LossyDiskProcess(workdir.path / "disk", workdir.data, workdir.path / "trash",
+                            workdir.path / LOSSY_DISK_PIDFILE)
+    try:
+        disk.mount()
+        yield disk
+    finally:
+        try:
+            disk.unmount()
+        finally:
+            workdir.remove()
+            guard.release()
 
 
 class PowerCutCluster(CrashableCluster):
