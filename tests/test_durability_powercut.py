@@ -24,7 +24,7 @@ crash recovery replays the WAL from the last checkpoint and rebuilds them.
 * ``fsync = on``: the flush is real; an acknowledged commit survives the cut.
 * ``fsync = off``: PostgreSQL never calls fsync. Commits are acknowledged as
   fast as the page cache takes them, and a power cut loses all of them since the
-  last time something else made the disk durable — here, since the server started.
+  last time something else made the disk durable (here: since the test began).
   Worse, the kernel writes dirty pages back in any order, so the disk may hold a
   checkpoint that points to WAL that never arrived: the cluster does not start.
 * ``synchronous_commit = off`` (fsync on): COMMIT answers before the flush; the
@@ -239,8 +239,8 @@ def test_acknowledged_commits_lost_by_failure_and_setting(powercut_server, ledge
     """Scenario: a session commits rows 1..10 into ledger, one transaction each, every commit
     acknowledged. Then one failure: its connection is killed (pg_terminate_backend), or
     the server is (SIGKILL of every server process: a process crash, the page cache
-    survives), or the power is cut (the page cache is lost too). The server restarts
-    with the same settings; the rows are counted.
+    survives), or the power is cut (the page cache is lost too); after the last two
+    the server restarts with the same settings. The rows are counted.
 
     Outcome, acknowledged commits lost:
 
