@@ -62,7 +62,6 @@ pytestmark = [pytest.mark.durability, pytest.mark.own_server]
 MODULE_SERVER = {"autovacuum": "off", "shared_buffers": "1MB"}
 COMMITS = 10          # single-row commits before one failure
 WRITERS = 2           # threads committing at once in the load test
-CUTS = 2              # power cuts in the load test
 COMMITS_BETWEEN_CUTS = 10
 
 LEDGER_AND_FILLER = ("create table ledger (id int primary key);"
@@ -80,6 +79,9 @@ NO_FSYNC = {"fsync": "off", "synchronous_commit": "on", **SLOW_WAL_WRITER}
 CHECKPOINT_WITHOUT_ITS_WAL = Writeback(pg_control="all", wal="none", relations="none",
                                        other="none")
 WRITEBACKS = st.builds(Writeback, **{group: st.sampled_from(RULES) for group in GROUPS})
+# The load test's power cuts: what of the page cache reaches the platter at each
+CUT_WRITEBACKS = (NOTHING, Writeback(pg_control="all", wal="torn-512", relations="alternate",
+                                     other="torn-4096"))
 
 
 # --------------------------------------------------------------------------- helper verbs
@@ -303,7 +305,8 @@ def test_acknowledged_commits_survive_repeated_power_cuts_under_load(powercut_se
     """Scenario: with fsync on, two writer threads commit one row per transaction and note
     each commit the server acknowledged. Each time 10 more commits are acknowledged,
     the power is cut while they write; the server restarts on what the disk kept and
-    the writers go on; two power cuts in all.
+    the writers go on. Two power cuts: the first forgets every unsynced write, at the
+    second they reach the platter torn or out of order (``CUT_WRITEBACKS``).
 
     Outcome: every acknowledged row is there: 0 lost, and the cluster came back every
     time. A commit cut off by the power (sent, never answered) may or may not have
@@ -312,14 +315,14 @@ def test_acknowledged_commits_survive_repeated_power_cuts_under_load(powercut_se
     connect = ledger(**SYNCHRONOUS)
     writers = AcknowledgedWriters(connect.dsn(), "ledger", threads=WRITERS)
 
-    for _ in range(CUTS):
+    for writeback in CUT_WRITEBACKS:
         with writers.running():
             writers.wait_until_acknowledged(len(writers.acknowledged) + COMMITS_BETWEEN_CUTS)
-            powercut_server.power_cut()
+            powercut_server.power_cut(writeback)
         powercut_server.restart(**SYNCHRONOUS)
 
     tally = writers.tally(set(ids_in_ledger(connect())))
-    record_property("acknowledged_writes", f"power cuts: {CUTS}, {tally}")
+    record_property("acknowledged_writes", f"power cuts: {len(CUT_WRITEBACKS)}, {tally}")
     assert tally.lost == [], f"durability: acknowledged commits lost in a power cut ({tally})"
     assert tally.never_committed_present == [], (
         f"atomicity: rows whose COMMIT was never sent must not exist ({tally})")
