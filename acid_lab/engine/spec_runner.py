@@ -189,6 +189,7 @@ class _SpecRun:
         self.monitor: _Monitor | None = None
         # per launched step: (session connection, notice count to reach) of its notice marks
         self.targets: dict[int, list[tuple[_Connection, int]]] = {}
+        self.pids: list[int] = []  # the sessions' backends, for the blocked question
 
     # -- the whole spec
 
@@ -201,8 +202,9 @@ class _SpecRun:
             self.connect()
             for permutation in self.spec.all_permutations():
                 self.run_permutation(permutation)
-        except (SpecStuck, SpecSetupFailed) as error:
-            stopped = str(error)
+        except (SpecStuck, SpecSetupFailed, psycopg.Error) as error:
+            stopped = str(error) if not isinstance(error, psycopg.Error) else \
+                f"{type(error).__name__}: {error}"
             self.out.write(stopped if stopped.endswith("\n") else stopped + "\n")
             self.clean_up_after_stop()
         finally:
