@@ -247,7 +247,7 @@ def test_a_rolled_back_transfer_leaves_no_trace(transfer_via, sent, logged_conne
 @pytest.mark.parametrize("session_level, begin", [
     pytest.param(None, "BEGIN", id="default session: BEGIN"),
     pytest.param("SERIALIZABLE", "BEGIN ISOLATION LEVEL SERIALIZABLE",
-                 id="set_session(isolation_level=...): BEGIN ISOLATION LEVEL ..."),
+                 id="set_session() with a level: BEGIN carries the level"),
 ])
 def test_psycopg2_sends_begin_itself(target, logged_connect, statement_log, session_level, begin):
     """The statement log's BEGIN, checked against the server's own log.
