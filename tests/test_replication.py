@@ -360,6 +360,57 @@ def test_cancelling_a_synchronous_commit_leaves_it_committed(streaming_pair):
 
 @pytest.mark.durability
 @pytest.mark.own_server
+def test_the_old_primary_rewound_loses_the_commits_only_it_had(streaming_pair):
+    """After a failover, the old primary comes back -- and must forget what only it had.
+
+    Scenario: asynchronous. The primary commits ``alice pays bob 10``; the
+    standby replays it. The standby is cut off; the primary commits ``bob pays
+    carol 5`` and ``carol pays dave 7`` (both acknowledged). The primary
+    crashes (SIGKILL; its disk survives) and the standby is promoted; the new
+    primary commits ``dave pays erin 2``. The old primary is restarted on its
+    own (crash recovery replays its WAL), looked at, stopped, then rewound
+    (``pg_rewind -R --source-server <new primary>``) and started as the new
+    primary's standby.
+    Outcome: the two servers have diverged: the old one, on the old timeline,
+    holds alice, bob, carol; the new one, on the next timeline, alice and dave.
+    After pg_rewind the old primary follows the new one and holds alice and
+    dave: the acknowledged commits "bob pays carol 5" and "carol pays dave 7"
+    are gone for good.
+    """
+    pair = streaming_pair
+    primary = pair.admin(pair.primary)
+    execute(primary, "drop table if exists ledger; create table ledger (id int, note text)")
+    execute(primary, "insert into ledger values (1, 'alice pays bob 10')")
+    pair.wait_caught_up()
+    pair.cut_off_standby()
+    execute(primary, "insert into ledger values (2, 'bob pays carol 5')")
+    execute(primary, "insert into ledger values (3, 'carol pays dave 7')")
+    pair.lose_primary(keep_folder=True)
+    pair.promote()
+    new_primary = pair.admin(pair.primary)
+    execute(new_primary, "insert into ledger values (4, 'dave pays erin 2')")
+    timeline = "select ('x' || left(pg_walfile_name(pg_current_wal_lsn()), 8))::bit(32)::int"
+    old = pair.old_primary
+    old.restart()
+    with contextlib.closing(admin_connection(old.info)) as on_old:
+        old_rows = [note for (note,) in rows(on_old, "select note from ledger order by id")]
+        old_timeline = one(on_old, timeline)
+    pair.rewind_old_primary()
+    pair.wait_caught_up()
+    assert old_rows == ["alice pays bob 10", "bob pays carol 5", "carol pays dave 7"]
+    assert one(new_primary, timeline) == old_timeline + 1, "promotion starts a new timeline"
+    notes = "select note from ledger order by id"
+    assert [note for (note,) in rows(new_primary, notes)] == \
+        ["alice pays bob 10", "dave pays erin 2"]
+    assert [note for (note,) in rows(pair.admin(pair.standby), notes)] == \
+        ["alice pays bob 10", "dave pays erin 2"], "the rewound old primary follows the new one"
+    assert one(pair.admin(pair.standby), "select pg_is_in_recovery()") is True
+
+
+
+
+@pytest.mark.durability
+@pytest.mark.own_server
 @pytest.mark.parametrize("names, synchronous_commit, after_cut_off, lost", [
     pytest.param(ASYNCHRONOUS, "on", [COMMITTED] * AFTER_CUT_OFF, "lost 3 of 5",
                  id="asynchronous: lost 3 of 5 acknowledged"),

@@ -33,7 +33,7 @@ import os
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from pathlib import Path
 
 import port_for
 import psycopg2
@@ -209,10 +209,45 @@ class Commit:
 # --------------------------------------------------------------------------- the servers
 
 WAL_SEGMENT_MB = 1  # not 16: a clone copies, and a standby zero-fills, whole segments
+# pg_rewind needs to know which pages changed since the timelines split, also for hint bits
+PAIR_SETTINGS = {"wal_log_hints": "on"}
 
 
-class Primary(CrashableCluster):
+class Member(CrashableCluster):
+    """A server of a pair, primary or hot standby (a standby's postmaster.pid says "standby")."""
+
+    name = STANDBY_NAME                  # its application_name on a primary, when a standby
+    primary_conninfo: str | None = None  # where it streams from, when a standby
+
+    def _pidfile_says_ready(self) -> bool:
+        """As for any cluster, but a hot standby's status line says "standby", not "ready"."""
+        try:
+            lines = (self.workdir.data / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return False
+        return (len(lines) >= PIDFILE_STATUS_LINE and lines[0].strip() == str(self.postmaster.pid)
+                and lines[PIDFILE_STATUS_LINE - 1].strip() in ("ready", "standby"))
+
+    def read_primary_conninfo(self) -> None:
+        with contextlib.closing(admin_connection(self.info)) as conn:
+            self.primary_conninfo = query_value(conn, "show primary_conninfo")
+
+    def as_account(self, command: list[str], env: dict[str, str]) -> None:
+        """Run one of the PostgreSQL programs on this server's folder, as the server's account."""
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=START_TIMEOUT, check=False,
+            cwd=self.workdir.path, env={**os.environ, **env},
+            **_drop_privileges_kwargs(self.account))
+        if done.returncode != 0:
+            raise ServerError(f"{Path(command[0]).name} failed ({done.returncode}): "
+                              f"{done.stderr.strip()}")
+
+
+class Primary(Member):
     """A crashable cluster made by initdb with 1 MB WAL segments: cheap to clone."""
+
+    def __init__(self, binaries: Binaries | None = None, *, settings: dict | None = None):
+        super().__init__(binaries, settings={**PAIR_SETTINGS, **(settings or {})})
 
     def _start_server(self) -> None:
         self._executor = self._new_executor()
@@ -223,8 +258,7 @@ class Primary(CrashableCluster):
         self.restart()
 
 
-
-class Standby(CrashableCluster):
+class Standby(Member):
     """A hot standby: cloned from a running primary by pg_basebackup, then started.
 
     It logs in with the primary's password (the clone carries the primary's
@@ -233,47 +267,30 @@ class Standby(CrashableCluster):
     """
 
     def __init__(self, primary: CrashableCluster, name: str = STANDBY_NAME):
-        super().__init__(primary.binaries,
-                         settings={**primary.settings, **STANDBY_SETTINGS})
+        super().__init__(primary.binaries, settings={**primary.settings, **STANDBY_SETTINGS})
         self.source = primary
         self.name = name
         self.password = primary.password
         self.slot = f"acid_lab_{name}_{os.getpid()}_{next(_slots)}"
-        self.primary_conninfo: str | None = None  # as pg_basebackup -R wrote it
 
     def _start_server(self) -> None:
         self.port = port_for.select_random()
         self._clone()
         self.restart()
-        with contextlib.closing(admin_connection(self.info)) as conn:
-            self.primary_conninfo = query_value(conn, "show primary_conninfo")
+        self.read_primary_conninfo()
 
     def _clone(self) -> None:
         source = self.source.info
-        command = [str(self.bindir / "pg_basebackup"), "-D", str(self.workdir.data),
-                   "-h", source.host, "-p", str(source.port), "-U", source.user,
-                   "-R",                       # standby.signal + primary_conninfo
-                   "-C", "-S", self.slot,      # a new physical slot on the primary
-                   "-c", "fast",               # an immediate checkpoint, not a spread one
-                   "-X", "stream",             # the WAL of the copy period, streamed along
-                   "--no-manifest",            # no checksum list: the copy is used at once
-                   "--no-sync"]                # the standby syncs its folder as it starts
-        done = subprocess.run(
-            command, capture_output=True, text=True, timeout=START_TIMEOUT, check=False,
-            cwd=self.workdir.path,
-            env={**os.environ, "PGPASSWORD": source.password, "PGAPPNAME": self.name},
-            **_drop_privileges_kwargs(self.account))
-        if done.returncode != 0:
-            raise ServerError(f"pg_basebackup failed ({done.returncode}): {done.stderr.strip()}")
-
-    def _pidfile_says_ready(self) -> bool:
-        """As for any cluster, but a hot standby's status line says "standby", not "ready"."""
-        try:
-            lines = (self.workdir.data / "postmaster.pid").read_text().splitlines()
-        except OSError:
-            return False
-        return (len(lines) >= PIDFILE_STATUS_LINE and lines[0].strip() == str(self.postmaster.pid)
-                and lines[PIDFILE_STATUS_LINE - 1].strip() in ("ready", "standby"))
+        self.as_account(
+            [str(self.bindir / "pg_basebackup"), "-D", str(self.workdir.data),
+             "-h", source.host, "-p", str(source.port), "-U", source.user,
+             "-R",                       # standby.signal + primary_conninfo
+             "-C", "-S", self.slot,      # a new physical slot on the primary
+             "-c", "fast",               # an immediate checkpoint, not a spread one
+             "-X", "stream",             # the WAL of the copy period, streamed along
+             "--no-manifest",            # no checksum list: the copy is used at once
+             "--no-sync"],               # the standby syncs its folder as it starts
+            env={"PGPASSWORD": source.password, "PGAPPNAME": self.name})
 
 
 def discard(server: CrashableCluster) -> None:
@@ -298,14 +315,6 @@ def discard(server: CrashableCluster) -> None:
 # --------------------------------------------------------------------------- the pair
 
 
-@dataclass
-class FailoverTimes:
-    """Seconds from the primary's loss to the standby promoted and to its first commit."""
-
-    promoted: float
-    first_commit: float
-
-
 class ReplicationPair:
     """A primary and a hot standby, both started here; a context manager.
 
@@ -317,8 +326,9 @@ class ReplicationPair:
     def __init__(self, binaries: Binaries | None = None, *, settings: dict | None = None):
         self.binaries = binaries or find_binaries()
         self.settings = dict(settings or {})
-        self.primary: CrashableCluster | None = None
-        self.standby: Standby | None = None
+        self.primary: Member | None = None
+        self.standby: Member | None = None
+        self.old_primary: Member | None = None  # crashed by lose_primary(keep_folder=True)
         self._admins: dict[int, psycopg2.extensions.connection] = {}
 
     def __enter__(self) -> ReplicationPair:
@@ -340,10 +350,10 @@ class ReplicationPair:
             with contextlib.suppress(psycopg2.Error):
                 conn.close()
         self._admins.clear()
-        for server in (self.standby, self.primary):
+        for server in (self.standby, self.primary, self.old_primary):
             if server is not None:
                 discard(server)
-        self.standby = self.primary = None
+        self.standby = self.primary = self.old_primary = None
 
     # -- sessions
 
@@ -443,11 +453,50 @@ class ReplicationPair:
                      f"the standby's sync_state to become {expected}", state=self.replication_row)
         query_value(primary, "checkpoint")
 
-    def lose_primary(self) -> None:
-        """The primary's machine is gone: SIGKILL all its processes, remove its folder."""
+    def lose_primary(self, *, keep_folder: bool = False) -> None:
+        """The primary's machine is gone: SIGKILL all its processes, remove its folder.
+
+        ``keep_folder``: the machine comes back later (``old_primary``), as it was
+        when it died -- a crash, not a lost disk.
+        """
         lost, self.primary = self.primary, None
         self._forget(lost)
-        discard(lost)
+        if keep_folder:
+            lost.crash()
+            self.old_primary = lost
+        else:
+            discard(lost)
+
+    def rewind_old_primary(self) -> None:
+        """Make the old primary a standby of the current one: pg_rewind, then start it.
+
+        pg_rewind finds where the old primary's timeline left the new one's,
+        copies over what the new primary changed since, and throws away what
+        only the old primary had. ``-R`` makes it a standby (standby.signal,
+        primary_conninfo). The old primary must be stopped cleanly first.
+        """
+        old, self.old_primary = self.old_primary, None
+        if old.running:
+            old.stop()
+        # pg_rewind reads the new timeline from the source's control file, which a
+        # promoted server updates at its first checkpoint
+        query_value(self.admin(self.primary), "checkpoint")
+        source = self.primary.info
+        old.as_account(
+            [str(old.bindir / "pg_rewind"), "-D", str(old.workdir.data), "-R",
+             "--source-server", psycopg2.extensions.make_dsn(
+                 host=source.host, port=source.port, user=source.user, dbname=source.dbname,
+                 application_name=old.name)],
+            env={"PGPASSWORD": source.password})
+        # pg_rewind copied the configuration of the source, whose slot name was for a
+        # standby of the old primary: the old primary streams through a slot of its own
+        slot = f"acid_lab_rewound_{os.getpid()}_{next(_slots)}"
+        query_value(self.admin(self.primary),
+                    "select pg_create_physical_replication_slot(%s, true)", (slot,))
+        old.restart(**STANDBY_SETTINGS, primary_slot_name=slot)
+        old.read_primary_conninfo()
+        self.standby = old
+        self.wait_streaming()
 
     def promote(self) -> None:
         """pg_promote() on the standby; return once it has left recovery: it is the primary now.
