@@ -72,16 +72,22 @@ POINTS = [
 
 @pytest.mark.usefixtures("bank")
 @pytest.mark.parametrize("done", POINTS)
-def test_an_exception_in_the_application_undoes_the_transfer(connect, observer, done):
+def test_an_exception_in_the_application_undoes_the_transfer(logged_connect, statement_log,
+                                                             observer, done):
     """Scenario: inside ``with conn:``, the application raises after ``done`` statements.
 
-    Outcome: psycopg2 rolls the transaction back; nothing of it is seen.
+    Outcome: the server had run each of them (it answered UPDATE 1, INSERT 0 1);
+    psycopg2 sends ROLLBACK as the block ends with the exception; nothing of
+    it is seen.
     """
-    conn = connect()
+    conn = logged_connect()
     with pytest.raises(InjectedFailure), conn:
         execute_each(conn, transfer_statements()[:done])
         raise InjectedFailure(f"the application fails after statement {done}")
 
+    assert statement_log.answers == [
+        "BEGIN", *["UPDATE 1", "UPDATE 1", "INSERT 0 1", "INSERT 0 1"][:done], "ROLLBACK"], \
+        "the statements ran on the server, then the transaction was rolled back"
     assert seen_by_everyone(observer) == UNTOUCHED, "atomicity: an exception undoes it all"
 
 
