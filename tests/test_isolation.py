@@ -35,7 +35,9 @@ is any other client, outside every transaction.
 The whole run of every scenario at every level -- each statement and what the
 server answered, in Hermitage's notation -- is kept in
 ``tests/transcripts/<code>.<level>.txt`` and compared, so you can read a run
-without making a test fail.
+without making a test fail. PostgreSQL 15 and 18 give the same transcripts;
+where a version answers differently, its run goes into
+``<code>.<level>.pg<N>.txt``, used from major version N up.
 
 These schedules are the ACID report's too: ``acid_lab.lessons.catalog``
 collects ``MATRIX`` and ``VARIANTS`` at the end of this file, and the report
