@@ -439,6 +439,8 @@ class ReplicationPair:
         tells committing sessions whether any synchronous standby is named.
         """
         primary = self.admin(self.primary)
+        if query_value(primary, "show synchronous_standby_names") == names:
+            return  # set (and waited for) before: a new standby reads it as it connects
         with primary.cursor() as cur:
             cur.execute("alter system set synchronous_standby_names = %s", (names,))
             cur.execute("select pg_reload_conf()")
