@@ -325,6 +325,7 @@ def test_json_lines_errors_name_the_line():
 # -- the command ----------------------------------------------------------------------
 
 def run_check(*argv):
+    """``python -m acid_lab check ARGV`` in-process: (exit status, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
     status = check_command(list(argv), out=out, err=err)
     return status, out.getvalue(), err.getvalue()
@@ -332,6 +333,7 @@ def run_check(*argv):
 
 @pytest.fixture
 def write_skew_file(tmp_path):
+    """A history file holding one write skew (T1 and T2 each miss the other's append)."""
     path = tmp_path / "write-skew.edn"
     path.write_text(to_edn(history("[[:r :x []] [:r :y []] [:append :x 1]]",
                                    "[[:r :x []] [:r :y []] [:append :y 1]]")))
