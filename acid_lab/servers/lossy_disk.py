@@ -4,7 +4,9 @@ Run as ``python -m acid_lab.servers.lossy_disk BACKING MOUNTPOINT TRASH`` (the
 ``powercut`` module does it); it mounts MOUNTPOINT over the BACKING folder, says
 ``{"ready": true}`` on stdout once the kernel talks to it, and takes one JSON
 command per line on stdin (``{"cmd": "status"}``, ``{"cmd": "sync"}``,
-``{"cmd": "cut", "writeback": {...}}``), answering each with one JSON line.
+``{"cmd": "cut", "writeback": {...}}``), answering each with one JSON line. Once
+unmounted (``fusermount3 -u``) it says ``{"unmounted": true}`` and mounts again,
+with an empty page cache, on ``{"cmd": "mount"}``; it ends at EOF on stdin.
 
 The model, kept simple on purpose, in the terms of a real machine:
 
@@ -34,9 +36,11 @@ every cut.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import queue
 import stat
 import sys
 import threading
@@ -513,12 +517,19 @@ FUSE_CAP_WRITEBACK_CACHE = 1 << 16  # fuse_common.h
 # ------------------------------------------------------------------ the process
 
 
-def _serve_commands(disk, reply) -> None:
-    """One JSON command per line on stdin; at EOF (our parent is gone) just stop listening."""
+def _serve_commands(mounted: dict, mounts: queue.Queue, reply) -> None:
+    """One JSON command per line on stdin. At EOF (our parent is gone, or done with us)
+    the process ends as soon as the disk is not mounted."""
     for line in sys.stdin:
         command = json.loads(line)
+        if command["cmd"] == "mount":
+            mounts.put(True)
+            continue
+        disk = mounted.get("disk")
         try:
-            if command["cmd"] == "cut":
+            if disk is None:
+                answer = {"error": "not mounted"}
+            elif command["cmd"] == "cut":
                 answer = disk.cut(Writeback(**command.get("writeback", {})))
             elif command["cmd"] == "sync":
                 answer = disk.sync()
@@ -529,29 +540,46 @@ def _serve_commands(disk, reply) -> None:
         except Exception as error:  # noqa: BLE001 - reported to the parent, which raises
             answer = {"error": f"{type(error).__name__}: {error}"}
         reply(answer)
+    mounts.put(False)
 
 
 def main(argv: list[str]) -> int:
+    """Mount at once; after each unmount say so and wait for {"cmd": "mount"} or EOF.
+
+    One process serves every mount of a cluster's life: a fresh page cache each
+    time, without paying for a new Python process after every power cut.
+    """
     backing, mountpoint, trash = argv
     os.umask(0)  # the kernel has applied the caller's umask to every mode we get
     out = sys.stdout
     write_lock = threading.Lock()
 
     def reply(message: dict) -> None:
-        with write_lock:
+        with write_lock, contextlib.suppress(BrokenPipeError):  # (the parent is gone)
             out.write(json.dumps(message) + "\n")
             out.flush()
 
     mfusepy, LossyDisk = _build_operations()
-    disk = LossyDisk(backing, trash, ready=lambda: reply({"ready": True}))
-    threading.Thread(target=_serve_commands, args=(disk, reply), daemon=True).start()
+    mounted: dict = {}
+    mounts: queue.Queue = queue.Queue()
+    threading.Thread(target=_serve_commands, args=(mounted, mounts, reply), daemon=True).start()
     # one thread: requests are served in order, and Python would serialise them anyway
     options = {"foreground": True, "nothreads": True, "fsname": "acid_lab_lossy_disk",
                "subtype": "lossy_disk", "default_permissions": True, "hard_remove": True}
     if os.geteuid() == 0:
         options["allow_other"] = True  # the server runs as its own account
-    mfusepy.FUSE(disk, mountpoint, **options)
-    return 0
+    while True:
+        mounted["disk"] = LossyDisk(backing, trash, ready=lambda: reply({"ready": True}))
+        try:
+            mfusepy.FUSE(mounted["disk"], mountpoint, **options)
+        except Exception as error:  # noqa: BLE001 - the parent is waiting for an answer
+            reply({"error": f"mount failed: {type(error).__name__}: {error}"})
+            return 1
+        finally:
+            mounted.pop("disk", None)
+        reply({"unmounted": True})
+        if not mounts.get():
+            return 0
 
 
 if __name__ == "__main__":

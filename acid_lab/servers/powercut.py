@@ -69,29 +69,33 @@ class DiskError(ServerError):
 
 
 class LossyDiskProcess:
-    """The parent's handle on one mount of the lossy disk (one child process per mount)."""
+    """The parent's handle on the lossy disk's process: one process, mounted again and
+    again (a fresh page cache each time), ended by ``close()``."""
 
     def __init__(self, backing: Path, mountpoint: Path, trash: Path, pidfile: Path):
         self.backing, self.mountpoint, self.trash, self.pidfile = (
             backing, mountpoint, trash, pidfile)
         self.process: subprocess.Popen | None = None
+        self.mounted = False
         self._buffer = b""
 
-    @property
-    def mounted(self) -> bool:
-        return self.process is not None
-
     def mount(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "acid_lab.servers.lossy_disk", str(self.backing),
-             str(self.mountpoint), str(self.trash)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
-        )
-        self.pidfile.write_text(str(self.process.pid))
+        if self.mounted:
+            return
+        if self.process is None:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "acid_lab.servers.lossy_disk", str(self.backing),
+                 str(self.mountpoint), str(self.trash)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
+            )
+            self.pidfile.write_text(str(self.process.pid))
+        else:
+            self._send({"cmd": "mount"})
+        self.mounted = True  # from now on, unmount() must run
         try:
             self._answer("mount")
         except BaseException:
-            self.unmount()
+            self.close()
             raise
 
     def status(self) -> dict:
@@ -109,15 +113,31 @@ class LossyDiskProcess:
             self.unmount()
 
     def unmount(self) -> None:
-        """Unmount and wait for the child to end; kill it if it does not."""
-        if self.process is None:
+        """Unmount; the process says so and waits to be mounted again (or closed)."""
+        if not self.mounted:
             return
-        process, self.process = self.process, None
+        self.mounted = False
         for lazy in ([], ["-z"]):  # -z: detach even if something still holds it
             done = subprocess.run(["fusermount3", "-u", *lazy, str(self.mountpoint)],
                                   capture_output=True, check=False, timeout=MOUNT_TIMEOUT)
             if done.returncode == 0 or not os.path.ismount(self.mountpoint):
                 break
+        try:
+            self._answer("unmount")
+        except DiskError:
+            self.close()  # it did not come back: end it
+            raise
+
+    def close(self) -> None:
+        """Unmount if need be and end the process (EOF on its stdin); kill it if it lingers."""
+        if self.process is None:
+            return
+        with contextlib.suppress(DiskError):
+            self.unmount()
+        process, self.process = self.process, None
+        self.mounted = False
+        with contextlib.suppress(OSError):
+            process.stdin.close()
         try:
             process.wait(timeout=MOUNT_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -125,17 +145,22 @@ class LossyDiskProcess:
             process.wait(timeout=MOUNT_TIMEOUT)
         finally:
             with contextlib.suppress(OSError):
-                process.stdin.close()
                 process.stdout.close()
             self.pidfile.unlink(missing_ok=True)
+            self._buffer = b""
 
     # -- the pipe
 
-    def _ask(self, command: dict) -> dict:
+    def _send(self, command: dict) -> None:
         if self.process is None:
-            raise DiskError("the lossy disk is not mounted")
+            raise DiskError("the lossy disk's process is not running")
         self.process.stdin.write((json.dumps(command) + "\n").encode())
         self.process.stdin.flush()
+
+    def _ask(self, command: dict) -> dict:
+        if not self.mounted:
+            raise DiskError("the lossy disk is not mounted")
+        self._send(command)
         return self._answer(command["cmd"])
 
     def _answer(self, what: str) -> dict:
@@ -173,7 +198,7 @@ def bare_lossy_disk() -> Iterator[LossyDiskProcess]:
         yield disk
     finally:
         try:
-            disk.unmount()
+            disk.close()
         finally:
             workdir.remove()
             guard.release()
@@ -248,7 +273,7 @@ class PowerCutCluster(CrashableCluster):
                 self.crash()
         finally:
             if self.disk is not None:
-                self.disk.unmount()
+                self.disk.close()
             super()._stop_server()
 
 
