@@ -248,21 +248,45 @@ def run_probe(kind, mode, extra_args, interrupt, exit_code, folder: Path) -> Pro
     return outcome
 
 
+class ProbeRuns:
+    """Probe runs in a pool of PROBES_AT_ONCE threads, each case's run started once."""
+
+    def __init__(self, folder: Path, pool: concurrent.futures.Executor):
+        self.folder = folder
+        self.pool = pool
+        self.futures: dict[str, concurrent.futures.Future] = {}
+
+    def start(self, case) -> None:
+        if case.id not in self.futures:
+            case_folder = self.folder / str(len(self.futures))
+            case_folder.mkdir()
+            self.futures[case.id] = self.pool.submit(run_probe, *case.values, case_folder)
+
+    def outcome(self, case_id: str) -> ProbeOutcome:
+        self.start(next(case for case in CASES if case.id == case_id))
+        return self.futures[case_id].result(timeout=3 * BOUND)
+
+
+def _will_run(item) -> bool:
+    return item.get_closest_marker("skip") is None and not any(
+        mark.args and mark.args[0] is True for mark in item.iter_markers("skipif"))
+
+
 @pytest.fixture(scope="module")
 def probe_runs(request):
-    """Every selected case's run, started at once (PROBES_AT_ONCE at a time, in table
-    order): case id -> future ProbeOutcome."""
-    selected = {item.callspec.id for item in request.session.items
-                if item.module is request.module and hasattr(item, "callspec")}
-    cases = [case for case in CASES if case.id in selected]
+    """The selected cases' runs, all started at once, PROBES_AT_ONCE at a time in table
+    order. (Under pytest-xdist a worker cannot know which cases it will get: there each
+    case starts when its test asks.)"""
     with tempfile.TemporaryDirectory(prefix="acid_lab-probes-") as folder, \
             concurrent.futures.ThreadPoolExecutor(max_workers=PROBES_AT_ONCE) as pool:
-        futures = {}
-        for case in cases:
-            case_folder = Path(folder) / str(len(futures))
-            case_folder.mkdir()
-            futures[case.id] = pool.submit(run_probe, *case.values, case_folder)
-        yield futures
+        runs = ProbeRuns(Path(folder), pool)
+        if "PYTEST_XDIST_WORKER" not in os.environ:
+            selected = {item.callspec.id for item in request.session.items
+                        if item.module is request.module and _will_run(item)}
+            for case in CASES:
+                if case.id in selected:
+                    runs.start(case)
+        yield runs
 
 
 @pytest.mark.parametrize("kind, mode, extra_args, interrupt, exit_code", CASES)
@@ -274,7 +298,7 @@ def test_nothing_outlives_the_run(probe_runs, request, kind, mode, extra_args, i
     initdb) has exited; the reported folders and mounts are gone; nothing is
     left in the run's temporary folder (pytest-postgresql's password file included).
     """
-    outcome = probe_runs[request.node.callspec.id].result(timeout=3 * BOUND)
+    outcome = probe_runs.outcome(request.node.callspec.id)
     assert outcome.exit_code == exit_code, f"pytest ended unexpectedly:\n{outcome.output}"
     assert outcome.survivors == [], "processes outlived the run"
     assert outcome.existing == [], "folders outlived the run"
