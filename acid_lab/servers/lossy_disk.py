@@ -64,6 +64,9 @@ class Writeback:
     up to the first 512-byte / 4 KiB boundary after its start: the rest of the
     page never made it; a write inside one such unit arrives whole).
 
+    ``files`` (paths relative to the data folder), when given, narrows it down: the
+    writes to any other file are all lost.
+
     Its repr is a literal to paste into ``@example(...)``.
     """
 
@@ -71,6 +74,7 @@ class Writeback:
     wal: str = "none"
     relations: str = "none"
     other: str = "none"
+    files: tuple[str, ...] = ()
 
     def __post_init__(self):
         for group in GROUPS:
@@ -479,6 +483,8 @@ def _build_operations():
                     rank = ranks[group] = ranks.get(group, -1) + 1
                     kept = written_part(getattr(writeback, group), rank, op.offset,
                                         len(op.data))
+                    if writeback.files and entry.path not in writeback.files:
+                        kept = 0
                     if kept:
                         os.pwrite(entry.fd, op.data[:kept], op.offset)
                     key = "written" if kept == len(op.data) else "torn" if kept else "lost"
@@ -530,7 +536,8 @@ def _serve_commands(mounted: dict, mounts: queue.Queue, reply) -> None:
             if disk is None:
                 answer = {"error": "not mounted"}
             elif command["cmd"] == "cut":
-                answer = disk.cut(Writeback(**command.get("writeback", {})))
+                spec = command.get("writeback", {})
+                answer = disk.cut(Writeback(**{**spec, "files": tuple(spec.get("files", ()))}))
             elif command["cmd"] == "sync":
                 answer = disk.sync()
             elif command["cmd"] == "status":

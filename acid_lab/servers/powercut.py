@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes.util
+import dataclasses
 import json
 import os
 import select
@@ -108,7 +109,7 @@ class LossyDiskProcess:
     def cut(self, writeback: Writeback) -> dict:
         """Power off the disk (``writeback`` reaches the platter first), then unmount it."""
         try:
-            return self._ask({"cmd": "cut", "writeback": vars(writeback)})
+            return self._ask({"cmd": "cut", "writeback": dataclasses.asdict(writeback)})
         finally:
             self.unmount()
 
@@ -215,10 +216,11 @@ class PowerCutCluster(CrashableCluster):
     def _start_server(self) -> None:
         # initdb writes straight onto the platter; the disk is mounted over it afterwards
         self._executor = self._new_executor()
-        # 1 MB WAL segments, not 16: every new segment is zero-filled through the disk
+        # 1 MB WAL segments, not 16: every new segment is zero-filled through the disk.
+        # Data checksums: a page torn by the power cut is detected when it is read.
         build_initdb = self._executor._build_initdb_command
         self._executor._build_initdb_command = lambda options, pgdata=None: build_initdb(
-            [*options, f"--wal-segsize={WAL_SEGMENT_MB}"], pgdata)
+            [*options, f"--wal-segsize={WAL_SEGMENT_MB}", "--data-checksums"], pgdata)
         self._executor.init_directory()
         platter = self.platter
         self.workdir.data.rename(platter)
