@@ -29,6 +29,11 @@ crash recovery replays the WAL from the last checkpoint and rebuilds them.
   checkpoint that points to WAL that never arrived: the cluster does not start.
 * ``synchronous_commit = off`` (fsync on): COMMIT answers before the flush; the
   commits of the last moments are lost, never out of order.
+* ``full_page_writes = on``: a power cut can tear an 8 KiB page in mid-write (the
+  disk stores it in 512-byte sectors). The first change of a page after a
+  checkpoint therefore logs the whole page in the WAL, and recovery writes that
+  image over whatever half-written page it finds. Off, a torn page stays torn;
+  data checksums at least detect it instead of reading it.
 
 Every test here starts from a cluster whose data is durable, runs a workload,
 cuts the power, restarts and counts what the server had acknowledged and no
