@@ -151,6 +151,7 @@ class Anomaly:
         """POSSIBLE when the anomaly happened in this run, else PREVENTED."""
         return POSSIBLE if self.happened(result) else PREVENTED
 
+
 # -- the schedules: the isolation chapter's own ------------------------------------
 
 #: The chapter whose schedules these are (a checkout: tests/ beside acid_lab/).
