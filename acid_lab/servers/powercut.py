@@ -13,7 +13,12 @@ it can be killed and restarted at once) whose data folder is a FUSE mount of
 ``power_cut(writeback)`` lets a chosen part of the unsynced writes reach the
 platter first (``lossy_disk.Writeback``). The filesystem runs in a child
 process of its own, controlled over a pipe: the test process never serves FUSE
-requests itself, and the child ends when the mount goes.
+requests itself. That one process serves every mount of the cluster's life
+(after a cut it mounts again with an empty page cache) and ends with the cluster.
+
+initdb writes straight onto the platter before the first mount: in this model the
+platter is the disk, so the cluster starts from durable data although initdb
+runs with --no-sync.
 
 Layout of the cluster's private folder: ``data/`` (the mount point, what the
 server uses), ``disk/`` (the platter), ``trash/`` (removed files, until their
