@@ -105,7 +105,9 @@ def serve():
 
     def start(app):
         server = make_server("127.0.0.1", 0, app, threaded=True)
-        thread = threading.Thread(target=server.serve_forever, name="wsgi-server", daemon=True)
+        # shutdown() is noticed at the next poll (default 0.5 s): a short poll ends it quickly
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
+                                  name="wsgi-server", daemon=True)  # sleep-ok: see above
         thread.start()
         running.append((server, thread))
         return server.server_address
