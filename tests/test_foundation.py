@@ -8,9 +8,9 @@ one after another, until the connection closes.
 
 This suite starts a private server for each run, gives each test a fresh
 schema holding Hermitage's table ``test`` (rows (1, 10) and (2, 20)), and
-opens sessions with ``connect()`` (test_fixtures.py checks that machinery). ``observer`` is one more session, in
-autocommit mode, that stands for everyone else: what it sees is what the rest
-of the world sees.
+opens sessions with ``connect()`` (test_fixtures.py checks that machinery).
+``observer`` is one more session, in autocommit mode, that stands for everyone
+else: what it sees is what the rest of the world sees.
 """
 
 import pytest
