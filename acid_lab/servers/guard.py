@@ -59,8 +59,8 @@ SERVER_PROGRAMS = {"initdb", "pg_ctl", "postgres", "sh"}  # sh: pg_ctl runs init
 
 
 def _programs_on(datadir: Path) -> list[int]:
-    """Pids of the run's server programs still working on ``datadir`` (pg_ctl, initdb,
-    postgres --boot): it is in their command line or their PGDATA."""
+    """Pids of the run's server programs still working on ``datadir`` (pg_ctl, initdb):
+    it is in their command line. (initdb's bootstrap backend ends when initdb does.)"""
     own = str(datadir).encode()
     pids = []
     for entry in Path("/proc").iterdir():
@@ -70,11 +70,9 @@ def _programs_on(datadir: Path) -> list[int]:
             if (entry / "comm").read_text().strip() not in SERVER_PROGRAMS:
                 continue
             arguments = (entry / "cmdline").read_bytes().split(b"\0")
-            environment = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
-            continue  # gone, or not ours to read
-        if any(own in argument for argument in arguments) \
-                or b"PGDATA=" + own in environment:
+            continue  # gone meanwhile
+        if any(own in argument for argument in arguments):
             pids.append(int(entry.name))
     return pids
 
