@@ -18,52 +18,50 @@ pytestmark = pytest.mark.harness
 REPO = Path(__file__).resolve().parent.parent
 CHAPTERS = ["atomicity", "consistency", "isolation", "durability"]
 
-# Collects the suite (with any pytest arguments given) and prints each selected test's
-# node id with the names of its markers.
+# Collects the suite with the pytest arguments given, and prints every test's node id
+# with the names of its markers: those the arguments selected, and those they deselected.
 LIST_MARKERS = """
 import json, sys, pytest
 
+def markers(items):
+    return {item.nodeid: sorted({m.name for m in item.iter_markers()}) for item in items}
+
 class Lister:
+    deselected = []
+
+    def pytest_deselected(self, items):
+        self.deselected.extend(items)
+
     def pytest_collection_finish(self, session):
-        found = {item.nodeid: sorted({m.name for m in item.iter_markers()})
-                 for item in session.items}
-        print("MARKERS " + json.dumps(found))
+        print("MARKERS " + json.dumps({"selected": markers(session.items),
+                                       "deselected": markers(self.deselected)}))
 
 sys.exit(pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", *sys.argv[1:]],
                      plugins=[Lister()]))
 """
 
 
-def _start(*command: str) -> subprocess.Popen:
-    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-
-
-def _finish(run: subprocess.Popen) -> str:
-    output, _ = run.communicate(timeout=300)
-    assert run.returncode == 0, f"collection failed:\n{output}"
-    return output
-
-
-def _markers(output: str) -> dict[str, list[str]]:
-    """The Lister's line: node id -> marker names."""
-    line = next(line for line in output.splitlines() if line.startswith("MARKERS "))
+def _collect(*args: str) -> dict[str, dict[str, list[str]]]:
+    """{"selected": {node id: marker names}, "deselected": {...}} for these arguments."""
+    run = subprocess.run([sys.executable, "-c", LIST_MARKERS, *args], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, f"collection failed:\n{run.stdout}{run.stderr}"
+    line = next(line for line in run.stdout.splitlines() if line.startswith("MARKERS "))
     return json.loads(line.removeprefix("MARKERS "))
 
 
 def test_keyword_and_marker_select_the_same_tests():
-    """Scenario: collect the suite with -k isolation, and with every test's markers listed.
+    """Scenario: collect the suite with -k isolation, listing every test's markers.
 
     Outcome: -k isolation picks exactly the tests marked isolation (what -m
     isolation picks); and for every chapter, no test outside it carries the
     chapter's word in its node id (the only way -k could pick a test that -m
     does not).
     """
-    by_keyword = _start(sys.executable, "-c", LIST_MARKERS, "-k", "isolation")
-    listing = _start(sys.executable, "-c", LIST_MARKERS)
+    collected = _collect("-k", "isolation")
+    markers = {**collected["selected"], **collected["deselected"]}
 
-    markers = _markers(_finish(listing))
-    keyword_ids = set(_markers(_finish(by_keyword)))
+    keyword_ids = set(collected["selected"])
     marker_ids = {node for node, names in markers.items() if "isolation" in names}
     assert keyword_ids == marker_ids, (
         f"only -k: {sorted(keyword_ids - marker_ids)}; only -m: {sorted(marker_ids - keyword_ids)}"
