@@ -102,17 +102,19 @@ def test_an_unreachable_dsn_stops_the_run_with_one_clear_line():
 
 @pytest.mark.own_server
 def test_the_suite_runs_against_an_existing_server(target, observer):
-    """Scenario: run the foundation tests with --dsn pointing at this run's own server.
+    """Scenario: run the foundation tests and the fixtures' with --dsn pointing at this
+    run's own server.
 
-    Outcome: they pass; the test that needs its own server is skipped with a
-    reason; and the database the run created there is gone afterwards.
+    Outcome: they pass; the test that needs a server the suite started is skipped
+    with a reason; and the database the run created there is gone afterwards.
     """
     before = _databases(observer)
     dsn = target.cluster.info.dsn()
-    run = _pytest("tests/test_foundation.py", "-rs", "--dsn", dsn)
+    run = _pytest("tests/test_foundation.py", "tests/test_fixtures.py", "-rs", "--dsn", dsn)
 
     assert run.returncode == 0, run.stdout + run.stderr
     assert "passed" in run.stdout and "failed" not in run.stdout
+    assert "the existing server's authentication is its own business" in run.stdout
     assert "acid_lab: existing server (--dsn)" in run.stdout
     assert _databases(observer) == before, "the run must drop every database it created"
 
