@@ -383,8 +383,11 @@ def test_the_old_primary_rewound_loses_the_commits_only_it_had(streaming_pair):
     execute(primary, "insert into ledger values (1, 'alice pays bob 10')")
     pair.wait_caught_up()
     pair.cut_off_standby()
-    execute(primary, "insert into ledger values (2, 'bob pays carol 5')")
-    execute(primary, "insert into ledger values (3, 'carol pays dave 7')")
+    for row, note in ((2, "bob pays carol 5"), (3, "carol pays dave 7")):
+        session = psycopg2.connect(**pair.primary.info.params())
+        execute(session, "insert into ledger values (%s, %s)", (row, note))
+        assert Commit(session).settle(primary) == COMMITTED, "asynchronous: COMMIT returns"
+        session.close()
     pair.lose_primary(keep_folder=True)
     pair.promote()
     new_primary = pair.admin(pair.primary)
