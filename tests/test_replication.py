@@ -294,19 +294,21 @@ def test_commit_with_the_standby_cut_off(streaming_pair, names, synchronous_comm
     -- pg_stat_activity shows the session with wait event SyncRep -- until the
     standby comes back (it does here, and COMMIT returns).
     """
-    streaming_pair.set_synchronous(names)
-    streaming_pair.cut_off_standby()
-    session = psycopg2.connect(**streaming_pair.primary.info.params())
+    pair = streaming_pair
+    pair.set_synchronous(names)
+    primary = pair.admin(pair.primary)
+    execute(primary, "drop table if exists ledger")
+    pair.cut_off_standby()
+    session = psycopg2.connect(**pair.primary.info.params())
+    execute(session, f"set synchronous_commit = {synchronous_commit}")
+    execute(session, "create table ledger (id int)")
+    pending = Commit(session)
     try:
-        execute(session, f"set synchronous_commit = {synchronous_commit}")
-        execute(session, "create table ledger (id int)")
-        pending = Commit(session)
-        settled = pending.settle(streaming_pair.admin(streaming_pair.primary))
-        streaming_pair.reconnect_standby()
+        settled = pending.settle(primary)
+        pair.reconnect_standby()
         pending.finish()
     finally:
-        session.close()
-        execute(streaming_pair.admin(streaming_pair.primary), "drop table if exists ledger")
+        pending.abandon(primary)
     assert (settled, pending.error) == (commit, None)
 
 
@@ -327,13 +329,13 @@ def test_cancelling_a_synchronous_commit_leaves_it_committed(streaming_pair):
     pair = streaming_pair
     pair.set_synchronous(SYNCHRONOUS)
     primary = pair.admin(pair.primary)
-    execute(primary, "create table ledger (id int)")
+    execute(primary, "drop table if exists ledger; create table ledger (id int)")
     pair.wait_caught_up()
     pair.cut_off_standby()
     session = psycopg2.connect(**pair.primary.info.params())
+    execute(session, "insert into ledger values (3)")
+    pending = Commit(session)
     try:
-        execute(session, "insert into ledger values (3)")
-        pending = Commit(session)
         settled = pending.settle(primary)
         execute(primary, "select pg_cancel_backend(%s)", (pending.pid,))
         pending.finish()
@@ -344,8 +346,7 @@ def test_cancelling_a_synchronous_commit_leaves_it_committed(streaming_pair):
         pair.wait_caught_up()
         on_standby_later = one(pair.admin(pair.standby), "select count(*) from ledger")
     finally:
-        session.close()
-        execute(primary, "drop table if exists ledger")
+        pending.abandon(primary)
     assert (settled, pending.error) == (WAITS, None), "COMMIT waited, and did not fail"
     assert notices == [
         "WARNING:  canceling wait for synchronous replication due to user request\n"
@@ -445,7 +446,7 @@ def test_failover_after_the_primary_is_lost(streaming_pair, names, synchronous_c
     pair.set_synchronous(names)
     primary = pair.admin(pair.primary)
     execute(primary, "drop table if exists ledger; create table ledger (id int)")
-    sessions = []
+    sessions, pending = [], {}
     try:
         acknowledged = []
         for row in range(1, BEFORE_CUT_OFF + 1):
@@ -457,7 +458,6 @@ def test_failover_after_the_primary_is_lost(streaming_pair, names, synchronous_c
             acknowledged.append(row)
         pair.wait_caught_up()
         pair.cut_off_standby()
-        pending = {}
         for row in range(BEFORE_CUT_OFF + 1, BEFORE_CUT_OFF + AFTER_CUT_OFF + 1):
             session = psycopg2.connect(**pair.primary.info.params(
                 options=f"-c synchronous_commit={synchronous_commit}"))
@@ -473,6 +473,9 @@ def test_failover_after_the_primary_is_lost(streaming_pair, names, synchronous_c
         pair.promote()
         present = {row for (row,) in rows(pair.admin(pair.primary), "select id from ledger")}
     finally:
+        for commit in pending.values():
+            if pair.primary is not None and pair.primary.running:
+                commit.abandon(pair.admin(pair.primary))
         for session in sessions:
             with contextlib.suppress(psycopg2.Error):
                 session.close()

@@ -115,6 +115,9 @@ def lost_at_failover(pair: ReplicationPair, synchronous_commit: str) -> tuple[in
             cur.execute("select id from ledger")
             present = {row for (row,) in cur.fetchall()}
     finally:
+        for commit in pending.values():
+            if pair.primary is not None and pair.primary.running:
+                commit.abandon(pair.admin(pair.primary))
         for session in sessions:
             with contextlib.suppress(psycopg2.Error):
                 session.close()

@@ -199,6 +199,18 @@ class Commit:
         return wait_for(seen, f"COMMIT of server process {self.pid} to return or to wait",
                         timeout, lambda: backend_wait_event(primary, self.pid))
 
+    def abandon(self, primary, timeout: float = WAIT_TIMEOUT) -> None:
+        """End a COMMIT that may still wait (its server process terminated), for a clean-up.
+
+        Closing the connection instead would wait for COMMIT to return first.
+        """
+        if not self.done.is_set():
+            with contextlib.suppress(psycopg2.Error):
+                query_value(primary, "select pg_terminate_backend(%s)", (self.pid,))
+            self.finish(timeout)
+        with contextlib.suppress(psycopg2.Error):
+            self.conn.close()
+
     def finish(self, timeout: float = WAIT_TIMEOUT) -> None:
         """Wait for COMMIT to return (with success or an error; bounded)."""
         if not self.done.wait(timeout):
