@@ -13,7 +13,6 @@ import os
 
 import psycopg2
 import pytest
-from hypothesis import HealthCheck, settings
 
 from acid_lab.engine.scenario import ScenarioRunner
 from acid_lab.lessons.bank import fleet_rows
@@ -27,14 +26,28 @@ from acid_lab.servers.target import check_reachable, open_target, own_database, 
 CHAPTERS = ("atomicity", "consistency", "isolation", "durability", "foundation", "engine",
             "harness")
 
-# Database round trips vary with load, so no per-example deadline.
-settings.register_profile("default", deadline=None,
-                          suppress_health_check=[HealthCheck.function_scoped_fixture])
-settings.register_profile("ci", deadline=None, derandomize=True, database=None,
-                          print_blob=True,
-                          suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                 HealthCheck.too_slow])
-settings.load_profile("ci" if os.environ.get("CI") else "default")
+@functools.cache
+def _hypothesis_profiles() -> None:
+    """Register and load the profiles (``ci`` when CI is set): no per-example deadline,
+    since database round trips vary with load."""
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("default", deadline=None,
+                              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    settings.register_profile("ci", deadline=None, derandomize=True, database=None,
+                              print_blob=True,
+                              suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                     HealthCheck.too_slow])
+    settings.load_profile("ci" if os.environ.get("CI") else "default")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collect_file(file_path):
+    """Importing Hypothesis costs about 1.5 s, so it happens only in runs that collect a
+    module using it (not in the harness's child runs), and before that module is imported:
+    ``@settings`` copies the profile's values when it decorates."""
+    if file_path.suffix == ".py" and "hypothesis" in file_path.read_text(encoding="utf-8"):
+        _hypothesis_profiles()
 
 
 SERVER_LINE = pytest.StashKey[str]()  # what the header says about the server

@@ -202,7 +202,8 @@ def run_probe(kind, mode, extra_args, interrupt, exit_code, folder: Path) -> Pro
     outcome = ProbeOutcome()
     run = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "conftest", "-c", str(REPO / "pytest.ini"),
-         "--rootdir", str(REPO), "-p", "no:cacheprovider", "-s", "-q", str(probe),
+         "--rootdir", str(REPO), "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
+         "-s", "-q", str(probe),
          *extra_args],
         cwd=REPO, env={**os.environ, "PROBE_MODE": mode, "TMPDIR": str(temp)},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -24,8 +24,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _pytest(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    # no Hypothesis plugin: these runs use none, and importing it costs a second or two
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
+         *args],
         cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True,
         timeout=300,
     )
