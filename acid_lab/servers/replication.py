@@ -1,6 +1,7 @@
 """A primary and its hot standby (streaming replication on 127.0.0.1), and the failures they meet.
 
-The primary is a :class:`~acid_lab.servers.server.CrashableCluster`; the standby
+The primary is a :class:`~acid_lab.servers.server.CrashableCluster` (made with
+1 MB WAL segments and wal_log_hints, for cheap clones and pg_rewind); the standby
 is another one whose data folder is not made by initdb but cloned from the
 running primary with ``pg_basebackup -R -C -S SLOT`` (a physical replication
 slot keeps the primary from recycling WAL the standby still needs; ``-R``
@@ -17,9 +18,12 @@ pg_last_wal_replay_lsn(), pg_stat_activity.wait_event -- never by sleeping):
   ALTER SYSTEM + pg_reload_conf(); PostgreSQL 13+ re-reads it);
 * ``set_synchronous(names)``: ``synchronous_standby_names`` on the primary;
 * ``lose_primary()``: SIGKILL every process of the primary and remove its
-  folder -- a lost machine, never to come back;
+  folder -- a lost machine, never to come back (``keep_folder=True``: a
+  crash, the machine comes back as ``old_primary``);
 * ``promote()``: ``pg_promote()``, the standby becomes the primary;
-* ``add_standby()``: clone a new standby from whichever server is primary now.
+* ``add_standby()``: clone a new standby from whichever server is primary now;
+* ``rewind_old_primary()``: ``pg_rewind -R`` the old primary onto the new one
+  and start it as its standby.
 
 The functions below the pair work on plain connections, so that they also
 serve a primary and standby of the user's own (``--standby-dsn``).
