@@ -3,8 +3,9 @@
 Fixtures, from session to test (each documented in one line):
 target -> place_keeper -> connect (and its place) -> observer / engine; run (the
 scenario runner); statement_log with logged_connect / logged_engine (what psycopg2
-sends); fresh_database for a test that needs a whole database. (The durability
-chapter starts the servers it crashes in its own module.)
+sends); fresh_database for a test that needs a whole database; existing_standby
+(--standby-dsn, with --dsn). (The durability and replication chapters start the
+servers they crash in their own modules.)
 """
 
 import dataclasses
