@@ -52,6 +52,7 @@ def pytest_collect_file(file_path):
 
 
 SERVER_LINE = pytest.StashKey[str]()  # what the header says about the server
+COLLECTED = pytest.StashKey[list]()    # every test collected, before -k / -m deselect
 
 
 def pytest_addoption(parser):
@@ -89,7 +90,10 @@ def pytest_report_header(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Every test belongs to a chapter; server-crashing tests skip on an existing server."""
+    """Every test belongs to a chapter; server-crashing tests skip on an existing server.
+
+    (Runs before -k / -m deselect anything: what it keeps is the whole collection.)"""
+    config.stash[COLLECTED] = list(items)
     unmarked = [item.nodeid for item in items
                 if not any(item.get_closest_marker(name) for name in CHAPTERS)]
     if unmarked:
@@ -100,6 +104,15 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if item.get_closest_marker("own_server"):
                 item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def whole_suite(pytestconfig) -> list[pytest.Item] | None:
+    """Every test of the suite as collected (before -k / -m), when this run collected the
+    whole suite (no paths given); None otherwise."""
+    if pytestconfig.args_source is not pytest.Config.ArgsSource.TESTPATHS:
+        return None
+    return pytestconfig.stash.get(COLLECTED, None)
 
 
 @pytest.fixture(scope="session")

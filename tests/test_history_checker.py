@@ -210,7 +210,7 @@ UNREAD_APPEND = """
 
 
 @pytest.mark.parametrize("model, valid", [
-    pytest.param("snapshot-isolation", True, id="snapshot isolation allows it"),
+    pytest.param("snapshot-isolation", True, id="SI, PostgreSQL's repeatable read, allows it"),
     pytest.param("repeatable-read", False, id="Adya's repeatable read does not"),
 ])
 def test_an_append_nobody_read_still_orders_its_transaction(model, valid):

@@ -31,7 +31,6 @@ import psutil
 import pytest
 
 from acid_lab.servers.guard import wait_for_exit
-from acid_lab.servers.powercut import fuse_missing
 
 pytestmark = [pytest.mark.harness, pytest.mark.own_server]
 
@@ -73,35 +72,34 @@ PROBES = {
             postmaster = (workdir / "data" / "postmaster.pid").read_text().split()[0]
             report(pids=[postmaster, target.cluster._guard.process.pid], paths=[workdir])
     ''',
-    # a cluster on the power-cut disk: a FUSE mount and the process serving it, too
-    "power-cut server": '''
-        from acid_lab.servers.powercut import PowerCutCluster
+    # every kind of server the suite starts: the suite's own; a cluster on the power-cut
+    # disk (a FUSE mount and the process serving it, too), where FUSE is there; a primary
+    # and its hot standby (two servers, two guards, two folders)
+    "every kind of server": '''
+        import contextlib
 
-        @pytest.fixture(scope="module")
-        def lossy():
-            with PowerCutCluster() as server:
-                yield server
-
-        def test_probe(lossy):
-            workdir = lossy.workdir.path
-            postmaster = (workdir / "data" / "postmaster.pid").read_text().split()[0]
-            report(pids=[postmaster, lossy._guard.process.pid, lossy.disk.process.pid],
-                   paths=[workdir], mounts=[workdir / "data"])
-    ''',
-    # a primary and its hot standby: two servers, two guards, two folders
-    "replication pair": '''
+        from acid_lab.servers.powercut import PowerCutCluster, fuse_missing
         from acid_lab.servers.replication import ReplicationPair
 
-        @pytest.fixture(scope="module")
-        def pair():
-            with ReplicationPair() as servers:
-                yield servers
-
-        def test_probe(pair):
-            servers = (pair.primary, pair.standby)
-            report(pids=[server.postmaster.pid for server in servers]
-                   + [server._guard.process.pid for server in servers],
-                   paths=[server.workdir.path for server in servers])
+        def test_probe(target, connect):
+            connect().cursor().execute("select 1")
+            suite = target.cluster.workdir.path
+            pids = [(suite / "data" / "postmaster.pid").read_text().split()[0],
+                    target.cluster._guard.process.pid]
+            paths, mounts = [suite], []
+            with contextlib.ExitStack() as stack:
+                pair = stack.enter_context(ReplicationPair())
+                for server in (pair.primary, pair.standby):
+                    pids += [server.postmaster.pid, server._guard.process.pid]
+                    paths.append(server.workdir.path)
+                if fuse_missing() is None:
+                    lossy = stack.enter_context(PowerCutCluster())
+                    workdir = lossy.workdir.path
+                    pids += [(workdir / "data" / "postmaster.pid").read_text().split()[0],
+                             lossy._guard.process.pid, lossy.disk.process.pid]
+                    paths.append(workdir)
+                    mounts.append(workdir / "data")
+                report(pids=pids, paths=paths, mounts=mounts)
     ''',
 }
 
@@ -109,28 +107,20 @@ PROBES = {
 # once initdb runs: the probe test itself never starts).
 DURING_INITDB = "during initdb"
 
-NEEDS_FUSE = pytest.mark.skipif(fuse_missing() is not None, reason=str(fuse_missing()))
-
 # One row per case: probe kind, mode (pass / fail / hang / during initdb), extra pytest
 # arguments, the signal sent to pytest (None: it ends by itself), pytest's exit code.
 CASES = [
-    pytest.param("suite server", "pass", [], None, 0, id="passing run"),
+    pytest.param("every kind of server", "pass", [], None, 0, id="passing run"),
     pytest.param("suite server", "fail", [], None, 1, id="failing run"),
     # func_only: the timer covers the hanging test, not the server start before it
     pytest.param("suite server", "hang", ["--timeout", "1", "-o", "timeout_func_only=true"],
                  None, 1, id="pytest-timeout"),
     pytest.param("suite server", "hang", [], signal.SIGINT, 2, id="ctrl-c"),
-    pytest.param("suite server", "hang", [], signal.SIGKILL, -9, id="sigkill of pytest"),
+    pytest.param("every kind of server", "hang", [], signal.SIGKILL, -9,
+                 id="sigkill of pytest"),
     # pytest-postgresql writes initdb's 24-byte password file to the temp folder
     pytest.param("suite server", DURING_INITDB, [], signal.SIGKILL, -9,
                  id="sigkill of pytest during initdb"),
-    pytest.param("power-cut server", "pass", [], None, 0, marks=NEEDS_FUSE,
-                 id="power-cut disk: passing run"),
-    pytest.param("power-cut server", "hang", [], signal.SIGKILL, -9, marks=NEEDS_FUSE,
-                 id="power-cut disk: sigkill of pytest"),
-    pytest.param("replication pair", "pass", [], None, 0, id="replication pair: passing run"),
-    pytest.param("replication pair", "hang", [], signal.SIGKILL, -9,
-                 id="replication pair: sigkill of pytest"),
 ]
 
 
