@@ -22,6 +22,7 @@ from acid_lab.servers.connections import ConnectionFactory
 from acid_lab.servers.server import ConnectionInfo
 
 DROP_LOCK_TIMEOUT = "5s"
+TERMINATE_WAIT_MS = 5000  # at most this long for a terminated session to be gone
 _counter = itertools.count(1)
 
 
@@ -51,7 +52,12 @@ class PlaceKeeper:
         """Drop the schema; end sessions of the test that still hold locks on it."""
         with self.admin.cursor() as cur:
             for pid in leftover_pids:
-                cur.execute("select pg_terminate_backend(%s)", (pid,))
+                if self.admin.server_version >= 140000:
+                    # waits until the session has really ended (bounded), so that nobody
+                    # sees it in pg_stat_activity afterwards
+                    cur.execute("select pg_terminate_backend(%s, %s)", (pid, TERMINATE_WAIT_MS))
+                else:
+                    cur.execute("select pg_terminate_backend(%s)", (pid,))
             cur.execute(sql.SQL("set lock_timeout = {}").format(sql.Literal(DROP_LOCK_TIMEOUT)))
             cur.execute(sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(name)))
 
