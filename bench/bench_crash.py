@@ -47,22 +47,25 @@ def count_rows(cluster: CrashableCluster) -> int:
         conn.close()
 
 
-def time_cycles(cluster: CrashableCluster, cycles: int, rows: int) -> dict[str, list[float]]:
-    timings: dict[str, list[float]] = {"crash": [], "restart": [], "first query": [], "cycle": []}
+def time_cycles(cluster: CrashableCluster, cycles: int, rows: int, *, failure: str = "crash",
+                commit=commit_rows) -> dict[str, list[float]]:
+    """``cycles`` times: ``commit(cluster, rows)``, then ``cluster.<failure>()`` (crash, or a
+    power cut of bench_powercut.py), restart, count; every committed row must be there."""
+    timings: dict[str, list[float]] = {failure: [], "restart": [], "first query": [], "cycle": []}
     for cycle in range(1, cycles + 1):
-        commit_rows(cluster, rows)
+        commit(cluster, rows)
         began = time.perf_counter()
-        cluster.crash()
-        crashed = time.perf_counter()
+        getattr(cluster, failure)()
+        failed = time.perf_counter()
         cluster.restart()
         restarted = time.perf_counter()
         found = count_rows(cluster)
         answered = time.perf_counter()
         if found != cycle * rows:
-            raise SystemExit(f"cycle {cycle}: {found} rows after the crash, "
+            raise SystemExit(f"cycle {cycle}: {found} rows after the {failure}, "
                              f"{cycle * rows} committed: a committed row was lost")
-        timings["crash"].append(crashed - began)
-        timings["restart"].append(restarted - crashed)
+        timings[failure].append(failed - began)
+        timings["restart"].append(restarted - failed)
         timings["first query"].append(answered - restarted)
         timings["cycle"].append(answered - began)
     return timings

@@ -20,13 +20,10 @@ import statistics
 import time
 
 import psycopg2
+from bench_crash import ms, time_cycles  # (this folder is on the path: run as a script)
 
 from acid_lab.servers.powercut import PowerCutCluster, fuse_missing
 from acid_lab.servers.server import CrashableCluster
-
-
-def ms(seconds: float) -> float:
-    return round(seconds * 1000, 1)
 
 
 def connect(cluster):
@@ -55,37 +52,6 @@ def commit_rows(cluster, rows: int) -> float:
         conn.close()
 
 
-def count_rows(cluster) -> int:
-    conn = connect(cluster)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("select count(*) from bench_rows")
-            return cur.fetchone()[0]
-    finally:
-        conn.close()
-
-
-def time_cycles(cluster: PowerCutCluster, cycles: int, rows: int) -> dict[str, list[float]]:
-    timings: dict[str, list[float]] = {"cut": [], "restart": [], "first query": [], "cycle": []}
-    for cycle in range(1, cycles + 1):
-        commit_rows(cluster, rows)
-        began = time.perf_counter()
-        cluster.power_cut()
-        cut = time.perf_counter()
-        cluster.restart()
-        restarted = time.perf_counter()
-        found = count_rows(cluster)
-        answered = time.perf_counter()
-        if found != cycle * rows:
-            raise SystemExit(f"cycle {cycle}: {found} rows after the power cut, "
-                             f"{cycle * rows} acknowledged: a commit was lost")
-        timings["cut"].append(cut - began)
-        timings["restart"].append(restarted - cut)
-        timings["first query"].append(answered - restarted)
-        timings["cycle"].append(answered - began)
-    return timings
-
-
 def throughput(cluster, commits: int) -> float:
     """Single-row commits per second, the median of three rounds."""
     return statistics.median(commits / commit_rows(cluster, commits) for _ in range(3))
@@ -105,7 +71,8 @@ def main() -> None:
     with PowerCutCluster() as cluster:
         print(f"server: {cluster.binaries.describe()}")
         create_table(cluster)
-        timings = time_cycles(cluster, args.cycles, args.rows)
+        timings = time_cycles(cluster, args.cycles, args.rows, failure="power_cut",
+                              commit=commit_rows)
         on_fuse = throughput(cluster, args.commits)
     with CrashableCluster() as plain:
         create_table(plain)
