@@ -164,7 +164,7 @@ def run_command(args: Sequence[str] | argparse.Namespace, *,
         print(f"error: {error}", file=err)
         return EXIT_UNPARSABLE
     try:
-        with _server(args.dsn) as dsn:
+        with server_dsn(args.dsn) as dsn:
             version = _check_server(dsn)
             runs = [run_script(script, dsn, timeout=timeout) for script in scripts]
     except (UnusableServer, ScenarioError) as error:
@@ -229,15 +229,15 @@ def _print_runs(runs: list[ScriptRun], version: str, *, as_json: bool, out: Text
 
 
 @contextlib.contextmanager
-def _server(dsn: str | None) -> Iterator[str]:
-    """The DSN to run on: the one given, or a temporary server's."""
+def server_dsn(dsn: str | None, settings: dict | None = None) -> Iterator[str]:
+    """The DSN to run on: the one given, or a temporary server's (with ``settings``)."""
     if dsn:
         yield dsn
         return
     from acid_lab.servers.server import Cluster, ServerError
 
     try:
-        with Cluster() as cluster:
+        with Cluster(settings=settings) as cluster:
             yield cluster.dsn
     except ServerError as error:
         raise UnusableServer(f"cannot start a temporary server: {error}") from None

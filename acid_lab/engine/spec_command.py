@@ -39,6 +39,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg.conninfo import make_conninfo
 
+from acid_lab.cli import UnusableServer, server_dsn
 from acid_lab.engine.spec import Spec, SpecError, load_spec
 from acid_lab.engine.spec_runner import DEFAULT_STEP_TIMEOUT, SpecOutcome, SpecRunner
 
@@ -120,7 +121,7 @@ def spec_command(argv: Sequence[str], *, out: TextIO | None = None,
     try:
         verdicts = run_specs(specs, args.dsn, expected=args.expected, timeout=args.timeout,
                              report=lambda verdict: _report(verdict, bool(args.expected), out))
-    except (psycopg2.Error, RuntimeError, OSError) as error:
+    except (psycopg2.Error, UnusableServer, OSError) as error:
         print(f"error: {' '.join(str(error).split())}", file=err)
         return EXIT_FAILED
     for verdict in verdicts:
@@ -144,7 +145,8 @@ def run_specs(specs: Sequence[Spec], dsn: str | None, *, expected: str | None = 
     """Run the specs one after the other in one fresh database (on ``dsn``, or on a
     temporary server) and compare each output with ``expected`` when given."""
     verdicts = []
-    with _server(dsn) as server_dsn, isolation_database(server_dsn) as conninfo:
+    with server_dsn(dsn, TEMPORARY_SERVER_SETTINGS) as given, \
+            isolation_database(given) as conninfo:
         capabilities = _Capabilities(conninfo)
         runner = SpecRunner(conninfo, timeout=timeout)
         for spec in specs:
@@ -247,20 +249,6 @@ def _all_sql(spec: Spec) -> Iterator[str]:
     for session in spec.sessions:
         yield from filter(None, (session.setup, session.teardown))
         yield from (step.sql for step in session.steps)
-
-
-@contextlib.contextmanager
-def _server(dsn: str | None) -> Iterator[str]:
-    if dsn:
-        yield dsn
-        return
-    from acid_lab.servers.server import Cluster, ServerError
-
-    try:
-        with Cluster(settings=TEMPORARY_SERVER_SETTINGS) as cluster:
-            yield cluster.dsn
-    except ServerError as error:
-        raise RuntimeError(f"cannot start a temporary server: {error}") from None
 
 
 @contextlib.contextmanager
