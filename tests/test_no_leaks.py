@@ -110,14 +110,15 @@ DURING_INITDB = "during initdb"
 # One row per case: probe kind, mode (pass / fail / hang / during initdb), extra pytest
 # arguments, the signal sent to pytest (None: it ends by itself), pytest's exit code.
 CASES = [
+    # the longest runs first: the probes start in this order, a few at a time
     pytest.param("every kind of server", "pass", [], None, 0, id="passing run"),
+    pytest.param("every kind of server", "hang", [], signal.SIGKILL, -9,
+                 id="sigkill of pytest"),
     pytest.param("suite server", "fail", [], None, 1, id="failing run"),
     # func_only: the timer covers the hanging test, not the server start before it
     pytest.param("suite server", "hang", ["--timeout", "1", "-o", "timeout_func_only=true"],
                  None, 1, id="pytest-timeout"),
     pytest.param("suite server", "hang", [], signal.SIGINT, 2, id="ctrl-c"),
-    pytest.param("every kind of server", "hang", [], signal.SIGKILL, -9,
-                 id="sigkill of pytest"),
     # pytest-postgresql writes initdb's 24-byte password file to the temp folder
     pytest.param("suite server", DURING_INITDB, [], signal.SIGKILL, -9,
                  id="sigkill of pytest during initdb"),
