@@ -29,37 +29,28 @@ not be (no usable server, a scenario that could not finish), 2 for bad usage,
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
-import os
 import queue
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import TextIO
 
 import psycopg
 import psycopg2
-from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from rich.text import Text
 
-from acid_lab.report import demonstrations, power_cuts, replication
-from acid_lab.report.histories import HISTORY_LEVELS, HistoryRow, check_histories
-from acid_lab.lessons.catalog import MATRIX, POSSIBLE, PREVENTED, Anomaly, Observation, observe
-from acid_lab.servers.connections import ConnectionFactory
-from acid_lab.report.demonstrations import Shown
-from acid_lab.report.replication import ReplicationRow
-from acid_lab.servers.places import PlaceKeeper
 from acid_lab.engine.scenario import LEVELS, ScenarioError, ScenarioRunner
 from acid_lab.engine.workloads import WorkloadError
+from acid_lab.lessons.catalog import MATRIX, POSSIBLE, PREVENTED, Anomaly, Observation, observe
+from acid_lab.report import demonstrations, power_cuts, replication
+from acid_lab.report.demonstrations import Shown
+from acid_lab.report.histories import HISTORY_LEVELS, HistoryRow, check_histories
+from acid_lab.report.replication import ReplicationRow
+from acid_lab.servers.connections import ConnectionFactory
+from acid_lab.servers.places import PlaceKeeper
 from acid_lab.servers.server import ConnectionInfo, ServerError
 from acid_lab.servers.target import Target, open_target
 
