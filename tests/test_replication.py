@@ -54,6 +54,7 @@ from acid_lab.lessons.faults import AcknowledgedWriters
 from acid_lab.lessons.queries import execute, one, rows
 from acid_lab.servers.connections import ConnectionFactory
 from acid_lab.servers.places import PlaceKeeper
+from acid_lab.servers.powercut import fuse_missing
 from acid_lab.servers.replication import (
     STANDBY_NAME,
     Commit,
@@ -535,3 +536,87 @@ def test_writers_through_repeated_failovers(streaming_pair, names, lost_at_least
     assert lost >= lost_at_least, f"{lost} of {acknowledged} acknowledged commits lost"
     if lost_at_most is not None:
         assert lost <= lost_at_most, f"{lost} of {acknowledged} acknowledged commits lost"
+
+
+@pytest.fixture(scope="module")
+def lossy_pair():
+    """A second pair of this module's own, whose primary's data folder is on the power-cut disk."""
+    missing = fuse_missing()
+    if missing:
+        pytest.skip(missing)
+    with ReplicationPair(primary_on_lossy_disk=True) as servers:
+        yield servers
+
+
+@pytest.fixture
+def pair_with_primary_on_lossy_disk(lossy_pair):
+    """The lossy pair, streaming and asynchronous; the power-cut primary back in its role."""
+    if lossy_pair.old_primary is not None:
+        lossy_pair.return_to_old_primary()
+        lossy_pair.set_synchronous(ASYNCHRONOUS)
+    lossy_pair.reset()
+    return lossy_pair
+
+
+@pytest.mark.durability
+@pytest.mark.own_server
+@pytest.mark.parametrize("names, after_cut_off, lost, old_primary_has", [
+    pytest.param(ASYNCHRONOUS, [COMMITTED] * AFTER_CUT_OFF, "lost 3 of 3", [1, 2, 3],
+                 id="asynchronous: lost 3 of 3 acknowledged, the old primary has them"),
+    pytest.param(SYNCHRONOUS, [WAITS] * AFTER_CUT_OFF, "lost 0 of 0", [1, 2, 3],
+                 id="synchronous: lost 0 of 0 acknowledged, the old primary has them"),
+])
+def test_failover_after_a_power_cut_of_the_primary(pair_with_primary_on_lossy_disk, names,
+                                                    after_cut_off, lost, old_primary_has):
+    """A power cut of the primary's machine, the standby promoted; then the power comes back.
+
+    Scenario: the primary's data folder is on the power-cut disk (fsync on,
+    ``synchronous_commit = on``), ``synchronous_standby_names`` as the id says.
+    The standby is cut off (``primary_conninfo = ''``). Three sessions insert
+    rows 1, 2, 3 and commit; each COMMIT either returns or waits (wait event
+    SyncRep). The power of the primary's machine is cut: every primary process
+    SIGKILLed, every write its disk had not fsynced forgotten. The standby is
+    promoted (``select pg_promote()``) and its rows are counted against the
+    COMMITs that returned. Then the old primary is started again on what its
+    disk kept (crash recovery replays its WAL) and its rows are read.
+    Outcome: asynchronously the three COMMITs returned and the promoted standby
+    has none of the rows -- three acknowledged commits lost; synchronously none
+    returned, so nothing acknowledged is lost. Unlike a lost machine, the old
+    primary comes back -- and holds rows 1, 2, 3 in both cases: each commit
+    record was flushed to its WAL (fsynced) before COMMIT returned or began to
+    wait for the standby. The two servers' histories have diverged.
+    """
+    pair = pair_with_primary_on_lossy_disk
+    pair.set_synchronous(names)
+    primary = pair.admin(pair.primary)
+    execute(primary, "drop table if exists ledger; create table ledger (id int)")
+    pair.wait_caught_up()
+    pair.cut_off_standby()
+    sessions, pending = [], {}
+    try:
+        for row in range(1, AFTER_CUT_OFF + 1):
+            session = psycopg2.connect(**pair.primary.info.params())
+            sessions.append(session)
+            execute(session, "insert into ledger values (%s)", (row,))
+            pending[row] = Commit(session)
+        settled = [commit.settle(primary) for commit in pending.values()]
+        acknowledged = [row for row, commit in pending.items() if commit.acknowledged]
+
+        pair.power_cut_primary()
+        for commit in pending.values():
+            commit.finish()  # a waiting COMMIT ends with the connection lost
+        pair.promote()
+        present = {row for (row,) in rows(pair.admin(pair.primary), "select id from ledger")}
+        pair.old_primary.restart()
+        with contextlib.closing(admin_connection(pair.old_primary.info)) as on_old:
+            on_old_primary = [row for (row,) in rows(on_old, "select id from ledger order by id")]
+    finally:
+        for session in sessions:
+            with contextlib.suppress(psycopg2.Error):
+                session.close()
+    gone = [row for row in acknowledged if row not in present]
+    assert settled == after_cut_off
+    assert f"lost {len(gone)} of {len(acknowledged)}" == lost, (
+        f"acknowledged {acknowledged}, present after the failover {sorted(present)}")
+    assert (on_old_primary, sorted(present)) == (old_primary_has, []), (
+        "the old primary, back from the power cut, has what the promoted standby lacks")

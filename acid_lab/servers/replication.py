@@ -20,6 +20,12 @@ pg_last_wal_replay_lsn(), pg_stat_activity.wait_event -- never by sleeping):
 * ``lose_primary()``: SIGKILL every process of the primary and remove its
   folder -- a lost machine, never to come back (``keep_folder=True``: a
   crash, the machine comes back as ``old_primary``);
+* ``power_cut_primary()``: with ``ReplicationPair(primary_on_lossy_disk=True)``
+  the primary's data folder sits on the power-cut disk
+  (:mod:`acid_lab.servers.powercut`); the power goes: every process SIGKILLed,
+  every write not yet fsynced forgotten. The machine comes back as
+  ``old_primary``, with what its disk kept (``return_to_old_primary()``: the
+  primary again, the promoted server discarded);
 * ``promote()``: ``pg_promote()``, the standby becomes the primary;
 * ``add_standby()``: clone a new standby from whichever server is primary now;
 * ``rewind_old_primary()``: ``pg_rewind -R`` the old primary onto the new one
@@ -43,6 +49,8 @@ import port_for
 import psycopg2
 import psycopg2.extensions
 
+from acid_lab.servers.lossy_disk import NOTHING, Writeback
+from acid_lab.servers.powercut import PowerCutCluster
 from acid_lab.servers.server import (
     PIDFILE_STATUS_LINE,
     START_TIMEOUT,
@@ -274,6 +282,15 @@ class Primary(Member):
         self.restart()
 
 
+class LossyPrimary(PowerCutCluster, Primary):
+    """A primary whose data folder is on the power-cut disk.
+
+    PowerCutCluster comes first: its initdb (1 MB WAL segments, as a Primary's,
+    plus data checksums), its mounting restart(), crash() and stop win; Primary
+    adds the pair's settings, Member the "standby" status line.
+    """
+
+
 class Standby(Member):
     """A hot standby: cloned from a running primary by pg_basebackup, then started.
 
@@ -318,6 +335,8 @@ def discard(server: CrashableCluster) -> None:
     """
     try:
         server.crash()
+        if isinstance(server, PowerCutCluster) and server.disk is not None:
+            server.disk.close()  # unmounted and its process ended before the folder goes
     finally:
         executor, server._executor = server._executor, None
         if executor is not None:
@@ -339,9 +358,12 @@ class ReplicationPair:
     is no standby until ``add_standby()``.
     """
 
-    def __init__(self, binaries: Binaries | None = None, *, settings: dict | None = None):
+    def __init__(self, binaries: Binaries | None = None, *, settings: dict | None = None,
+                 primary_on_lossy_disk: bool = False):
         self.binaries = binaries or find_binaries()
         self.settings = dict(settings or {})
+        # the first primary's data folder on the power-cut disk (needs FUSE: fuse_missing())
+        self.primary_class = LossyPrimary if primary_on_lossy_disk else Primary
         self.primary: Member | None = None
         self.standby: Member | None = None
         self.old_primary: Member | None = None  # crashed by lose_primary(keep_folder=True)
@@ -349,7 +371,7 @@ class ReplicationPair:
 
     def __enter__(self) -> ReplicationPair:
         try:
-            self.primary = Primary(self.binaries, settings=self.settings)
+            self.primary = self.primary_class(self.binaries, settings=self.settings)
             self.primary.__enter__()
             self.add_standby()
         except BaseException:
@@ -484,6 +506,31 @@ class ReplicationPair:
             self.old_primary = lost
         else:
             discard(lost)
+
+    def power_cut_primary(self, writeback: Writeback = NOTHING) -> dict:
+        """The primary's machine loses power: SIGKILL of every process, and its disk
+        forgets what was not fsynced (``writeback``: the part that reached the
+        platter anyway). The primary is down; ``old_primary.restart()`` brings it
+        back on what the disk kept. Returns the disk's tally (``power_cut()``).
+        """
+        if not isinstance(self.primary, PowerCutCluster):
+            raise ServerError("power_cut_primary() needs a primary on the lossy disk: "
+                              "ReplicationPair(primary_on_lossy_disk=True)")
+        cut, self.primary = self.primary, None
+        self._forget(cut)
+        self.old_primary = cut
+        return cut.power_cut(writeback)
+
+    def return_to_old_primary(self) -> None:
+        """Undo a failover the cheap way: the current primary (and any standby) discarded,
+        the old primary, started again, is the primary; no standby until add_standby()."""
+        for server in (self.standby, self.primary):
+            if server is not None:
+                self._forget(server)
+                discard(server)
+        self.primary, self.standby, self.old_primary = self.old_primary, None, None
+        if not self.primary.running:
+            self.primary.restart()
 
     def rewind_old_primary(self) -> None:
         """Make the old primary a standby of the current one: pg_rewind, then start it.
