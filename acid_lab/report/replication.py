@@ -7,8 +7,8 @@ remote_write / on / remote_apply -- it observes, live:
 * **lost at failover**: two rows committed while the standby streams, the
   standby cut off, three more sessions commit (each COMMIT returns or waits
   for the standby), the primary's machine lost, the standby promoted:
-  how many of the acknowledged commits are missing ("lost 3 of 5"); the
-  three synchronous settings share one failover, each with sessions of its own;
+  how many of the acknowledged commits are missing ("lost 3 of 5"). The three
+  synchronous settings share one failover, each with sessions of its own;
 * **stale read**: with the standby's replay paused, a row updated and
   committed on the primary, then read on the standby right after COMMIT has
   returned (a COMMIT that waits for replay gets it resumed): was the read stale?
@@ -90,72 +90,66 @@ def stale_read(pair: ReplicationPair, synchronous_commit: str) -> bool:
         writer.close()
 
 
-def lost_at_failover(pair: ReplicationPair, settings: list[str]) -> dict[str, tuple[int, int]]:
-    """Per synchronous_commit setting: (acknowledged, lost) across one failover.
-
-    For each setting, sessions with it commit BEFORE_CUT_OFF rows while the
-    standby streams, and AFTER_CUT_OFF more once it is cut off; then the
-    primary is lost and the standby promoted.
-    """
+def lost_at_failover(pair: ReplicationPair, synchronous_commits: list[str]
+                     ) -> dict[str, tuple[int, int]]:
+    """{synchronous_commit: (acknowledged, lost)}: for each setting, its own sessions commit
+    rows before and after the standby is cut off; then one failover for them all."""
     primary = pair.admin(pair.primary)
-    query_value(primary, "drop table if exists ledger; create table ledger (id int)")
-    sessions, pending = [], {}  # row id -> (setting, Commit)
-
-    def commit_rows(first: int, count: int) -> None:
-        for setting in settings:
-            for row in range(first, first + count):
-                row_id = len(settings) * row + settings.index(setting)
-                sessions.append(_session(pair, setting))
-                query_value(sessions[-1], "insert into ledger values (%s)", (row_id,))
-                pending[row_id] = (setting, Commit(sessions[-1]))
-
+    query_value(primary, "drop table if exists ledger; create table ledger (setting text, id int)")
+    sessions, pending = [], {}
     try:
-        commit_rows(0, BEFORE_CUT_OFF)
-        for _, commit in pending.values():
-            commit.finish()
-        pair.wait_caught_up()
-        pair.cut_off_standby()
-        commit_rows(BEFORE_CUT_OFF, AFTER_CUT_OFF)
-        for _, commit in pending.values():
+        for row in range(1, BEFORE_CUT_OFF + AFTER_CUT_OFF + 1):
+            if row == BEFORE_CUT_OFF + 1:
+                pair.wait_caught_up()
+                pair.cut_off_standby()
+            for setting in synchronous_commits:
+                sessions.append(_session(pair, setting))
+                query_value(sessions[-1], "insert into ledger values (%s, %s)", (setting, row))
+                pending[setting, row] = Commit(sessions[-1])
+                if row <= BEFORE_CUT_OFF:
+                    pending[setting, row].finish()
+        for commit in pending.values():
             commit.settle(primary)
-        acknowledged = {row_id: setting for row_id, (setting, commit) in pending.items()
-                        if commit.acknowledged}
+        acknowledged = {key for key, commit in pending.items() if commit.acknowledged}
         pair.lose_primary()
-        for _, commit in pending.values():
+        for commit in pending.values():
             commit.finish()
         pair.promote()
         with pair.admin(pair.primary).cursor() as cur:
-            cur.execute("select id from ledger")
-            present = {row for (row,) in cur.fetchall()}
+            cur.execute("select setting, id from ledger")
+            present = set(cur.fetchall())
     finally:
-        for _, commit in pending.values():
+        for commit in pending.values():
             if pair.primary is not None and pair.primary.running:
                 commit.abandon(pair.admin(pair.primary))
         for session in sessions:
             with contextlib.suppress(psycopg2.Error):
                 session.close()
-    return {setting: (sum(1 for s in acknowledged.values() if s == setting),
-                      sum(1 for row_id, s in acknowledged.items()
-                          if s == setting and row_id not in present))
-            for setting in settings}
+    return {setting: (sum(key[0] == setting for key in acknowledged),
+                      sum(key[0] == setting for key in acknowledged - present))
+            for setting in synchronous_commits}
 
 
 def observe_replication(done: Callable[[ReplicationRow], None] = lambda row: None
                         ) -> list[ReplicationRow]:
-    """Every setting on one pair: the stale reads first, then one failover per
-    synchronous_standby_names (the synchronous settings share theirs)."""
+    """Every setting on one pair: the stale reads one by one, then one failover for the
+    asynchronous setting and one for the synchronous ones together (each with sessions of
+    its own), a new standby cloned after each."""
+    stale, lost = {}, {}
     with ReplicationPair() as pair:
-        stale = {}
-        for setting, names, synchronous_commit in SETTINGS:
-            pair.set_synchronous(names)
-            stale[setting] = stale_read(pair, synchronous_commit)
-        found = {}
         for names in dict.fromkeys(names for _, names, _ in SETTINGS):
+            together = [(shown, commit) for shown, setting_names, commit in SETTINGS
+                        if setting_names == names]
             pair.reset()
             pair.set_synchronous(names)
-            group = [(setting, commit) for setting, n, commit in SETTINGS if n == names]
-            losses = lost_at_failover(pair, [commit for _, commit in group])
-            for setting, commit in group:
-                found[setting] = ReplicationRow(setting, *losses[commit], stale[setting])
-                done(found[setting])
-    return [found[setting] for setting, _, _ in SETTINGS]
+            for shown, synchronous_commit in together:
+                stale[shown] = stale_read(pair, synchronous_commit)
+            counts = lost_at_failover(pair, [commit for _, commit in together])
+            for shown, synchronous_commit in together:
+                lost[shown] = counts[synchronous_commit]
+    found = []
+    for shown, _, _ in SETTINGS:
+        acknowledged, missing = lost[shown]
+        found.append(ReplicationRow(shown, acknowledged, missing, stale[shown]))
+        done(found[-1])
+    return found
