@@ -603,7 +603,8 @@ class Playground:
 
     def drop_schema(self, name: str, pids: list[int]) -> None:
         with self._keeper_lock, contextlib.suppress(psycopg2.Error):
-            self.keeper.drop(name, pids)
+            # a closed page's sessions must be gone when the page answers
+            self.keeper.drop(name, pids, wait_until_gone=True)
 
     # -- the end
 

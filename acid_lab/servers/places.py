@@ -48,13 +48,15 @@ class PlaceKeeper:
             )
         return name
 
-    def drop(self, name: str, leftover_pids: list[int] = ()) -> None:
-        """Drop the schema; end sessions of the test that still hold locks on it."""
+    def drop(self, name: str, leftover_pids: list[int] = (), *,
+             wait_until_gone: bool = False) -> None:
+        """Drop the schema; end sessions of the test that still hold locks on it (and with
+        ``wait_until_gone``, wait until they have ended)."""
         with self.admin.cursor() as cur:
             for pid in leftover_pids:
-                if self.admin.server_version >= 140000:
-                    # waits until the session has really ended (bounded), so that nobody
-                    # sees it in pg_stat_activity afterwards
+                if wait_until_gone and self.admin.server_version >= 140000:
+                    # until the session has really ended (bounded; checked every 100 ms by
+                    # the server), so that pg_stat_activity no longer lists it
                     cur.execute("select pg_terminate_backend(%s, %s)", (pid, TERMINATE_WAIT_MS))
                 else:
                     cur.execute("select pg_terminate_backend(%s)", (pid,))
