@@ -18,7 +18,7 @@ from _pytest.mark.expression import Expression
 pytestmark = pytest.mark.harness
 
 REPO = Path(__file__).resolve().parent.parent
-CHAPTERS = ["atomicity", "consistency", "isolation", "durability"]
+CHAPTERS = ["atomicity", "consistency", "isolation", "durability", "replication"]
 
 # Collects the suite with the pytest arguments given, and prints every test's node id
 # with the names of its markers: those the arguments selected, and those they deselected.

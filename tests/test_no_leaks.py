@@ -72,6 +72,33 @@ PROBES = {
             postmaster = (workdir / "data" / "postmaster.pid").read_text().split()[0]
             report(pids=[postmaster, target.cluster._guard.process.pid], paths=[workdir])
     ''',
+    # the suite's server and a cluster on the power-cut disk (where FUSE is there): the
+    # mount and the process serving it must go too, however the run ends
+    "suite and power-cut servers": '''
+        from acid_lab.servers.powercut import PowerCutCluster, fuse_missing
+
+        @pytest.fixture
+        def lossy():  # a fixture: pytest-timeout's timer covers the test, not this start
+            if fuse_missing() is not None:
+                yield None
+                return
+            with PowerCutCluster() as server:
+                yield server
+
+        def test_probe(target, connect, lossy):
+            connect().cursor().execute("select 1")
+            suite = target.cluster.workdir.path
+            pids = [(suite / "data" / "postmaster.pid").read_text().split()[0],
+                    target.cluster._guard.process.pid]
+            paths, mounts = [suite], []
+            if lossy is not None:
+                workdir = lossy.workdir.path
+                pids += [(workdir / "data" / "postmaster.pid").read_text().split()[0],
+                         lossy._guard.process.pid, lossy.disk.process.pid]
+                paths.append(workdir)
+                mounts.append(workdir / "data")
+            report(pids=pids, paths=paths, mounts=mounts)
+    ''',
     # every kind of server the suite starts: the suite's own; a cluster on the power-cut
     # disk (a FUSE mount and the process serving it, too), where FUSE is there; a primary
     # and its hot standby (two servers, two guards, two folders)
@@ -114,11 +141,12 @@ CASES = [
     pytest.param("every kind of server", "pass", [], None, 0, id="passing run"),
     pytest.param("every kind of server", "hang", [], signal.SIGKILL, -9,
                  id="sigkill of pytest"),
-    pytest.param("suite server", "fail", [], None, 1, id="failing run"),
+    pytest.param("suite and power-cut servers", "fail", [], None, 1, id="failing run"),
     # func_only: the timer covers the hanging test, not the server start before it
-    pytest.param("suite server", "hang", ["--timeout", "1", "-o", "timeout_func_only=true"],
+    pytest.param("suite and power-cut servers", "hang",
+                 ["--timeout", "1", "-o", "timeout_func_only=true"],
                  None, 1, id="pytest-timeout"),
-    pytest.param("suite server", "hang", [], signal.SIGINT, 2, id="ctrl-c"),
+    pytest.param("suite and power-cut servers", "hang", [], signal.SIGINT, 2, id="ctrl-c"),
     # pytest-postgresql writes initdb's 24-byte password file to the temp folder
     pytest.param("suite server", DURING_INITDB, [], signal.SIGKILL, -9,
                  id="sigkill of pytest during initdb"),

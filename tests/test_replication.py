@@ -169,7 +169,7 @@ def replica(request, pytestconfig):
 # --------------------------------------------------------------------------- reading on a standby
 
 
-@pytest.mark.isolation
+@pytest.mark.replication
 @pytest.mark.parametrize("names, synchronous_commit, commit, standby_reads", [
     pytest.param(ASYNCHRONOUS, "on", COMMITTED, 10,
                  id="asynchronous: COMMIT returns, the standby reads the old value"),
@@ -216,7 +216,7 @@ def test_reading_your_own_write_on_the_standby(replica, names, synchronous_commi
         "read-your-writes on a standby holds with remote_apply only")
 
 
-@pytest.mark.isolation
+@pytest.mark.replication
 @pytest.mark.parametrize("begin, then, outcome", [
     pytest.param("begin isolation level serializable", "select value from test where id = 1",
                  errors.FeatureNotSupported, id="serializable: refused"),
@@ -249,7 +249,7 @@ def test_what_a_hot_standby_refuses(replica, begin, then, outcome):
     assert seen == outcome
 
 
-@pytest.mark.isolation
+@pytest.mark.replication
 def test_repeatable_read_on_the_standby_keeps_its_snapshot_while_replay_goes_on(replica):
     """A standby's snapshot, like a primary's, is fixed for a repeatable read transaction.
 
@@ -274,7 +274,7 @@ def test_repeatable_read_on_the_standby_keeps_its_snapshot_while_replay_goes_on(
 # ----------------------------------------------------------------------- committing with a standby
 
 
-@pytest.mark.durability
+@pytest.mark.replication
 @pytest.mark.own_server
 @pytest.mark.parametrize("names, synchronous_commit, commit", [
     pytest.param(ASYNCHRONOUS, "on", COMMITTED, id="asynchronous: COMMIT returns"),
@@ -313,7 +313,7 @@ def test_commit_with_the_standby_cut_off(streaming_pair, names, synchronous_comm
     assert (settled, pending.error) == (commit, None)
 
 
-@pytest.mark.durability
+@pytest.mark.replication
 @pytest.mark.own_server
 def test_cancelling_a_synchronous_commit_leaves_it_committed(streaming_pair):
     """The famous subtlety: a cancelled synchronous COMMIT has committed all the same.
@@ -360,7 +360,7 @@ def test_cancelling_a_synchronous_commit_leaves_it_committed(streaming_pair):
 # --------------------------------------------------------------------------- failover
 
 
-@pytest.mark.durability
+@pytest.mark.replication
 @pytest.mark.own_server
 def test_the_old_primary_rewound_loses_the_commits_only_it_had(streaming_pair):
     """After a failover, the old primary comes back -- and must forget what only it had.
@@ -414,7 +414,7 @@ def test_the_old_primary_rewound_loses_the_commits_only_it_had(streaming_pair):
 
 
 
-@pytest.mark.durability
+@pytest.mark.replication
 @pytest.mark.own_server
 @pytest.mark.parametrize("names, synchronous_commit, after_cut_off, lost", [
     pytest.param(ASYNCHRONOUS, "on", [COMMITTED] * AFTER_CUT_OFF, "lost 3 of 5",
@@ -486,7 +486,7 @@ def test_failover_after_the_primary_is_lost(streaming_pair, names, synchronous_c
         f"acknowledged {acknowledged}, present after the failover {sorted(present)}")
 
 
-@pytest.mark.durability
+@pytest.mark.replication
 @pytest.mark.own_server
 @pytest.mark.parametrize("names, lost_at_least, lost_at_most", [
     pytest.param(ASYNCHRONOUS, FAILOVER_ROUNDS * LOAD_AFTER_CUT_OFF, None,
@@ -558,13 +558,11 @@ def pair_with_primary_on_lossy_disk(lossy_pair):
     return lossy_pair
 
 
-@pytest.mark.durability
+@pytest.mark.replication
 @pytest.mark.own_server
 @pytest.mark.parametrize("names, after_cut_off, lost, old_primary_has", [
     pytest.param(ASYNCHRONOUS, [COMMITTED] * AFTER_CUT_OFF, "lost 3 of 3", [1, 2, 3],
                  id="asynchronous: lost 3 of 3 acknowledged, the old primary has them"),
-    pytest.param(SYNCHRONOUS, [WAITS] * AFTER_CUT_OFF, "lost 0 of 0", [1, 2, 3],
-                 id="synchronous: lost 0 of 0 acknowledged, the old primary has them"),
 ])
 def test_failover_after_a_power_cut_of_the_primary(pair_with_primary_on_lossy_disk, names,
                                                     after_cut_off, lost, old_primary_has):
@@ -580,11 +578,11 @@ def test_failover_after_a_power_cut_of_the_primary(pair_with_primary_on_lossy_di
     COMMITs that returned. Then the old primary is started again on what its
     disk kept (crash recovery replays its WAL) and its rows are read.
     Outcome: asynchronously the three COMMITs returned and the promoted standby
-    has none of the rows -- three acknowledged commits lost; synchronously none
-    returned, so nothing acknowledged is lost. Unlike a lost machine, the old
-    primary comes back -- and holds rows 1, 2, 3 in both cases: each commit
-    record was flushed to its WAL (fsynced) before COMMIT returned or began to
-    wait for the standby. The two servers' histories have diverged.
+    has none of the rows -- three acknowledged commits lost (synchronously none
+    would have returned: see test_failover_after_the_primary_is_lost). Unlike a
+    lost machine, the old primary comes back -- and holds rows 1, 2, 3: each
+    commit record was flushed to its WAL (fsynced) before COMMIT returned. The
+    two servers' histories have diverged.
     """
     pair = pair_with_primary_on_lossy_disk
     pair.set_synchronous(names)

@@ -218,7 +218,7 @@ def test_histories_have_a_row_per_level_and_a_cycle_drawn(full_run, out_dir):
     pytest.param("| synchronous, remote_apply | lost 0 of 2 | fresh |",
                  id="remote_apply: lost 0 of 2, fresh"),
 ])
-def test_replication_has_a_row_per_setting(full_run, out_dir, pytestconfig, row):
+def test_failover_has_a_row_per_setting(full_run, out_dir, pytestconfig, row):
     """Scenario: the replication section of ``--out``: a primary and a hot standby of the
     report's own, per setting a failover after the standby was cut off, and a standby
     read right after COMMIT with replay paused.
