@@ -7,6 +7,10 @@ ARGS   ?=
 
 .PHONY: test report play lint bench clean
 
+# Compiled modules and pytest's rewritten test modules are cached in __pycache__ (ignored
+# by git); without the cache every pytest the harness starts compiles the suite again.
+unexport PYTHONDONTWRITEBYTECODE
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
