@@ -311,22 +311,30 @@ def show_in_places(info, done: Callable[[Shown], None] = lambda shown: None) -> 
     return shown
 
 
-def show_on_crashable_server(done: Callable[[Shown], None] = lambda shown: None) -> list[Shown]:
-    """Run the durability demonstrations on a CrashableCluster of their own."""
+def show_on(make_cluster: Callable[[], CrashableCluster], demonstrations,
+            done: Callable[[Shown], None]) -> list[Shown]:
+    """Run ``demonstrations`` in turn on one cluster of their own, ``make_cluster()``; when
+    the cluster fails, the ones not yet shown say why."""
     shown: list[Shown] = []
     try:
-        with CrashableCluster(settings=SLOW_WAL_WRITER) as cluster:
-            for demonstration in ON_A_CRASHABLE_SERVER:
-                if not cluster.running:  # the one before failed between crash and restart
+        with make_cluster() as cluster:
+            for demonstration in demonstrations:
+                if not cluster.running:  # the one before failed between its failure and restart
                     cluster.restart()
                 shown.append(demonstration.run(cluster))
                 done(shown[-1])
     except ServerError as error:
         reason = f"could not run: {str(error).splitlines()[0]}"
-        for demonstration in ON_A_CRASHABLE_SERVER[len(shown):]:
+        for demonstration in demonstrations[len(shown):]:
             shown.append(Shown(demonstration.letter, demonstration.name, reason, False))
             done(shown[-1])
     return shown
+
+
+def show_on_crashable_server(done: Callable[[Shown], None] = lambda shown: None) -> list[Shown]:
+    """Run the durability demonstrations on a CrashableCluster of their own."""
+    return show_on(lambda: CrashableCluster(settings=SLOW_WAL_WRITER), ON_A_CRASHABLE_SERVER,
+                   done)
 
 
 def skip_crash_demonstrations() -> list[Shown]:

@@ -19,9 +19,9 @@ from acid_lab.report.demonstrations import (
     SKIPPED_WITH_DSN,
     Demonstration,
     Shown,
+    show_on,
 )
 from acid_lab.servers.powercut import PowerCutCluster, fuse_missing
-from acid_lab.servers.server import ServerError
 
 COMMITS = 10
 
@@ -93,17 +93,5 @@ def show_on_lossy_disk(done: Callable[[Shown], None] = lambda shown: None) -> li
         for line in shown:
             done(line)
         return shown
-    shown: list[Shown] = []
-    try:
-        with PowerCutCluster(settings={"autovacuum": "off"}) as cluster:
-            for demonstration in ON_A_LOSSY_DISK:
-                if not cluster.running:  # the one before failed between cut and restart
-                    cluster.restart()
-                shown.append(demonstration.run(cluster))
-                done(shown[-1])
-    except ServerError as error:
-        reason = f"could not run: {str(error).splitlines()[0]}"
-        for demonstration in ON_A_LOSSY_DISK[len(shown):]:
-            shown.append(Shown(demonstration.letter, demonstration.name, reason, False))
-            done(shown[-1])
-    return shown
+    return show_on(lambda: PowerCutCluster(settings={"autovacuum": "off"}), ON_A_LOSSY_DISK,
+                   done)
