@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -170,12 +171,25 @@ def _load_chapter() -> dict[str, tuple[Anomaly, ...]]:
                     f"the isolation schedules are written in the chapter itself, "
                     f"tests/test_isolation.py, which is not at {CHAPTER}: run from a "
                     f"checkout of ACID Lab (make report, make play; pip install -e .)")
-            spec = importlib.util.spec_from_file_location("acid_lab_isolation_chapter", CHAPTER)
-            chapter = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(chapter)
+            chapter = _imported_chapter()
+            if chapter is None:
+                spec = importlib.util.spec_from_file_location("acid_lab_isolation_chapter",
+                                                              CHAPTER)
+                chapter = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(chapter)
             _loaded.update(MATRIX=tuple(chapter.MATRIX), VARIANTS=tuple(chapter.VARIANTS))
             _loaded["CATALOG"] = _loaded["MATRIX"] + _loaded["VARIANTS"]
         return _loaded
+
+
+def _imported_chapter():
+    """The chapter module when pytest has imported it already (the same schedule objects the
+    tests run, not a second import)."""
+    for module in list(sys.modules.values()):
+        if getattr(module, "__file__", None) and Path(module.__file__).resolve() == CHAPTER \
+                and hasattr(module, "VARIANTS"):
+            return module
+    return None
 
 
 def __getattr__(name: str) -> Any:
