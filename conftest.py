@@ -18,7 +18,6 @@ import pytest
 from acid_lab.engine.scenario import ScenarioRunner
 from acid_lab.lessons.bank import fleet_rows
 from acid_lab.lessons.schema import BANK, BANK_ACCOUNTS, DRIVERS, DRIVERS_ROWS, create
-from acid_lab.lessons.statement_log import StatementLog
 from acid_lab.servers.connections import make_engine
 from acid_lab.servers.places import PlaceKeeper
 from acid_lab.servers.server import ServerError, find_binaries, server_account
@@ -106,6 +105,27 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+def pytest_collection_finish(session):
+    """A test module may start what its tests only wait for (the no-leak probe runs) as
+    soon as the run knows its tests, to go on beside the other tests: its
+    ``start_in_background(items)`` gets the module's selected tests and returns the ones
+    that wait (they run last) and what ends that work (called as the run ends, however)."""
+    if session.config.option.collectonly:
+        return
+    modules: dict = {}
+    for item in session.items:
+        start = getattr(getattr(item, "module", None), "start_in_background", None)
+        if start is not None:
+            modules.setdefault(start, []).append(item)
+    waiting = []
+    for start, items in modules.items():
+        waits, end = start(items)
+        session.config.add_cleanup(end)
+        waiting += waits
+    last = {id(item) for item in waiting}
+    session.items[:] = [item for item in session.items if id(item) not in last] + waiting
+
+
 @pytest.fixture(scope="session")
 def whole_suite(pytestconfig) -> list[pytest.Item] | None:
     """Every test of the suite as collected (before -k / -m), when this run collected the
@@ -160,6 +180,8 @@ def engine(target, place):
 @pytest.fixture
 def statement_log():
     """Records what psycopg2 sends, with the server's answers (and what SQLAlchemy wrote)."""
+    from acid_lab.lessons.statement_log import StatementLog  # SQLAlchemy: imported when used
+
     return StatementLog()
 
 

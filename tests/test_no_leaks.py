@@ -2,35 +2,51 @@
 
 Each case runs pytest in a child process on a probe test that starts a server
 (the suite's own, or what its kind names), reports what must not outlive the run
-(server processes, folders, mounts), and then passes, fails, hangs until
-pytest-timeout fires, is interrupted with Ctrl-C (SIGINT), or is killed outright
+(server processes, folders, mounts, the servers' shared memory), and then passes,
+fails, hangs until pytest-timeout
+fires, is interrupted with Ctrl-C (SIGINT), or is killed outright
 (SIGKILL, where no cleanup code of pytest's can run: the suite's guard process
 stops the server instead) — even in the middle of initdb, before the probe test
 has begun.
 
 Outcome every time: every process the run started has exited, every reported
-folder and mount is gone, and the run's temporary folder is empty.
+folder, mount and shared memory segment is gone, and the run's temporary folder is
+empty. And a server SIGKILLed by a test (a crash, a power cut) and then thrown away
+leaves no shared memory behind either.
 
-The probe runs take seconds each, mostly waiting: a module fixture starts them
-together, a few at a time, and each test waits for its own.
+The probe runs take seconds each: they start in the background as soon as the run
+knows its tests, a few at a time, beside the other tests (which mostly wait); these
+tests come last and read the outcomes. Their servers start from this run's initdb
+templates, as in every pytest run the suite starts, except the run killed during
+initdb: it makes a templates folder of its own, in its temporary folder, where
+nothing may be left. A probe run never outlives this one: it kills itself when this
+run's process dies (that is the "sigkill of pytest" case, cleaned up by its guards),
+and the probes' folder has a guard too.
 """
 
 import concurrent.futures
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+import psycopg2
 import pytest
 
-from acid_lab.servers.guard import wait_for_exit
+from acid_lab.servers.guard import Guard, shared_memory_left, shared_memory_of, wait_for_exit
+from acid_lab.servers.powercut import PowerCutCluster, fuse_missing
+from acid_lab.servers.replication import Primary
+from acid_lab.servers.server import Cluster, CrashableCluster
+from acid_lab.servers.templates import ENVIRONMENT as TEMPLATES
 
 pytestmark = [pytest.mark.harness, pytest.mark.own_server]
 
@@ -39,6 +55,10 @@ BOUND = 60  # seconds any single wait may take
 # Probe runs at once: mostly waiting, but each starts a pytest and a server; more than
 # this only queue for the CPU (and a loaded machine would stretch every bound).
 PROBES_AT_ONCE = 2 * (os.cpu_count() or 1)
+# The probe runs' folders (their servers' too) in memory where there is a tmpfs: they
+# show that nothing is left behind, not what reaches a disk, and creating and removing
+# a cluster's thousand files costs several times as much on some disks.
+MEMORY_FOLDER = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 # Every probe reports with report(...) and then ends as PROBE_MODE says.
 PROBE_COMMON = textwrap.dedent('''
@@ -47,15 +67,29 @@ PROBE_COMMON = textwrap.dedent('''
 
     pytestmark = pytest.mark.harness
 
+    def _die_with_the_harness(lifeline=int(os.environ["PROBE_LIFELINE"])):
+        os.read(lifeline, 1)  # returns (empty) once the harness's end of the pipe closes
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=_die_with_the_harness, daemon=True).start()
+
     def report(pids=(), paths=(), mounts=()):
-        """What must not outlive the run; then end the way the case says."""
+        """What must not outlive the run (with the shared memory of the processes named
+        and of their children: the servers'); then end the way the case says."""
+        import psutil
+        from acid_lab.servers.guard import shared_memory_of
+
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # stacks, if it ever hangs
         # Ctrl-C as in a terminal, even when this run inherited SIGINT ignored
         # (as every command started in the background by a shell does)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        print("PROBE " + json.dumps({"pids": [int(pid) for pid in pids],
+        pids = [int(pid) for pid in pids]
+        processes = pids + [child.pid for pid in pids
+                            for child in psutil.Process(pid).children(recursive=True)]
+        print("PROBE " + json.dumps({"pids": pids,
                                      "paths": [str(path) for path in paths],
-                                     "mounts": [str(mount) for mount in mounts]}), flush=True)
+                                     "mounts": [str(mount) for mount in mounts],
+                                     "memory": shared_memory_of(processes)}), flush=True)
         mode = os.environ["PROBE_MODE"]
         if mode == "fail":
             pytest.fail("failing on purpose")
@@ -137,7 +171,11 @@ DURING_INITDB = "during initdb"
 # One row per case: probe kind, mode (pass / fail / hang / during initdb), extra pytest
 # arguments, the signal sent to pytest (None: it ends by itself), pytest's exit code.
 CASES = [
-    # the longest runs first: the probes start in this order, a few at a time
+    # the probes start in this order, a few at a time: first the one that needs no initdb
+    # template (it runs initdb), then the longest
+    # pytest-postgresql writes initdb's 24-byte password file to the temp folder
+    pytest.param("suite server", DURING_INITDB, [], signal.SIGKILL, -9,
+                 id="sigkill of pytest during initdb"),
     pytest.param("every kind of server", "pass", [], None, 0, id="passing run"),
     pytest.param("every kind of server", "hang", [], signal.SIGKILL, -9,
                  id="sigkill of pytest"),
@@ -147,9 +185,6 @@ CASES = [
                  ["--timeout", "1", "-o", "timeout_func_only=true"],
                  None, 1, id="pytest-timeout"),
     pytest.param("suite and power-cut servers", "hang", [], signal.SIGINT, 2, id="ctrl-c"),
-    # pytest-postgresql writes initdb's 24-byte password file to the temp folder
-    pytest.param("suite server", DURING_INITDB, [], signal.SIGKILL, -9,
-                 id="sigkill of pytest during initdb"),
 ]
 
 
@@ -159,12 +194,14 @@ class ProbeOutcome:
 
     exit_code: int | None = None
     output: str = ""
-    reported: dict = field(default_factory=lambda: {"pids": [], "paths": [], "mounts": []})
+    reported: dict = field(default_factory=lambda: {"pids": [], "paths": [], "mounts": [],
+                                                    "memory": []})
     started: list[psutil.Process] = field(default_factory=list)  # the run's processes
     survivors: list[str] = field(default_factory=list)
     left_in_temp: list[str] = field(default_factory=list)
     mounted: list[str] = field(default_factory=list)
     existing: list[str] = field(default_factory=list)
+    memory_left: list[str] = field(default_factory=list)
 
 
 def _descendants(run: subprocess.Popen) -> list[psutil.Process]:
@@ -195,7 +232,7 @@ def _read_probe_line(run: subprocess.Popen, outcome: ProbeOutcome) -> None:
         if line.startswith("PROBE "):
             outcome.reported = json.loads(line.split(maxsplit=1)[1])
             return
-    raise AssertionError("the probe never started its server")
+    raise AssertionError(f"the probe never started its server:\n{outcome.output}")
 
 
 def _alive(process: psutil.Process) -> bool:
@@ -210,8 +247,14 @@ def _mounts() -> set[str]:
         return {line.split()[1] for line in mounts}
 
 
-def run_probe(kind, mode, extra_args, interrupt, exit_code, folder: Path) -> ProbeOutcome:
+def run_probe(kind, mode, extra_args, interrupt, exit_code, folder: Path,
+              templates_made: list[concurrent.futures.Future]) -> ProbeOutcome:
     """Run one case to its end, wait for everything it started, look at what is left."""
+    for made in templates_made[:1] if mode == DURING_INITDB else templates_made:
+        made.result(timeout=BOUND)  # (the first: no more initdb runs at once than needed)
+    env = {**os.environ, "PROBE_MODE": mode}  # (naming the templates folder, once made)
+    if mode == DURING_INITDB:
+        env.pop(TEMPLATES, None)  # it runs initdb, in a templates folder of its own
     temp = folder / "temp"  # the run's TMPDIR: it must be empty afterwards
     temp.mkdir()
     for private in (folder.parent, folder, temp):
@@ -219,14 +262,47 @@ def run_probe(kind, mode, extra_args, interrupt, exit_code, folder: Path) -> Pro
     probe = folder / "test_probe.py"
     probe.write_text(PROBE_COMMON + textwrap.dedent(PROBES[kind]))
     outcome = ProbeOutcome()
-    run = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "conftest", "-c", str(REPO / "pytest.ini"),
-         "--rootdir", str(REPO), "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
-         "-s", "-q", str(probe),
-         *extra_args],
-        cwd=REPO, env={**os.environ, "PROBE_MODE": mode, "TMPDIR": str(temp)},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    # the probe run kills itself once the other end closes: when it has ended, or when
+    # this process has died (os.pipe's ends are not inherited by the other runs)
+    lifeline, keep_alive = os.pipe()
+    try:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-p", "conftest", "-c", str(REPO / "pytest.ini"),
+             "--rootdir", str(REPO), "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
+             "-s", "-q", str(probe),
+             *extra_args],
+            cwd=REPO, pass_fds=[lifeline],
+            env={**env, "TMPDIR": str(temp), "PROBE_LIFELINE": str(lifeline)},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+    finally:
+        os.close(lifeline)
+    try:
+        _end(run, mode, interrupt, outcome)
+    finally:
+        os.close(keep_alive)
+    outcome.exit_code = run.returncode
+
+    # the guards work after pytest is gone: wait for every process the run had started
+    for pid in outcome.reported["pids"]:
+        wait_for_exit(pid, BOUND)
+    for process in outcome.started:
+        if _alive(process):  # (its pid may be another process's by now)
+            wait_for_exit(process.pid, BOUND)
+    outcome.survivors = [f"{process.pid} {process.name()}"
+                         for process in outcome.started if _alive(process)]
+    outcome.survivors += [str(pid) for pid in outcome.reported["pids"]
+                          if psutil.pid_exists(pid) and _alive(psutil.Process(pid))]
+    outcome.existing = [path for path in outcome.reported["paths"] if Path(path).exists()]
+    outcome.mounted = sorted(set(outcome.reported["mounts"]) & _mounts())
+    outcome.memory_left = shared_memory_left(outcome.reported["memory"])
+    outcome.left_in_temp = sorted(str(path.relative_to(temp)) for path in temp.rglob("*"))
+    return outcome
+
+
+def _end(run: subprocess.Popen, mode: str, interrupt, outcome: ProbeOutcome) -> None:
+    """Wait for the probe's report (or for initdb), end the run as the case says and
+    collect its output; a run that does not end within BOUND prints where it is stuck."""
     try:
         if mode == DURING_INITDB:
             outcome.started = _wait_for_initdb(run)
@@ -250,41 +326,48 @@ def run_probe(kind, mode, extra_args, interrupt, exit_code, folder: Path) -> Pro
         if run.poll() is None:
             run.kill()
             run.wait(timeout=BOUND)
-    outcome.exit_code = run.returncode
 
-    # the guards work after pytest is gone: wait for every process the run had started
-    for pid in outcome.reported["pids"]:
-        wait_for_exit(pid, BOUND)
-    for process in outcome.started:
-        if _alive(process):  # (its pid may be another process's by now)
-            wait_for_exit(process.pid, BOUND)
-    outcome.survivors = [f"{process.pid} {process.name()}"
-                         for process in outcome.started if _alive(process)]
-    outcome.survivors += [str(pid) for pid in outcome.reported["pids"]
-                          if psutil.pid_exists(pid) and _alive(psutil.Process(pid))]
-    outcome.existing = [path for path in outcome.reported["paths"] if Path(path).exists()]
-    outcome.mounted = sorted(set(outcome.reported["mounts"]) & _mounts())
-    outcome.left_in_temp = sorted(str(path.relative_to(temp)) for path in temp.rglob("*"))
-    return outcome
+
+def _after(first: concurrent.futures.Future, then: Callable[[], object]) -> object:
+    first.result()
+    return then()
 
 
 class ProbeRuns:
-    """Probe runs in a pool of PROBES_AT_ONCE threads, each case's run started once."""
+    """Probe runs in a pool of PROBES_AT_ONCE threads, each case's run started once, in
+    a folder of their own (which a guard removes, should this process die). Their
+    servers start from this run's initdb templates, made first, once (rather than by
+    several probe runs at once)."""
 
-    def __init__(self, folder: Path, pool: concurrent.futures.Executor):
-        self.folder = folder
-        self.pool = pool
+    def __init__(self):
+        self.folder = Path(tempfile.mkdtemp(prefix="acid_lab-probes-", dir=MEMORY_FOLDER))
+        self.guard = Guard(self.folder)
+        # the suite server's first: this run's own waits for it, too
+        self.templates = concurrent.futures.ThreadPoolExecutor(max_workers=2)
+        suite = self.templates.submit(Cluster.prepare_template)
+        self.templates_made = [suite] + [
+            self.templates.submit(_after, suite, kind.prepare_template)
+            for kind in [Primary] + ([PowerCutCluster] if fuse_missing() is None else [])]
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=PROBES_AT_ONCE)
         self.futures: dict[str, concurrent.futures.Future] = {}
 
     def start(self, case) -> None:
         if case.id not in self.futures:
             case_folder = self.folder / str(len(self.futures))
             case_folder.mkdir()
-            self.futures[case.id] = self.pool.submit(run_probe, *case.values, case_folder)
+            self.futures[case.id] = self.pool.submit(run_probe, *case.values, case_folder,
+                                                     self.templates_made)
 
     def outcome(self, case_id: str) -> ProbeOutcome:
         self.start(next(case for case in CASES if case.id == case_id))
         return self.futures[case_id].result(timeout=3 * BOUND)
+
+    def close(self) -> None:
+        """Wait for the runs under way (each ends within its bounds); drop the others."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.templates.shutdown(wait=True)
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.guard.release()
 
 
 def _will_run(item) -> bool:
@@ -292,21 +375,39 @@ def _will_run(item) -> bool:
         mark.args and mark.args[0] is True for mark in item.iter_markers("skipif"))
 
 
+_background: ProbeRuns | None = None  # what start_in_background started
+
+
+def start_in_background(items: list[pytest.Item]) -> tuple[list[pytest.Item],
+                                                          Callable[[], None]]:
+    """Called (by conftest) once the run knows its tests: start the selected cases' runs
+    in table order; returns their tests, to run last, and what closes the runs when the
+    run ends. (Under pytest-xdist a worker cannot know which cases it will get: there
+    each starts when its test asks.)"""
+    global _background
+    waiting = [item for item in items
+               if item.originalname == test_nothing_outlives_the_run.__name__]
+    selected = {item.callspec.id for item in waiting if _will_run(item)}
+    if "PYTEST_XDIST_WORKER" in os.environ or not selected:
+        return [], lambda: None
+    _background = ProbeRuns()
+    for case in CASES:
+        if case.id in selected:
+            _background.start(case)
+    return waiting, _background.close
+
+
 @pytest.fixture(scope="module")
-def probe_runs(request):
-    """The selected cases' runs, all started at once, PROBES_AT_ONCE at a time in table
-    order. (Under pytest-xdist a worker cannot know which cases it will get: there each
-    case starts when its test asks.)"""
-    with tempfile.TemporaryDirectory(prefix="acid_lab-probes-") as folder, \
-            concurrent.futures.ThreadPoolExecutor(max_workers=PROBES_AT_ONCE) as pool:
-        runs = ProbeRuns(Path(folder), pool)
-        if "PYTEST_XDIST_WORKER" not in os.environ:
-            selected = {item.callspec.id for item in request.session.items
-                        if item.module is request.module and _will_run(item)}
-            for case in CASES:
-                if case.id in selected:
-                    runs.start(case)
+def probe_runs():
+    """The runs started in the background; or (under pytest-xdist) a pool of this module's."""
+    if _background is not None:
+        yield _background
+        return
+    runs = ProbeRuns()
+    try:
         yield runs
+    finally:
+        runs.close()
 
 
 @pytest.mark.parametrize("kind, mode, extra_args, interrupt, exit_code", CASES)
@@ -315,12 +416,43 @@ def test_nothing_outlives_the_run(probe_runs, request, kind, mode, extra_args, i
     """Scenario: a probe run starts a server, then ends the way the id says.
 
     Outcome: pytest exits as expected; every process it started (server, guard,
-    initdb) has exited; the reported folders and mounts are gone; nothing is
-    left in the run's temporary folder (pytest-postgresql's password file included).
+    initdb) has exited; the reported folders, mounts and shared memory are gone;
+    nothing is left in the run's temporary folder (pytest-postgresql's password file
+    and, killed during initdb, its initdb templates folder included).
     """
     outcome = probe_runs.outcome(request.node.callspec.id)
     assert outcome.exit_code == exit_code, f"pytest ended unexpectedly:\n{outcome.output}"
     assert outcome.survivors == [], "processes outlived the run"
     assert outcome.existing == [], "folders outlived the run"
     assert outcome.mounted == [], "mounts outlived the run"
+    assert outcome.memory_left == [], "shared memory outlived the run"
     assert outcome.left_in_temp == [], "files were left in the run's temporary folder"
+
+
+def _server_processes(server: CrashableCluster) -> list[int]:
+    postmaster = psutil.Process(server.postmaster.pid)
+    return [postmaster.pid, *(child.pid for child in postmaster.children(recursive=True))]
+
+
+@pytest.mark.parametrize("kind, end", [
+    (CrashableCluster, "crash"),
+    pytest.param(PowerCutCluster, "power cut", marks=pytest.mark.skipif(
+        fuse_missing() is not None, reason=str(fuse_missing()))),
+], ids=["crash", "power cut"])
+def test_a_killed_server_leaves_no_shared_memory(kind, end):
+    """Scenario: a server is SIGKILLed (crash(); or power_cut(), on the power-cut disk),
+    then thrown away without a restart.
+
+    Outcome: its System V segment and its segments in /dev/shm outlive its processes
+    (a killed postmaster cannot remove them), and are gone with the server: a
+    postmaster started for just that removes them as it starts.
+    """
+    with kind() as server:
+        with psycopg2.connect(**server.info.params()) as conn, conn.cursor() as cur:
+            cur.execute("select count(*) from pg_stat_all_tables")  # statistics in DSM
+        conn.close()
+        memory = shared_memory_of(_server_processes(server))
+        assert any(name.startswith("sysv:") for name in memory), memory
+        server.crash() if end == "crash" else server.power_cut()
+        assert shared_memory_left(memory) == memory, "a SIGKILL leaves it all behind"
+    assert shared_memory_left(memory) == [], "shared memory outlived the server"

@@ -6,13 +6,17 @@ stops before running any test and says, in one line, what it tried and how to
 fix it. Pointed at an existing server (``--dsn``), it works only inside a
 database it creates, and skips the tests that would crash or reconfigure the
 server.
+
+The pytest runs these tests look at start together, when the first of them asks.
 """
 
+import concurrent.futures
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import psycopg2
 import pytest
 
 from acid_lab.servers import server
@@ -31,6 +35,33 @@ def _pytest(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True,
         timeout=300,
     )
+
+
+@pytest.fixture(scope="module")
+def databases_before(target) -> set[str]:
+    """The databases on the run's server before this module's pytest runs began."""
+    conn = psycopg2.connect(**target.info.params())
+    try:
+        return _databases(conn)
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def runs(target, databases_before) -> dict[str, subprocess.CompletedProcess]:
+    """The module's pytest runs by name, started together (each ends within its timeout)."""
+    with concurrent.futures.ThreadPoolExecutor() as pool:
+        started = {
+            "wrong PG_BINDIR": pool.submit(_pytest, "tests/test_foundation.py",
+                                           env={"PG_BINDIR": "/nonexistent/bin",
+                                                "ACID_LAB_PG": ""}),
+            "unreachable --dsn": pool.submit(_pytest, "tests/test_foundation.py", "--dsn",
+                                             "host=127.0.0.1 port=1 user=nobody"),
+        }
+        if target.cluster is not None:  # a server the suite started: point a run at it
+            started["existing server"] = pool.submit(
+                _pytest, "tests/test_fixtures.py", "-rs", "--dsn", target.cluster.info.dsn())
+        return {name: run.result() for name, run in started.items()}
 
 
 def test_binaries_are_found_in_the_documented_order(tmp_path_factory):
@@ -52,13 +83,13 @@ def test_embedded_binaries_can_be_forced():
     assert (embedded.bindir / "postgres").exists()
 
 
-def test_a_wrong_pg_bindir_stops_the_run_with_one_clear_line():
-    """Scenario: PG_BINDIR names a folder without PostgreSQL in it.
+def test_a_wrong_pg_bindir_stops_the_run_with_one_clear_line(runs):
+    """Scenario: PG_BINDIR names a folder without PostgreSQL in it (``PG_BINDIR=/nonexistent/bin
+    pytest tests/test_foundation.py``).
 
     Outcome: pytest stops at once (usage error, exit 4) and says what is wrong.
     """
-    run = _pytest("tests/test_foundation.py",
-                  env={"PG_BINDIR": "/nonexistent/bin", "ACID_LAB_PG": ""})
+    run = runs["wrong PG_BINDIR"]
     assert run.returncode == 4, run.stdout + run.stderr
     assert "PG_BINDIR=/nonexistent/bin does not hold pg_ctl, initdb, postgres" in run.stderr
     assert "Traceback" not in run.stderr
@@ -91,34 +122,34 @@ def test_root_without_a_usable_account_is_explained(monkeypatch):
         server.server_account()
 
 
-def test_an_unreachable_dsn_stops_the_run_with_one_clear_line():
-    """Scenario: --dsn points at a port where no server listens.
+def test_an_unreachable_dsn_stops_the_run_with_one_clear_line(runs):
+    """Scenario: --dsn points at a port where no server listens (``pytest
+    tests/test_foundation.py --dsn "host=127.0.0.1 port=1 user=nobody"``).
 
     Outcome: usage error (exit 4) naming host and port and the client's message.
     """
-    run = _pytest("tests/test_foundation.py", "--dsn", "host=127.0.0.1 port=1 user=nobody")
+    run = runs["unreachable --dsn"]
     assert run.returncode == 4, run.stdout + run.stderr
     assert "Cannot reach the server at 127.0.0.1:1 as nobody" in run.stderr
     assert "Traceback" not in run.stderr
 
 
 @pytest.mark.own_server
-def test_the_suite_runs_against_an_existing_server(target, observer):
-    """Scenario: run the foundation tests and the fixtures' with --dsn pointing at this
-    run's own server.
+def test_the_suite_runs_against_an_existing_server(runs, databases_before, observer):
+    """Scenario: run the fixtures' tests with --dsn pointing at this run's own server
+    (``pytest tests/test_fixtures.py -rs --dsn DSN``).
 
     Outcome: they pass; the test that needs a server the suite started is skipped
     with a reason; and the database the run created there is gone afterwards.
     """
-    before = _databases(observer)
-    dsn = target.cluster.info.dsn()
-    run = _pytest("tests/test_foundation.py", "tests/test_fixtures.py", "-rs", "--dsn", dsn)
+    run = runs["existing server"]
 
     assert run.returncode == 0, run.stdout + run.stderr
     assert "passed" in run.stdout and "failed" not in run.stdout
     assert "the existing server's authentication is its own business" in run.stdout
     assert "acid_lab: existing server (--dsn)" in run.stdout
-    assert _databases(observer) == before, "the run must drop every database it created"
+    assert _databases(observer) == databases_before, \
+        "the run must drop every database it created"
 
 
 def _databases(conn) -> set[str]:

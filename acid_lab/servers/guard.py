@@ -1,9 +1,12 @@
 """Watchdog: stop a cluster and remove its folder once the process that started it is gone.
 
-Run as ``python -m acid_lab.servers.guard PG_CTL DATADIR WORKDIR`` with a pipe on stdin.
-When the parent exits, however it exits (normally, Ctrl-C, SIGKILL), the pipe
-closes and the guard cleans up. After a clean teardown there is nothing left to
-do and it exits at once.
+``Guard(folder, pg_ctl, datadir)`` starts one: ``python -S guard.py WORKDIR [PG_CTL
+DATADIR]`` with a pipe on stdin (this file needs only the standard library, so no site
+packages are loaded: a quicker start). When the parent exits, however it exits
+(normally, Ctrl-C, SIGKILL), the pipe closes and the guard cleans up. After a clean
+teardown there is nothing left to do and it exits at once. Without PG_CTL and DATADIR
+it guards a folder with no server of its own (a bare lossy disk, the run's initdb
+templates, the harness's probe runs) and stops only the server programs working in it.
 
 The parent writes to the pipe only to name a file outside WORKDIR that must not
 outlive it: ``+PATH`` (remove it at clean-up) and ``-PATH`` (already removed).
@@ -17,6 +20,7 @@ process before it removes the folder.
 """
 
 import contextlib
+import ctypes
 import os
 import select
 import shutil
@@ -55,11 +59,12 @@ def wait_for_exit(pid: int, timeout: float) -> bool:
         os.close(fd)
 
 
-SERVER_PROGRAMS = {"initdb", "pg_ctl", "postgres", "sh"}  # sh: pg_ctl runs initdb through it
+# sh: pg_ctl runs initdb through it; cp: copies an initdb template (see templates)
+SERVER_PROGRAMS = {"initdb", "pg_ctl", "postgres", "sh", "cp"}
 
 
 def _programs_on(datadir: Path) -> list[int]:
-    """Pids of the run's server programs still working on ``datadir`` (pg_ctl, initdb):
+    """Pids of the run's server programs still working on ``datadir`` (pg_ctl, initdb, cp):
     it is in their command line. (initdb's bootstrap backend ends when initdb does.)"""
     own = str(datadir).encode()
     pids = []
@@ -122,8 +127,66 @@ def unmount_lossy_disks(workdir: Path) -> None:
 DISK_EXIT_TIMEOUT = 5  # seconds a FUSE process gets to end by itself once unmounted
 
 
-def clean_up(pg_ctl: str, datadir: Path, workdir: Path, files: set[str] = frozenset()) -> None:
-    pid = _postmaster_pid(datadir)
+def shared_memory_of(pids: list[int]) -> list[str]:
+    """The shared memory that these processes have attached and that would outlive them
+    (Linux): System V segments as "sysv:SHMID", POSIX segments as their /dev/shm path.
+
+    A SIGKILLed postmaster cannot remove its own: what a server's processes show here
+    must be gone with the server.
+    """
+    found = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/maps") as maps:
+                for line in maps:
+                    fields = line.split(maxsplit=5)
+                    path = fields[5].strip() if len(fields) == 6 else ""
+                    if path.startswith("/SYSV"):
+                        found.add(f"sysv:{fields[4]}")  # a segment's inode is its shmid
+                    elif path.startswith("/dev/shm/"):
+                        found.add(path.removesuffix(" (deleted)"))
+        except OSError:
+            continue  # gone meanwhile
+    return sorted(found)
+
+
+def _system_v_attachments() -> dict[str, int]:
+    """Every System V segment's shmid and how many processes have it attached."""
+    with open("/proc/sysvipc/shm") as segments:
+        rows = [line.split() for line in list(segments)[1:]]
+    return {row[1]: int(row[6]) for row in rows}  # columns: key shmid perms size cpid lpid nattch
+
+
+def shared_memory_left(names: list[str]) -> list[str]:
+    """Those of ``names`` (from shared_memory_of) that still exist."""
+    shmids = _system_v_attachments()
+    return [name for name in names
+            if (name.removeprefix("sysv:") in shmids if name.startswith("sysv:")
+                else os.path.exists(name))]
+
+
+IPC_RMID = 0  # shmctl's "remove" (sys/ipc.h)
+
+
+def release_shared_memory(names: list[str]) -> None:
+    """Remove what a killed server left of ``names`` (from shared_memory_of, taken before
+    the kill) and nobody has attached: PostgreSQL cannot, and a server started on the
+    same folder removes it only if it finds that folder on the same device (a FUSE disk
+    mounted again is on another one)."""
+    attached = _system_v_attachments()
+    libc = ctypes.CDLL(None, use_errno=True)
+    for name in names:
+        if name.startswith("sysv:"):
+            if attached.get(name.removeprefix("sysv:")) == 0:
+                libc.shmctl(int(name.removeprefix("sysv:")), IPC_RMID, None)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+
+
+def clean_up(pg_ctl: str | None, datadir: Path, workdir: Path,
+             files: set[str] = frozenset()) -> None:
+    pid = _postmaster_pid(datadir) if pg_ctl is not None else None
     if pid is not None:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             subprocess.run([pg_ctl, "stop", "-D", str(datadir), "-m", "immediate", "-w"],
@@ -143,8 +206,40 @@ def clean_up(pg_ctl: str, datadir: Path, workdir: Path, files: set[str] = frozen
             os.unlink(path)
 
 
+class Guard:
+    """The parent's end: a guard process for ``folder`` (and the server of ``datadir``,
+    stopped with ``pg_ctl``), told of outside files by ``remove_later`` / ``forget``."""
+
+    def __init__(self, folder: Path, pg_ctl: Path | None = None, datadir: Path | None = None):
+        server = [] if pg_ctl is None else [str(pg_ctl), str(datadir)]
+        self.process = subprocess.Popen(
+            [sys.executable, "-S", __file__, str(folder), *server],
+            stdin=subprocess.PIPE, start_new_session=True,
+        )
+
+    def remove_later(self, path: str) -> None:
+        """Have the guard remove ``path`` too, if this process dies before it does."""
+        self._tell(f"+{path}")
+
+    def forget(self, path: str) -> None:
+        """``path`` is removed already: nothing for the guard to do about it."""
+        self._tell(f"-{path}")
+
+    def _tell(self, line: str) -> None:
+        self.process.stdin.write(os.fsencode(line) + b"\n")
+        self.process.stdin.flush()
+
+    def release(self) -> None:
+        """The folder is gone already: let the guard exit."""
+        if self.process.stdin:
+            self.process.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=30)
+
+
 def main() -> None:
-    pg_ctl, datadir, workdir = sys.argv[1:4]
+    workdir, *server = sys.argv[1:]
+    pg_ctl, datadir = server if server else (None, workdir)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C; we outlive it
     files: set[str] = set()
     for line in sys.stdin.buffer:  # ends at EOF: the parent is gone or done

@@ -41,14 +41,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from acid_lab.servers.guard import LOSSY_DISK_PIDFILE
+from acid_lab.servers.guard import LOSSY_DISK_PIDFILE, Guard
 from acid_lab.servers.lossy_disk import NOTHING, Writeback
 from acid_lab.servers.server import (
     Account,
     Binaries,
     CrashableCluster,
     ServerError,
-    _Guard,
     _Workdir,
 )
 
@@ -194,7 +193,7 @@ def bare_lossy_disk() -> Iterator[LossyDiskProcess]:
     ``disk.mountpoint`` over ``disk.backing`` in a private folder that the guard
     unmounts and removes should this process die."""
     workdir = _Workdir(account=None)
-    guard = _Guard(Path("pg_ctl"), workdir)  # no server: it only unmounts and removes
+    guard = Guard(workdir.path)  # no server: it only unmounts and removes
     for folder in (workdir.data, workdir.path / "disk", workdir.path / "trash"):
         folder.mkdir()
     disk = LossyDiskProcess(workdir.path / "disk", workdir.data, workdir.path / "trash",
@@ -213,6 +212,10 @@ def bare_lossy_disk() -> Iterator[LossyDiskProcess]:
 class PowerCutCluster(CrashableCluster):
     """A crashable cluster on the lossy disk: ``power_cut()`` then ``restart()``."""
 
+    # 1 MB WAL segments, not 16: every new segment is zero-filled through the disk.
+    # Data checksums: a page torn by the power cut is detected when it is read.
+    INITDB_OPTIONS = (f"--wal-segsize={WAL_SEGMENT_MB}", "--data-checksums")
+
     def __init__(self, binaries: Binaries | None = None, *, settings: dict | None = None):
         super().__init__(binaries, settings=settings)
         self.disk: LossyDiskProcess | None = None
@@ -221,11 +224,6 @@ class PowerCutCluster(CrashableCluster):
     def _start_server(self) -> None:
         # initdb writes straight onto the platter; the disk is mounted over it afterwards
         self._executor = self._new_executor()
-        # 1 MB WAL segments, not 16: every new segment is zero-filled through the disk.
-        # Data checksums: a page torn by the power cut is detected when it is read.
-        build_initdb = self._executor._build_initdb_command
-        self._executor._build_initdb_command = lambda options, pgdata=None: build_initdb(
-            [*options, f"--wal-segsize={WAL_SEGMENT_MB}", "--data-checksums"], pgdata)
         self._executor.init_directory()
         platter = self.platter
         self.workdir.data.rename(platter)
@@ -276,8 +274,8 @@ class PowerCutCluster(CrashableCluster):
     def _stop_server(self) -> None:
         # the executor, once dropped, removes the data folder: by then it must be unmounted
         try:
-            if self.running:
-                self.crash()
+            with contextlib.suppress(Exception):
+                self.dispose()
         finally:
             if self.disk is not None:
                 self.disk.close()

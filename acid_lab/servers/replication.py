@@ -270,16 +270,10 @@ class Member(CrashableCluster):
 class Primary(Member):
     """A crashable cluster made by initdb with 1 MB WAL segments: cheap to clone."""
 
+    INITDB_OPTIONS = (f"--wal-segsize={WAL_SEGMENT_MB}",)
+
     def __init__(self, binaries: Binaries | None = None, *, settings: dict | None = None):
         super().__init__(binaries, settings={**PAIR_SETTINGS, **(settings or {})})
-
-    def _start_server(self) -> None:
-        self._executor = self._new_executor()
-        build_initdb = self._executor._build_initdb_command
-        self._executor._build_initdb_command = lambda options, pgdata=None: build_initdb(
-            [*options, f"--wal-segsize={WAL_SEGMENT_MB}"], pgdata)
-        self._executor.init_directory()
-        self.restart()
 
 
 class LossyPrimary(PowerCutCluster, Primary):
@@ -327,14 +321,14 @@ class Standby(Member):
 
 
 def discard(server: CrashableCluster) -> None:
-    """SIGKILL the server (if it runs) and leave the removal of its folder to its guard.
+    """Dispose of the server and leave the removal of its folder to its guard.
 
     Removing a cluster folder (about a thousand files) takes seconds on some
     disks; the guard, already there for the case that this process dies, does
     it in the background instead (and exits), while the tests go on.
     """
     try:
-        server.crash()
+        server.dispose()
         if isinstance(server, PowerCutCluster) and server.disk is not None:
             server.disk.close()  # unmounted and its process ended before the folder goes
     finally:

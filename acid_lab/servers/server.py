@@ -19,7 +19,6 @@ import importlib.util
 import os
 import pwd
 import re
-import secrets
 import select
 import shutil
 import signal
@@ -35,6 +34,9 @@ import port_for
 import psutil
 import psycopg2
 from pytest_postgresql.executors import PostgreSQLExecutor
+
+from acid_lab.servers.guard import Guard, release_shared_memory, shared_memory_of
+from acid_lab.servers.templates import run_templates
 
 SUPERUSER = "acid_lab"
 HOST = "127.0.0.1"
@@ -292,7 +294,7 @@ def _write_as_account_wrapper(bindir: Path, account: Account, workdir: Path) -> 
     """
     wrapper = workdir / "pg_ctl-as-account"
     wrapper.write_text(
-        f"#!{sys.executable}\n"
+        f"#!{sys.executable} -S\n"  # no site packages: a quicker start, pg_ctl runs often
         "import os, sys\n"
         f"os.chdir({str(workdir)!r})\n"
         "os.setgroups([])\n"
@@ -306,12 +308,19 @@ def _write_as_account_wrapper(bindir: Path, account: Account, workdir: Path) -> 
 
 
 class _Executor(PostgreSQLExecutor):
-    """pytest-postgresql's executor with a quick, password-protected initdb."""
+    """pytest-postgresql's executor with a quick, password-protected initdb, run once per
+    run and kind of cluster, and copied after that (see templates)."""
 
-    def __init__(self, *args, account: Account | None, guard: _Guard, **kwargs):
+    def __init__(self, *args, account: Account | None, guard: Guard,
+                 initdb_options: tuple[str, ...], made_by: list[str], **kwargs):
         self._account = account
         self._guard = guard
+        self._initdb_options = initdb_options
+        self._made_by = made_by  # the programs and the account: the template key's start
+        self._template_key = made_by
         self._password_file: str | None = None
+        self.only_template = False  # init_directory() only makes sure the template exists
+        self.template: Path | None = None  # the data folder's template, once made
         super().__init__(*args, **kwargs)
 
     def init_directory(self) -> None:
@@ -338,58 +347,34 @@ class _Executor(PostgreSQLExecutor):
                     os.chown(self._password_file, self._account.uid, self._account.gid)
             options.append(option)
         # --no-sync: initdb's own fsyncs cost ~1 s; the running server keeps fsync on
-        options += ["--no-sync", "--encoding=UTF8"]
+        options += ["--no-sync", "--encoding=UTF8", *self._initdb_options]
+        self._template_key = [*self._made_by,
+                              *(option for option in options if not option.startswith("--pwfile="))]
         return super()._build_initdb_command(options, pgdata)
 
-
-class _Guard:
-    """A watchdog process that stops the cluster if this process dies uncleanly.
-
-    It waits for its stdin to close, which happens however we exit (even SIGKILL),
-    then stops the server it was told about and removes the private folder.
-    """
-
-    def __init__(self, pg_ctl: Path, workdir: _Workdir):
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "acid_lab.servers.guard", str(pg_ctl), str(workdir.data),
-             str(workdir.path)],
-            stdin=subprocess.PIPE, start_new_session=True,
-        )
-
-    def remove_later(self, path: str) -> None:
-        """Have the guard remove ``path`` too, if this process dies before it does."""
-        self._tell(f"+{path}")
-
-    def forget(self, path: str) -> None:
-        """``path`` is removed already: nothing for the guard to do about it."""
-        self._tell(f"-{path}")
-
-    def _tell(self, line: str) -> None:
-        self.process.stdin.write(os.fsencode(line) + b"\n")
-        self.process.stdin.flush()
-
-    def release(self) -> None:
-        """The cluster is gone already: let the guard exit."""
-        if self.process.stdin:
-            self.process.stdin.close()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=30)
+    def _run_initdb(self, command: list[str]) -> None:
+        self.template = run_templates().data_folder(
+            Path(self.datadir), self._template_key,
+            lambda: super(_Executor, self)._run_initdb(command), only_template=self.only_template)
 
 
 class Cluster:
     """A temporary PostgreSQL cluster started by pytest-postgresql's executor.
 
     Use as a context manager: the cluster is stopped and its folder removed on exit.
+    Its data folder is a copy of the run's initdb template for its kind (see templates).
     """
+
+    INITDB_OPTIONS: tuple[str, ...] = ()  # beyond the suite's own: what makes this kind
 
     def __init__(self, binaries: Binaries | None = None, *, settings: dict | None = None):
         self.binaries = binaries or find_binaries()
         self.account = server_account()
         self.settings = {**SERVER_SETTINGS, **(settings or {})}
-        self.password = secrets.token_urlsafe(18)
+        self.password = run_templates().password
         self.workdir: _Workdir | None = None
         self.port: int | None = None
-        self._guard: _Guard | None = None
+        self._guard: Guard | None = None
         self._executor: _Executor | None = None
 
     # -- public face
@@ -419,14 +404,32 @@ class Cluster:
 
     def start(self) -> None:
         """Create the private folder and the cluster, and start the server."""
+        self._make_folder()
+        self._start_server()
+
+    @classmethod
+    def prepare_template(cls, binaries: Binaries | None = None) -> Path:
+        """Make sure that the run has this kind's initdb template, starting no server:
+        before several processes start this kind at once (each would run initdb).
+        Returns the template's folder."""
+        cluster = cls(binaries)
+        try:
+            cluster._make_folder()
+            cluster._executor = cluster._new_executor()
+            cluster._executor.only_template = True
+            cluster._executor.init_directory()
+            return cluster._executor.template
+        finally:
+            cluster.destroy()
+
+    def _make_folder(self) -> None:
         self.workdir = _Workdir(self.account)
         self.bindir = _runnable_bindir(self.binaries, self.account, self.workdir.path)
         pg_ctl = self.bindir / "pg_ctl"
         if self.account is not None:
             pg_ctl = _write_as_account_wrapper(self.bindir, self.account, self.workdir.path)
         self.pg_ctl = pg_ctl
-        self._guard = _Guard(pg_ctl, self.workdir)
-        self._start_server()
+        self._guard = Guard(self.workdir.path, pg_ctl, self.workdir.data)
 
     def destroy(self) -> None:
         """Stop the server (if running) and remove everything it left on disk."""
@@ -459,7 +462,8 @@ class Cluster:
             logfile=str(self.workdir.log), startparams=f"-w -t {START_TIMEOUT}",
             dbname="postgres", user=SUPERUSER, password=self.password,
             postgres_options=options, timeout=START_TIMEOUT, account=self.account,
-            guard=self._guard,
+            guard=self._guard, initdb_options=self.INITDB_OPTIONS,
+            made_by=[str(self.binaries.bindir), self.account and self.account.name],
         )
 
     def _start_server(self) -> None:
@@ -517,6 +521,7 @@ class CrashableCluster(Cluster):
         self.postmaster: subprocess.Popen | None = None
         self.start_settings: dict[str, str] = {}  # the extra settings of the current start
         self._start_offset = 0
+        self._left_behind: list[str] = []  # the shared memory of the last killed server
 
     def _start_server(self) -> None:
         # initdb through the executor, then run postgres ourselves
@@ -553,6 +558,7 @@ class CrashableCluster(Cluster):
         finally:
             log.close()
         self._wait_until_accepting()
+        self._release_left_behind()
 
     def crash(self) -> None:
         """SIGKILL the postmaster and all its children at once; return once all are dead.
@@ -561,7 +567,9 @@ class CrashableCluster(Cluster):
         ``killpg`` would kill the postmaster alone and leave its children to
         notice later. Instead: freeze the postmaster (SIGSTOP: no new child can
         appear), list its children, SIGKILL them all and the postmaster, reap
-        the postmaster and wait for each child's pidfd.
+        the postmaster and wait for each child's pidfd. What they had attached of
+        shared memory is noted first: killed, they cannot remove it; the next
+        restart() or dispose() does, if the new postmaster did not.
         """
         if not self.running:
             return
@@ -571,6 +579,7 @@ class CrashableCluster(Cluster):
             postmaster = psutil.Process(self.postmaster.pid)
             postmaster.send_signal(signal.SIGSTOP)
             children = postmaster.children(recursive=True)
+            self._left_behind += shared_memory_of([postmaster.pid, *(c.pid for c in children)])
             # pidfds while the children cannot be reaped: they still name the right processes
             pidfds = [fd for fd in map(_pidfd_or_none, children) if fd is not None]
             for child in children:
@@ -592,10 +601,27 @@ class CrashableCluster(Cluster):
         self.postmaster.send_signal(signal.SIGINT)
         self.postmaster.wait(timeout=START_TIMEOUT)
 
-    def _stop_server(self) -> None:
+    def dispose(self) -> None:
+        """End the server for good, quickly, leaving nothing of it in memory.
+
+        A running server gets an immediate shutdown (SIGQUIT): no checkpoint, but the
+        postmaster ends its children and removes its shared memory. A killed one
+        (crash(), a power cut) could not: its System V segment and its segments in
+        /dev/shm stay, so what it had attached is removed here (see crash()).
+        """
         if self.running:
-            with contextlib.suppress(Exception):
-                self.crash()  # immediate: nothing of this cluster is kept anyway
+            self.postmaster.send_signal(signal.SIGQUIT)
+            self.postmaster.wait(timeout=START_TIMEOUT)
+        self._release_left_behind()
+
+    def _release_left_behind(self) -> None:
+        """Remove the shared memory a killed server left, if nobody did (see crash())."""
+        left, self._left_behind = self._left_behind, []
+        release_shared_memory(left)
+
+    def _stop_server(self) -> None:
+        with contextlib.suppress(Exception):
+            self.dispose()  # nothing of this cluster is kept anyway
         if self._executor is not None:
             self._executor._directory_initialised = False
             self._executor = None

@@ -1,0 +1,143 @@
+"""initdb once per run: every later cluster made the same way starts from a copy.
+
+initdb costs over a second of CPU; copying the folder it made, a fraction of that. A
+run of the suite starts dozens of clusters, and the pytest runs of its harness start
+more, several at once. (PostgreSQL's own test suites keep an "initdb template" too.)
+
+A template is the data folder initdb made, before any server ran on it, kept under a key
+of what made it: the PostgreSQL programs, the account the server runs as, and initdb's
+options (WAL segment size, data checksums, ...). The first cluster of a kind runs initdb
+and keeps a copy; the next ones copy that (``cp -a``: owners and modes kept). Copies of
+one template share its system identifier, as clusters cloned by pg_basebackup do.
+
+The templates live in one private folder per run. The run names it in
+$ACID_LAB_TEMPLATES, so that the programs it starts (pytest runs, acid_lab commands)
+use it too; a folder named there is used only if it is this user's own and private.
+The process that made the folder removes it when it exits; its guard does, should that
+process be killed.
+
+Every cluster of a run has the same superuser password, the one its templates were
+made with: a secret of the run, kept in that folder and readable by its owner only.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import stat
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from acid_lab.servers.guard import Guard
+
+ENVIRONMENT = "ACID_LAB_TEMPLATES"
+PASSWORD_FILE = "password"
+COPY_TIMEOUT = 60
+
+
+class RunTemplates:
+    """The run's folder of initdb templates, and the run's superuser password."""
+
+    def __init__(self, folder: Path, password: str):
+        self.folder = folder
+        self.password = password
+        # per template: one thread makes it, the others wait for it and copy it
+        self._making: dict[Path, threading.Lock] = {}
+        self._locks = threading.Lock()
+
+    def template(self, made_by: list[str]) -> Path:
+        """Where the template of clusters made by ``made_by`` (programs, account, initdb
+        options) is, or will be."""
+        return self.folder / hashlib.sha256(json.dumps(made_by).encode()).hexdigest()[:16]
+
+    def data_folder(self, datadir: Path, made_by: list[str], initdb: Callable[[], None],
+                    only_template: bool = False) -> Path:
+        """Make ``datadir`` as ``initdb()`` would: a copy of the template if there is one,
+        else by ``initdb()``, kept as the template for the next. ``only_template``: only
+        make sure that the template exists (``datadir`` is given up). Returns the
+        template."""
+        template = self.template(made_by)
+        with self._locks:
+            making = self._making.setdefault(template, threading.Lock())
+        with making:
+            if not template.is_dir():
+                self._make(template, datadir, initdb, only_template)
+                return template
+        if not only_template:
+            _copy(template, datadir)
+        return template
+
+    def _make(self, template: Path, datadir: Path, initdb: Callable[[], None],
+              only_template: bool) -> None:
+        initdb()
+        # kept under a name of its own, then renamed: a template is there whole or not
+        # at all, and of two processes that made the same one the first keeps it
+        partial = self.folder / f".{template.name}.{os.getpid()}.{secrets.token_hex(4)}"
+        if only_template:
+            shutil.move(datadir, partial)
+        else:
+            _copy(datadir, partial)
+        try:
+            partial.rename(template)
+        except OSError:  # kept by another process meanwhile
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def _copy(source: Path, destination: Path) -> None:
+    # cp -a keeps the server account's ownership (we may be root) and the modes, and
+    # takes half the time of copytree plus a chown of every file
+    done = subprocess.run(["cp", "-a", str(source), str(destination)], capture_output=True,
+                          text=True, timeout=COPY_TIMEOUT, check=False)
+    if done.returncode != 0:
+        raise OSError(f"copying {source} to {destination} failed: {done.stderr.strip()}")
+
+
+def _own_and_private(folder: Path) -> bool:
+    try:
+        status = folder.lstat()
+        return (stat.S_ISDIR(status.st_mode) and status.st_uid == os.geteuid()
+                and status.st_mode & 0o077 == 0 and (folder / PASSWORD_FILE).is_file())
+    except OSError:
+        return False
+
+
+_first_call = threading.Lock()  # clusters may start in several threads at once
+
+
+def run_templates() -> RunTemplates:
+    """This run's templates: the folder named in $ACID_LAB_TEMPLATES, or a new one."""
+    with _first_call:
+        return _run_templates()
+
+
+@functools.cache
+def _run_templates() -> RunTemplates:
+    named = os.environ.get(ENVIRONMENT)
+    if named and _own_and_private(Path(named)):
+        return RunTemplates(Path(named), (Path(named) / PASSWORD_FILE).read_text())
+    folder = Path(tempfile.mkdtemp(prefix="acid_lab-templates-"))  # mode 0700
+    guard = Guard(folder)
+    atexit.register(_remove, folder, guard)
+    password = secrets.token_urlsafe(18)
+    with open(os.open(folder / PASSWORD_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600),
+              "w") as file:
+        file.write(password)
+    os.environ[ENVIRONMENT] = str(folder)
+    return RunTemplates(folder, password)
+
+
+def _remove(folder: Path, guard: Guard) -> None:
+    with contextlib.suppress(KeyError):
+        if os.environ[ENVIRONMENT] == str(folder):
+            del os.environ[ENVIRONMENT]
+    shutil.rmtree(folder, ignore_errors=True)
+    guard.release()
