@@ -4,13 +4,18 @@ Fixtures, from session to test (each documented in one line):
 target -> place_keeper -> connect (and its place) -> observer / engine; run (the
 scenario runner); statement_log with logged_connect / logged_engine (what psycopg2
 sends); fresh_database for a test that needs a whole database; existing_standby
-(--standby-dsn, with --dsn). (The durability and replication chapters start the
-servers they crash in their own modules.)
+(--standby-dsn, with --dsn); tmp_path, removed after its test. (The durability and
+replication chapters start the servers they crash in their own modules.) Hooks: the
+chapter markers, the server line of the header, and work a test module starts in the
+background (the no-leak probes).
 """
 
 import dataclasses
 import functools
 import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg2
 import pytest
@@ -133,6 +138,14 @@ def whole_suite(pytestconfig) -> list[pytest.Item] | None:
     if pytestconfig.args_source is not pytest.Config.ArgsSource.TESTPATHS:
         return None
     return pytestconfig.stash.get(COLLECTED, None)
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """A folder of the test's own, removed when the test ends. (pytest's own keeps the
+    folders of the last runs in the system's temporary folder.)"""
+    with tempfile.TemporaryDirectory(prefix="acid_lab-test-") as folder:
+        yield Path(folder)
 
 
 @pytest.fixture(scope="session")

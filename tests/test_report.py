@@ -23,7 +23,9 @@ durability), once on the suite's own server through ``--dsn``.
 import io
 import json
 import re
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import port_for
 import pytest
@@ -61,9 +63,10 @@ def report(*argv: str) -> Run:
 
 
 @pytest.fixture(scope="module")
-def out_dir(tmp_path_factory):
-    """Where the full run writes its Markdown and HTML."""
-    return tmp_path_factory.mktemp("acid-report")
+def out_dir():
+    """Where the full run writes its Markdown and HTML (removed afterwards)."""
+    with tempfile.TemporaryDirectory(prefix="acid_lab-report-") as folder:
+        yield Path(folder)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,9 @@ fix it. Pointed at an existing server (``--dsn``), it works only inside a
 database it creates, and skips the tests that would crash or reconfigure the
 server.
 
+The servers it starts itself are copies: initdb runs once per run and kind of
+cluster, into the run's templates folder (private, gone when the run ends).
+
 The pytest runs these tests look at start together, when the first of them asks.
 """
 
@@ -19,8 +22,11 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from acid_lab.lessons.queries import one
 from acid_lab.servers import server
-from acid_lab.servers.server import ServerError, find_binaries
+from acid_lab.servers.replication import Primary
+from acid_lab.servers.server import Cluster, ServerError, find_binaries
+from acid_lab.servers.templates import ENVIRONMENT, PASSWORD_FILE
 
 pytestmark = pytest.mark.harness
 
@@ -64,7 +70,7 @@ def runs(target, databases_before) -> dict[str, subprocess.CompletedProcess]:
         return {name: run.result() for name, run in started.items()}
 
 
-def test_binaries_are_found_in_the_documented_order(tmp_path_factory):
+def test_binaries_are_found_in_the_documented_order():
     """Scenario: $PG_BINDIR set to a real install; then unset with no pg_config on PATH.
 
     Outcome: $PG_BINDIR wins; without it and without pg_config the usual folders
@@ -156,3 +162,70 @@ def _databases(conn) -> set[str]:
     with conn.cursor() as cur:
         cur.execute("select datname from pg_database")
         return {name for (name,) in cur.fetchall()}
+
+
+def _control_data(cluster, data_folder: Path) -> dict[str, str]:
+    """What pg_controldata says of ``data_folder``: {"Database system identifier": ...}."""
+    done = subprocess.run([str(cluster.bindir / "pg_controldata"), str(data_folder)],
+                          capture_output=True, text=True, check=True, timeout=60,
+                          env={**os.environ, "LC_ALL": "C"})
+    return {name.strip(): value.strip() for name, value in
+            (line.split(":", 1) for line in done.stdout.splitlines() if ":" in line)}
+
+
+@pytest.mark.own_server
+def test_servers_of_a_kind_are_copies_of_one_initdb(target, observer):
+    """Scenario: the system identifier of this run's server; pg_controldata on the run's
+    initdb templates, for the server's kind and for a replication primary's (initdb
+    with 1 MB WAL segments).
+
+    Outcome: the server has its template's identifier (it is a copy, not an initdb of
+    its own); the primary's template is another initdb: its own identifier, its own
+    WAL segment size.
+    """
+    ours = one(observer, "select system_identifier::text from pg_control_system()")
+    suite_kind = _control_data(target.cluster, Cluster.prepare_template())
+    primary_kind = _control_data(target.cluster, Primary.prepare_template())
+
+    assert suite_kind["Database system identifier"] == ours
+    assert suite_kind["Bytes per WAL segment"] == "16777216"
+    assert primary_kind["Database system identifier"] != ours
+    assert primary_kind["Bytes per WAL segment"] == "1048576"
+
+
+TEMPLATES_OF = """
+import os
+from acid_lab.servers.templates import run_templates
+print(run_templates().folder, oct(os.stat(run_templates().folder).st_mode & 0o777))
+"""
+
+
+@pytest.mark.parametrize("named", ["nothing", "a folder others may read", "a private folder"])
+def test_a_run_makes_its_own_private_templates_folder_and_removes_it(tmp_path, named):
+    """Scenario: a program of the suite asks for the run's templates folder while
+    $ACID_LAB_TEMPLATES names nothing, a folder others may read, or a private folder
+    (as a run names its own to the programs it starts); then it ends.
+
+    Outcome: a private folder named there is used, and left to its owner; otherwise
+    the program makes its own (mode 0700, in the temporary folder), and it is gone
+    once the program has ended.
+    """
+    temp, folder = tmp_path / "temp", tmp_path / "named"
+    temp.mkdir()
+    folder.mkdir(mode=0o755 if named == "a folder others may read" else 0o700)
+    (folder / PASSWORD_FILE).write_text("secret")
+    env = {**os.environ, "TMPDIR": str(temp)}
+    env.pop(ENVIRONMENT, None)
+    if named != "nothing":
+        env[ENVIRONMENT] = str(folder)
+
+    done = subprocess.run([sys.executable, "-c", TEMPLATES_OF], env=env, capture_output=True,
+                          text=True, check=True, timeout=60)
+    used, mode = done.stdout.split()
+
+    if named == "a private folder":
+        assert (Path(used), mode) == (folder, "0o700")
+        assert folder.exists(), "a folder named by another run is that run's to remove"
+    else:
+        assert Path(used).parent == temp and mode == "0o700"
+        assert not Path(used).exists() and list(temp.iterdir()) == []
