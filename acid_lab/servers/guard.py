@@ -64,8 +64,10 @@ SERVER_PROGRAMS = {"initdb", "pg_ctl", "postgres", "sh", "cp"}
 
 
 def _programs_on(datadir: Path) -> list[int]:
-    """Pids of the run's server programs still working on ``datadir`` (pg_ctl, initdb, cp):
-    it is in their command line. (initdb's bootstrap backend ends when initdb does.)"""
+    """Pids of the run's server programs still working on ``datadir``: it is in their
+    command line (pg_ctl, initdb, cp), or they work in it (initdb's backends, which find
+    the folder in $PGDATA and move into it; left alone, they would end with a PANIC
+    once it is gone, without removing their shared memory)."""
     own = str(datadir).encode()
     pids = []
     for entry in Path("/proc").iterdir():
@@ -75,9 +77,10 @@ def _programs_on(datadir: Path) -> list[int]:
             if (entry / "comm").read_text().strip() not in SERVER_PROGRAMS:
                 continue
             arguments = (entry / "cmdline").read_bytes().split(b"\0")
+            folder = os.readlink(entry / "cwd").encode()
         except OSError:
             continue  # gone meanwhile
-        if any(own in argument for argument in arguments):
+        if any(own in argument for argument in arguments) or folder.startswith(own):
             pids.append(int(entry.name))
     return pids
 
@@ -188,17 +191,23 @@ def clean_up(pg_ctl: str | None, datadir: Path, workdir: Path,
              files: set[str] = frozenset()) -> None:
     pid = _postmaster_pid(datadir) if pg_ctl is not None else None
     if pid is not None:
+        memory = shared_memory_of([pid])  # an immediate shutdown removes it; a SIGKILL not
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             subprocess.run([pg_ctl, "stop", "-D", str(datadir), "-m", "immediate", "-w"],
                            capture_output=True, timeout=STOP_TIMEOUT, check=False)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)  # pg_ctl failed; this pid is the postmaster we started
         wait_for_exit(pid, STOP_TIMEOUT)
-    # killed during initdb: initdb would go on writing into the folder we remove
-    for program in _programs_on(datadir):
+        release_shared_memory(memory)
+    # killed during initdb: initdb would go on writing into the folder we remove (and its
+    # backend, killed, cannot remove its shared memory)
+    programs = _programs_on(datadir)
+    memory = shared_memory_of(programs)
+    for program in programs:
         with contextlib.suppress(ProcessLookupError):
             os.kill(program, signal.SIGKILL)
         wait_for_exit(program, STOP_TIMEOUT)
+    release_shared_memory(memory)
     unmount_lossy_disks(workdir)
     shutil.rmtree(workdir, ignore_errors=True)
     for path in files:
