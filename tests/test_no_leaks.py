@@ -11,8 +11,8 @@ has begun.
 
 Outcome every time: every process the run started has exited, every reported
 folder, mount and shared memory segment is gone, and the run's temporary folder is
-empty. And a server SIGKILLed by a test (a crash, a power cut) and then thrown away
-leaves no shared memory behind either.
+empty; among them, the shared memory of servers the probe had killed (a SIGKILL leaves
+it behind, until the server is restarted or thrown away).
 
 The probe runs take seconds each: they start in the background as soon as the run
 knows its tests, a few at a time, beside the other tests (which mostly wait); these
@@ -25,7 +25,6 @@ and the probes' folder has a guard too.
 """
 
 import concurrent.futures
-import contextlib
 import json
 import os
 import shutil
@@ -40,13 +39,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-import psycopg2
 import pytest
 
-from acid_lab.servers.guard import Guard, shared_memory_left, shared_memory_of, wait_for_exit
-from acid_lab.servers.powercut import PowerCutCluster, bare_lossy_disk, fuse_missing
+from acid_lab.servers.guard import Guard, shared_memory_left, wait_for_exit
+from acid_lab.servers.powercut import PowerCutCluster, fuse_missing
 from acid_lab.servers.replication import Primary
-from acid_lab.servers.server import Cluster, CrashableCluster
+from acid_lab.servers.server import Cluster
 from acid_lab.servers.templates import ENVIRONMENT as TEMPLATES
 
 pytestmark = [pytest.mark.harness, pytest.mark.own_server]
@@ -74,7 +72,7 @@ PROBE_COMMON = textwrap.dedent('''
 
     threading.Thread(target=_die_with_the_harness, daemon=True).start()
 
-    def report(pids=(), paths=(), mounts=()):
+    def report(pids=(), paths=(), mounts=(), memory=()):
         """What must not outlive the run (with the shared memory of the processes named
         and of their children: the servers'); then end the way the case says."""
         import psutil
@@ -85,12 +83,17 @@ PROBE_COMMON = textwrap.dedent('''
         # (as every command started in the background by a shell does)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         pids = [int(pid) for pid in pids]
-        processes = pids + [child.pid for pid in pids
-                            for child in psutil.Process(pid).children(recursive=True)]
+        processes = list(pids)
+        for pid in pids:
+            try:
+                processes += [child.pid for child in psutil.Process(pid).children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass  # a server the probe killed
         print("PROBE " + json.dumps({"pids": pids,
                                      "paths": [str(path) for path in paths],
                                      "mounts": [str(mount) for mount in mounts],
-                                     "memory": shared_memory_of(processes)}), flush=True)
+                                     "memory": [*shared_memory_of(processes), *memory]}),
+              flush=True)
         mode = os.environ["PROBE_MODE"]
         if mode == "fail":
             pytest.fail("failing on purpose")
@@ -134,12 +137,16 @@ PROBES = {
                 mounts.append(workdir / "data")
             report(pids=pids, paths=paths, mounts=mounts)
     ''',
-    # every kind of server the suite starts: the suite's own; a cluster on the power-cut
-    # disk (a FUSE mount and the process serving it, too), where FUSE is there; a primary
-    # and its hot standby (two servers, two guards, two folders)
+    # every kind of server the suite starts, and servers killed by a test: the suite's
+    # own; a primary and its hot standby (two servers, two guards, two folders), the
+    # standby crashed (a SIGKILL: its shared memory stays until it is thrown away); where
+    # FUSE is there, a cluster on the power-cut disk (a FUSE mount and the process
+    # serving it, too), crashed as well, after a power cut and a restart (which leaves
+    # nothing of the cut server, though the disk comes back as another device)
     "every kind of server": '''
         import contextlib
 
+        from acid_lab.servers.guard import shared_memory_left
         from acid_lab.servers.powercut import PowerCutCluster, bare_lossy_disk, fuse_missing
         from acid_lab.servers.replication import ReplicationPair
 
@@ -148,20 +155,30 @@ PROBES = {
             suite = target.cluster.workdir.path
             pids = [(suite / "data" / "postmaster.pid").read_text().split()[0],
                     target.cluster._guard.process.pid]
-            paths, mounts = [suite], []
+            paths, mounts, killed = [suite], [], []
             with contextlib.ExitStack() as stack:
                 pair = stack.enter_context(ReplicationPair())
                 for server in (pair.primary, pair.standby):
                     pids += [server.postmaster.pid, server._guard.process.pid]
                     paths.append(server.workdir.path)
+                pair.standby.crash()
+                killed += pair.standby.left_behind
                 if fuse_missing() is None:
                     lossy = stack.enter_context(PowerCutCluster())
                     workdir = lossy.workdir.path
-                    pids += [(workdir / "data" / "postmaster.pid").read_text().split()[0],
-                             lossy._guard.process.pid, lossy.disk.process.pid]
+                    pids += [lossy.postmaster.pid, lossy._guard.process.pid,
+                             lossy.disk.process.pid]
                     paths.append(workdir)
                     mounts.append(workdir / "data")
-                report(pids=pids, paths=paths, mounts=mounts)
+                    lossy.power_cut()
+                    cut = lossy.left_behind
+                    with bare_lossy_disk():  # mounted meanwhile: the disk is another device
+                        lossy.restart()
+                    assert shared_memory_left(cut) == [], "the restart left the cut server's"
+                    pids.append(lossy.postmaster.pid)
+                    lossy.crash()
+                    killed += lossy.left_behind
+                report(pids=pids, paths=paths, mounts=mounts, memory=killed)
     ''',
 }
 
@@ -428,43 +445,3 @@ def test_nothing_outlives_the_run(probe_runs, request, kind, mode, extra_args, i
     assert outcome.mounted == [], "mounts outlived the run"
     assert outcome.memory_left == [], "shared memory outlived the run"
     assert outcome.left_in_temp == [], "files were left in the run's temporary folder"
-
-
-def _server_processes(server: CrashableCluster) -> list[int]:
-    postmaster = psutil.Process(server.postmaster.pid)
-    return [postmaster.pid, *(child.pid for child in postmaster.children(recursive=True))]
-
-
-@pytest.mark.parametrize("kind, end", [
-    (CrashableCluster, "crash"),
-    pytest.param(PowerCutCluster, "power cut", marks=pytest.mark.skipif(
-        fuse_missing() is not None, reason=str(fuse_missing()))),
-], ids=["crash", "power cut"])
-def test_a_killed_server_leaves_no_shared_memory(kind, end):
-    """Scenario: a server is SIGKILLed (crash(); or power_cut(), on the power-cut disk)
-    and restarted; then killed again and thrown away.
-
-    Outcome: a killed server's System V segment and segments in /dev/shm outlive its
-    processes (a killed postmaster cannot remove them). The restart removes them
-    (PostgreSQL does, when it finds them on the folder's device; a disk mounted again
-    is another device: then the cluster does), and so does throwing the server away.
-    (Another disk is mounted while the power-cut disk comes back, so that it comes back
-    as another device, as it does when other mounts come and go meanwhile.)
-    """
-    def kill() -> list[str]:
-        with psycopg2.connect(**server.info.params()) as conn, conn.cursor() as cur:
-            cur.execute("select count(*) from pg_stat_all_tables")  # statistics in DSM
-        conn.close()
-        memory = shared_memory_of(_server_processes(server))
-        assert any(name.startswith("sysv:") for name in memory), memory
-        server.crash() if end == "crash" else server.power_cut()
-        assert shared_memory_left(memory) == memory, "a SIGKILL leaves it all behind"
-        return memory
-
-    with kind() as server:
-        first = kill()
-        with bare_lossy_disk() if end == "power cut" else contextlib.nullcontext():
-            server.restart()
-        assert shared_memory_left(first) == [], "the restart left the killed server's"
-        second = kill()
-    assert shared_memory_left(second) == [], "shared memory outlived the server"

@@ -8,10 +8,12 @@ teardown there is nothing left to do and it exits at once. Without PG_CTL and DA
 it guards a folder with no server of its own (a bare lossy disk, the run's initdb
 templates, the harness's probe runs) and stops only the server programs working in it.
 
-The parent writes to the pipe only to name a file outside WORKDIR that must not
-outlive it: ``+PATH`` (remove it at clean-up) and ``-PATH`` (already removed).
-pytest-postgresql writes initdb's password file to the system temp folder; a run
-killed during initdb would leave it there.
+The parent writes to the pipe only to name what else must not outlive it:
+``+NAME`` (remove it at clean-up) and ``-NAME`` (already removed), NAME being a file
+outside WORKDIR or shared memory as shared_memory_of() names it. pytest-postgresql
+writes initdb's password file to the system temp folder, where a run killed during
+initdb would leave it; a server killed by a test leaves its shared memory until it is
+restarted or thrown away.
 
 A cluster on the power-cut disk has a FUSE mount inside WORKDIR, served by a
 process of its own (its pid in WORKDIR/lossy_disk.pid): once the server is
@@ -175,7 +177,7 @@ def release_shared_memory(names: list[str]) -> None:
     """Remove what a killed server left of ``names`` (from shared_memory_of, taken before
     the kill) and nobody has attached: PostgreSQL cannot, and a server started on the
     same folder removes it only if it finds that folder on the same device (a FUSE disk
-    mounted again is on another one)."""
+    mounted again is on another one). The other names (/dev/shm's too) are files: unlinked."""
     attached = _system_v_attachments()
     libc = ctypes.CDLL(None, use_errno=True)
     for name in names:
@@ -188,7 +190,7 @@ def release_shared_memory(names: list[str]) -> None:
 
 
 def clean_up(pg_ctl: str | None, datadir: Path, workdir: Path,
-             files: set[str] = frozenset()) -> None:
+             leftovers: set[str] = frozenset()) -> None:
     pid = _postmaster_pid(datadir) if pg_ctl is not None else None
     if pid is not None:
         memory = shared_memory_of([pid])  # an immediate shutdown removes it; a SIGKILL not
@@ -210,14 +212,13 @@ def clean_up(pg_ctl: str | None, datadir: Path, workdir: Path,
     release_shared_memory(memory)
     unmount_lossy_disks(workdir)
     shutil.rmtree(workdir, ignore_errors=True)
-    for path in files:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+    release_shared_memory(sorted(leftovers))  # (files are unlinked)
 
 
 class Guard:
     """The parent's end: a guard process for ``folder`` (and the server of ``datadir``,
-    stopped with ``pg_ctl``), told of outside files by ``remove_later`` / ``forget``."""
+    stopped with ``pg_ctl``), told of outside files and shared memory by ``remove_later``
+    and ``forget``."""
 
     def __init__(self, folder: Path, pg_ctl: Path | None = None, datadir: Path | None = None):
         server = [] if pg_ctl is None else [str(pg_ctl), str(datadir)]
@@ -226,13 +227,14 @@ class Guard:
             stdin=subprocess.PIPE, start_new_session=True,
         )
 
-    def remove_later(self, path: str) -> None:
-        """Have the guard remove ``path`` too, if this process dies before it does."""
-        self._tell(f"+{path}")
+    def remove_later(self, name: str) -> None:
+        """Have the guard remove ``name`` (a file, shared memory) too, if this process
+        dies before it does."""
+        self._tell(f"+{name}")
 
-    def forget(self, path: str) -> None:
-        """``path`` is removed already: nothing for the guard to do about it."""
-        self._tell(f"-{path}")
+    def forget(self, name: str) -> None:
+        """``name`` is removed already: nothing for the guard to do about it."""
+        self._tell(f"-{name}")
 
     def _tell(self, line: str) -> None:
         self.process.stdin.write(os.fsencode(line) + b"\n")
@@ -250,14 +252,14 @@ def main() -> None:
     workdir, *server = sys.argv[1:]
     pg_ctl, datadir = server if server else (None, workdir)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C; we outlive it
-    files: set[str] = set()
+    leftovers: set[str] = set()
     for line in sys.stdin.buffer:  # ends at EOF: the parent is gone or done
-        path = os.fsdecode(line.rstrip(b"\n"))
-        if path.startswith("+"):
-            files.add(path[1:])
-        elif path.startswith("-"):
-            files.discard(path[1:])
-    clean_up(pg_ctl, Path(datadir), Path(workdir), files)
+        name = os.fsdecode(line.rstrip(b"\n"))
+        if name.startswith("+"):
+            leftovers.add(name[1:])
+        elif name.startswith("-"):
+            leftovers.discard(name[1:])
+    clean_up(pg_ctl, Path(datadir), Path(workdir), leftovers)
 
 
 if __name__ == "__main__":

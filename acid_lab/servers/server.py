@@ -579,7 +579,10 @@ class CrashableCluster(Cluster):
             postmaster = psutil.Process(self.postmaster.pid)
             postmaster.send_signal(signal.SIGSTOP)
             children = postmaster.children(recursive=True)
-            self._left_behind += shared_memory_of([postmaster.pid, *(c.pid for c in children)])
+            memory = shared_memory_of([postmaster.pid, *(child.pid for child in children)])
+            for name in memory:  # should this process die before it removes them
+                self._guard.remove_later(name)
+            self._left_behind += memory
             # pidfds while the children cannot be reaped: they still name the right processes
             pidfds = [fd for fd in map(_pidfd_or_none, children) if fd is not None]
             for child in children:
@@ -614,10 +617,18 @@ class CrashableCluster(Cluster):
             self.postmaster.wait(timeout=START_TIMEOUT)
         self._release_left_behind()
 
+    @property
+    def left_behind(self) -> list[str]:
+        """The shared memory the last kill left (as shared_memory_of() names it), until
+        restart() or dispose() removes it."""
+        return list(self._left_behind)
+
     def _release_left_behind(self) -> None:
         """Remove the shared memory a killed server left, if nobody did (see crash())."""
         left, self._left_behind = self._left_behind, []
         release_shared_memory(left)
+        for name in left if self._guard is not None else ():
+            self._guard.forget(name)
 
     def _stop_server(self) -> None:
         with contextlib.suppress(Exception):
