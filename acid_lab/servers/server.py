@@ -513,6 +513,11 @@ class CrashableCluster(Cluster):
         binaries = binaries or find_binaries()
         # English server messages, so that the log can be read for "recovery"
         own = {"lc_messages": "C"}
+        if _version_key(binaries.version) >= (14,):
+            # Dynamic shared memory (statistics, parallel queries) from a region of the
+            # main shared memory, not from segments in /dev/shm: after a SIGKILL, one
+            # that no process had attached could not be found (see crash())
+            own["min_dynamic_shared_memory"] = "16MB"
         if sys.platform == "linux" and _version_key(binaries.version) >= (14,):
             # Before replaying WAL after a crash the server makes the data folder durable:
             # one syncfs() instead of an fsync() per file (seconds on a busy disk)
