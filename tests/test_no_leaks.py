@@ -46,6 +46,7 @@ from acid_lab.servers.powercut import PowerCutCluster, fuse_missing
 from acid_lab.servers.replication import Primary
 from acid_lab.servers.server import Cluster
 from acid_lab.servers.templates import ENVIRONMENT as TEMPLATES
+from acid_lab.servers.templates import in_memory
 
 pytestmark = [pytest.mark.harness, pytest.mark.own_server]
 
@@ -57,7 +58,7 @@ PROBES_AT_ONCE = 2 * (os.cpu_count() or 1)
 # The probe runs' folders (their servers' too) in memory where there is a tmpfs: they
 # show that nothing is left behind, not what reaches a disk, and creating and removing
 # a cluster's thousand files costs several times as much on some disks.
-MEMORY_FOLDER = "/dev/shm" if os.path.isdir("/dev/shm") else None
+MEMORY_FOLDER = in_memory(room=2 * 2**30)  # (a probe's servers take about 100 MB)
 
 # Every probe reports with report(...) and then ends as PROBE_MODE says.
 PROBE_COMMON = textwrap.dedent('''

@@ -10,11 +10,13 @@ options (WAL segment size, data checksums, ...). The first cluster of a kind run
 and keeps a copy; the next ones copy that (``cp -a``: owners and modes kept). Copies of
 one template share its system identifier, as clusters cloned by pg_basebackup do.
 
-The templates live in one private folder per run. The run names it in
-$ACID_LAB_TEMPLATES, so that the programs it starts (pytest runs, acid_lab commands)
-use it too; a folder named there is used only if it is this user's own and private.
-The process that made the folder removes it when it exits; its guard does, should that
-process be killed.
+The templates live in one private folder per run: in memory where there is room
+(``/dev/shm``: keeping a template then costs little, even where creating a thousand
+files on disk does not), unless $TMPDIR says where temporary files go. The run names
+it in $ACID_LAB_TEMPLATES, so that the programs it starts (pytest runs, acid_lab
+commands) use it too; a folder named there is used only if it is this user's own and
+private. The process that made the folder removes it when it exits; its guard does,
+should that process be killed.
 
 Every cluster of a run has the same superuser password, the one its templates were
 made with: a secret of the run, kept in that folder and readable by its owner only.
@@ -42,6 +44,19 @@ from acid_lab.servers.guard import Guard
 ENVIRONMENT = "ACID_LAB_TEMPLATES"
 PASSWORD_FILE = "password"
 COPY_TIMEOUT = 60
+MEMORY = Path("/dev/shm")  # a tmpfs on Linux (where it exists)
+ROOM_FOR_TEMPLATES = 512 * 2**20  # bytes: a few templates of about 40 MB, and to spare
+
+
+def in_memory(room: int) -> str | None:
+    """A folder in memory (a tmpfs) with ``room`` bytes free, if there is one; else None."""
+    try:
+        status = os.statvfs(MEMORY)
+    except OSError:
+        return None
+    if status.f_bavail * status.f_frsize < room or not os.access(MEMORY, os.W_OK | os.X_OK):
+        return None
+    return str(MEMORY)
 
 
 class RunTemplates:
@@ -70,25 +85,21 @@ class RunTemplates:
             making = self._making.setdefault(template, threading.Lock())
         with making:
             if not template.is_dir():
-                self._make(template, datadir, initdb, only_template)
+                self._make(template, datadir, initdb)
                 return template
         if not only_template:
             _copy(template, datadir)
         return template
 
-    def _make(self, template: Path, datadir: Path, initdb: Callable[[], None],
-              only_template: bool) -> None:
+    def _make(self, template: Path, datadir: Path, initdb: Callable[[], None]) -> None:
         initdb()
         # kept under a name of its own, then renamed: a template is there whole or not
         # at all, and of two processes that made the same one the first keeps it
         partial = self.folder / f".{template.name}.{os.getpid()}.{secrets.token_hex(4)}"
-        if only_template:
-            shutil.move(datadir, partial)
-        else:
-            _copy(datadir, partial)
         try:
+            _copy(datadir, partial)
             partial.rename(template)
-        except OSError:  # kept by another process meanwhile
+        except OSError:  # kept by another process meanwhile; or no room: not kept
             shutil.rmtree(partial, ignore_errors=True)
 
 
@@ -124,7 +135,8 @@ def _run_templates() -> RunTemplates:
     named = os.environ.get(ENVIRONMENT)
     if named and _own_and_private(Path(named)):
         return RunTemplates(Path(named), (Path(named) / PASSWORD_FILE).read_text())
-    folder = Path(tempfile.mkdtemp(prefix="acid_lab-templates-"))  # mode 0700
+    where = None if os.environ.get("TMPDIR") else in_memory(ROOM_FOR_TEMPLATES)
+    folder = Path(tempfile.mkdtemp(prefix="acid_lab-templates-", dir=where))  # mode 0700
     guard = Guard(folder)
     atexit.register(_remove, folder, guard)
     password = secrets.token_urlsafe(18)
