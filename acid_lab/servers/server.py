@@ -317,7 +317,7 @@ class _Executor(PostgreSQLExecutor):
         self._guard = guard
         self._initdb_options = initdb_options
         self._made_by = made_by  # the programs and the account: the template key's start
-        self._template_key = made_by
+        self._template_key: list[str] = []  # with initdb's options: set as its command is built
         self._password_file: str | None = None
         self.only_template = False  # init_directory() only makes sure the template exists
         self.template: Path | None = None  # the data folder's template, once made
