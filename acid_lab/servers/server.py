@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import port_for
@@ -227,22 +227,38 @@ def _drop_privileges_kwargs(account: Account | None) -> dict:
 
 @dataclass(frozen=True)
 class ConnectionInfo:
-    """Where and how to log in: enough for psycopg2, psycopg and SQLAlchemy."""
+    """Where and how to log in: enough for psycopg2, psycopg and SQLAlchemy.
 
-    host: str
-    port: int
-    user: str
+    ``extra`` holds every other libpq parameter given (sslmode, sslrootcert, passfile,
+    service, options, application_name, ...): passed on untouched. Host, port and
+    user may be None: libpq's defaults then (environment, service file), not ours.
+    """
+
+    host: str | None
+    port: int | None
+    user: str | None
     password: str | None
-    dbname: str
+    dbname: str | None
+    extra: dict[str, str] = field(default_factory=dict)
 
     def params(self, **overrides) -> dict:
+        """libpq keyword parameters; ``options`` given here come after the DSN's own."""
         params = {"host": self.host, "port": self.port, "user": self.user,
-                  "password": self.password, "dbname": self.dbname}
+                  "password": self.password, "dbname": self.dbname, **self.extra}
+        if overrides.get("options") and params.get("options"):
+            overrides["options"] = f"{params['options']} {overrides['options']}"
         params.update(overrides)
         return {k: v for k, v in params.items() if v is not None}
 
     def dsn(self, **overrides) -> str:
         return psycopg2.extensions.make_dsn(**self.params(**overrides))
+
+    def where(self) -> str:
+        """Where it points, for messages (never the password)."""
+        place = f"{self.host or 'the default host'}:{self.port or 'the default port'}"
+        if "service" in self.extra:
+            place = f"service {self.extra['service']} ({place})"
+        return place + (f" database {self.dbname}" if self.dbname else "")
 
 
 class _Workdir:
