@@ -88,14 +88,16 @@ def _writable_by(account: tuple[int, int], paths: list[Path]) -> set[Path]:
 
 
 def _replaceable(path: Path, writable: set[Path], uid: int) -> bool:
-    """The account may replace ``path``: it may write it, or its folder, unless that
-    folder is sticky (as /tmp is) and the entry is not the account's."""
-    if path in writable or path.lstat().st_uid == uid:
+    """The account may change what ``path`` is: it owns it, may write it (a file), or may
+    write its folder -- unless that folder is sticky (as /tmp is) and the entry is not
+    the account's. (A folder it may write but whose entry on the way is not its own, in
+    a sticky folder, it may add to, not change.)"""
+    if path.lstat().st_uid == uid or (not path.is_dir() and path in writable):
         return True
     folder = path.parent
     if folder == path or folder not in writable:
         return False
-    return not (folder.stat().st_mode & stat.S_ISVTX)
+    return not folder.stat().st_mode & stat.S_ISVTX
 
 
 @AS_ROOT
