@@ -14,6 +14,7 @@ import json
 import os
 import pwd
 import shutil
+import socket
 import stat
 import subprocess
 from pathlib import Path
@@ -263,7 +264,9 @@ def _try_command(command, argv: list[str]) -> tuple[int, str]:
 
 
 def _try_play(dsn: str, capsys) -> tuple[int, str]:
-    status = play_command(["--dsn", dsn])
+    # on a port already taken: should it log in after all, it stops instead of serving
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        status = play_command(["--dsn", dsn, "--port", str(taken.getsockname()[1])])
     return status, capsys.readouterr().err
 
 
