@@ -282,8 +282,11 @@ class _Workdir:
             os.chmod(self.path, stat.S_IRWXU | stat.S_IXGRP)
             os.chown(self.socket, account.uid, account.gid)
             # pg_ctl (as the account) appends to the log; root only reads it
-            with open(os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)) as log:
-                os.fchown(log.fileno(), account.uid, account.gid)
+            log = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.fchown(log, account.uid, account.gid)
+            finally:
+                os.close(log)
 
     def make_data_folder(self) -> None:
         """An empty data/ of the account's, for initdb or pg_basebackup to fill (they run
