@@ -140,12 +140,17 @@ def unmount_lossy_disks(workdir: Path) -> None:
 DISK_EXIT_TIMEOUT = 5  # seconds a FUSE process gets to end by itself once unmounted
 
 
+POSIX_SEGMENTS = "/dev/shm/PostgreSQL."  # dsm_impl.c names them /PostgreSQL.<handle>
+
+
 def shared_memory_of(pids: list[int]) -> list[str]:
     """The shared memory that these processes have attached and that would outlive them
     (Linux): System V segments as "sysv:SHMID", POSIX segments as their /dev/shm path.
 
     A SIGKILLed postmaster cannot remove its own: what a server's processes show here
-    must be gone with the server.
+    must be gone with the server. Only PostgreSQL's POSIX segments (PostgreSQL.N): a
+    program the server's account ran from SQL may have mapped anyone's file there, and
+    root unlinks what is listed here.
     """
     found = set()
     for pid in pids:
@@ -156,7 +161,7 @@ def shared_memory_of(pids: list[int]) -> list[str]:
                     path = fields[5].strip() if len(fields) == 6 else ""
                     if path.startswith("/SYSV"):
                         found.add(f"sysv:{fields[4]}")  # a segment's inode is its shmid
-                    elif path.startswith("/dev/shm/"):
+                    elif path.startswith(POSIX_SEGMENTS):
                         found.add(path.removesuffix(" (deleted)"))
         except OSError:
             continue  # gone meanwhile
