@@ -230,12 +230,18 @@ def _print_runs(runs: list[ScriptRun], version: str, *, as_json: bool, out: Text
 
 @contextlib.contextmanager
 def server_dsn(dsn: str | None, settings: dict | None = None) -> Iterator[str]:
-    """The DSN to run on: the one given, or a temporary server's (with ``settings``)."""
-    if dsn:
-        yield dsn
-        return
+    """The DSN to run on: the one given (read by the one --dsn parser, every parameter
+    kept), or a temporary server's (with ``settings``)."""
     from acid_lab.servers.server import Cluster, ServerError
+    from acid_lab.servers.target import parse_dsn
 
+    if dsn:
+        try:
+            given = parse_dsn(dsn).dsn()
+        except ServerError as error:
+            raise UnusableServer(str(error)) from None
+        yield given
+        return
     try:
         with Cluster(settings=settings) as cluster:
             yield cluster.dsn
@@ -245,13 +251,13 @@ def server_dsn(dsn: str | None, settings: dict | None = None) -> Iterator[str]:
 
 def _describe(dsn: str) -> str:
     """Where a DSN points, without its password."""
+    from acid_lab.servers.server import ServerError
+    from acid_lab.servers.target import parse_dsn
+
     try:
-        params = psycopg2.extensions.parse_dsn(dsn)
-    except psycopg2.ProgrammingError:
+        return parse_dsn(dsn).where()
+    except ServerError:
         return "the server"
-    host = params.get("host", "localhost")
-    port = params.get("port", "5432")
-    return f"{host}:{port}" + (f" database {params['dbname']}" if "dbname" in params else "")
 
 
 def _admin_connection(dsn: str) -> psycopg2.extensions.connection:
@@ -281,10 +287,11 @@ def _check_server(dsn: str) -> str:
 
 
 def _with_search_path(dsn: str, schema: str) -> str:
-    """``dsn`` plus libpq options that put ``schema`` first on the search_path."""
-    params = psycopg2.extensions.parse_dsn(dsn)
-    options = f"{params.get('options', '')} -c search_path={schema},public".strip()
-    return psycopg2.extensions.make_dsn(dsn, options=options)
+    """``dsn`` plus libpq options (after its own) that put ``schema`` first on the
+    search_path."""
+    from acid_lab.servers.target import parse_dsn
+
+    return parse_dsn(dsn).dsn(options=f"-c search_path={schema},public")
 
 
 def run_script(script: Script, dsn: str, *, timeout: float = DEFAULT_TIMEOUT) -> ScriptRun:

@@ -57,7 +57,7 @@ def sqlalchemy_url(info: ConnectionInfo) -> URL:
     from sqlalchemy import URL
 
     return URL.create("postgresql+psycopg2", username=info.user, password=info.password,
-                      host=info.host, port=info.port, database=info.dbname)
+                      host=info.host, port=info.port, database=info.dbname, query=info.extra)
 
 
 def make_engine(info: ConnectionInfo, schema: str | None = None, **engine_options) -> Engine:

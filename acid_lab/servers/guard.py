@@ -1,12 +1,16 @@
 """Watchdog: stop a cluster and remove its folder once the process that started it is gone.
 
-``Guard(folder, pg_ctl, datadir)`` starts one: ``python -S guard.py WORKDIR [PG_CTL
-DATADIR]`` with a pipe on stdin (this file needs only the standard library, so no site
-packages are loaded: a quicker start). When the parent exits, however it exits
-(normally, Ctrl-C, SIGKILL), the pipe closes and the guard cleans up. After a clean
-teardown there is nothing left to do and it exits at once. Without PG_CTL and DATADIR
-it guards a folder with no server of its own (a bare lossy disk, the run's initdb
-templates, the harness's probe runs) and stops only the server programs working in it.
+``Guard(folder, pg_ctl, datadir, account)`` starts one: ``python -S guard.py
+WORKDIR [PG_CTL DATADIR [UID GID]]`` with a pipe on stdin (this file needs only the
+standard library, so no site packages are loaded: a quicker start). When the parent
+exits, however it exits (normally, Ctrl-C, SIGKILL), the pipe closes and the guard
+cleans up. After a clean teardown there is nothing left to do and it exits at once.
+Without PG_CTL and DATADIR it guards a folder with no server of its own (a bare lossy
+disk, the run's initdb templates, the harness's probe runs) and stops only the server
+programs working in it.
+With UID and GID (we are root, the server runs as that account), ``pg_ctl`` runs as
+that account (privileges dropped in the child, no script in between), and only a
+postmaster of that account is killed.
 
 The parent writes to the pipe only to name what else must not outlive it:
 ``+NAME`` (remove it at clean-up) and ``-NAME`` (already removed), NAME being a file
@@ -34,15 +38,19 @@ from pathlib import Path
 STOP_TIMEOUT = 30
 
 
-def _postmaster_pid(datadir: Path) -> int | None:
-    """The pid in the lock file, if it is still a postmaster of this data folder.
+def _postmaster_pid(datadir: Path, account: tuple[int, int] | None = None) -> int | None:
+    """The pid in the lock file, if it is still a postmaster of this data folder (and,
+    as root, of the server's account: the account writes that file).
 
     After a crash the lock file outlives its postmaster; its pid may be reused.
     """
     try:
         pid = int((datadir / "postmaster.pid").read_text().split()[0])
         command_line = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        owner = os.stat(f"/proc/{pid}").st_uid
     except (OSError, ValueError, IndexError):
+        return None
+    if account is not None and owner != account[0]:
         return None
     return pid if str(datadir).encode() in command_line else None
 
@@ -132,12 +140,17 @@ def unmount_lossy_disks(workdir: Path) -> None:
 DISK_EXIT_TIMEOUT = 5  # seconds a FUSE process gets to end by itself once unmounted
 
 
+POSIX_SEGMENTS = "/dev/shm/PostgreSQL."  # dsm_impl.c names them /PostgreSQL.<handle>
+
+
 def shared_memory_of(pids: list[int]) -> list[str]:
     """The shared memory that these processes have attached and that would outlive them
     (Linux): System V segments as "sysv:SHMID", POSIX segments as their /dev/shm path.
 
     A SIGKILLed postmaster cannot remove its own: what a server's processes show here
-    must be gone with the server.
+    must be gone with the server. Only PostgreSQL's POSIX segments (PostgreSQL.N): a
+    program the server's account ran from SQL may have mapped anyone's file there, and
+    root unlinks what is listed here.
     """
     found = set()
     for pid in pids:
@@ -148,7 +161,7 @@ def shared_memory_of(pids: list[int]) -> list[str]:
                     path = fields[5].strip() if len(fields) == 6 else ""
                     if path.startswith("/SYSV"):
                         found.add(f"sysv:{fields[4]}")  # a segment's inode is its shmid
-                    elif path.startswith("/dev/shm/"):
+                    elif path.startswith(POSIX_SEGMENTS):
                         found.add(path.removesuffix(" (deleted)"))
         except OSError:
             continue  # gone meanwhile
@@ -189,14 +202,23 @@ def release_shared_memory(names: list[str]) -> None:
                 os.unlink(name)
 
 
+def as_account(account: tuple[int, int] | None) -> dict:
+    """subprocess's arguments that drop root's privileges in the child (none without one)."""
+    if account is None:
+        return {}
+    return {"user": account[0], "group": account[1], "extra_groups": []}
+
+
 def clean_up(pg_ctl: str | None, datadir: Path, workdir: Path,
-             leftovers: set[str] = frozenset()) -> None:
-    pid = _postmaster_pid(datadir) if pg_ctl is not None else None
+             leftovers: set[str] = frozenset(),
+             account: tuple[int, int] | None = None) -> None:
+    pid = _postmaster_pid(datadir, account) if pg_ctl is not None else None
     if pid is not None:
         memory = shared_memory_of([pid])  # an immediate shutdown removes it; a SIGKILL not
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             subprocess.run([pg_ctl, "stop", "-D", str(datadir), "-m", "immediate", "-w"],
-                           capture_output=True, timeout=STOP_TIMEOUT, check=False)
+                           capture_output=True, timeout=STOP_TIMEOUT, check=False,
+                           cwd=workdir, **as_account(account))
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)  # pg_ctl failed; this pid is the postmaster we started
         wait_for_exit(pid, STOP_TIMEOUT)
@@ -220,8 +242,11 @@ class Guard:
     stopped with ``pg_ctl``), told of outside files and shared memory by ``remove_later``
     and ``forget``."""
 
-    def __init__(self, folder: Path, pg_ctl: Path | None = None, datadir: Path | None = None):
+    def __init__(self, folder: Path, pg_ctl: Path | None = None, datadir: Path | None = None,
+                 account: tuple[int, int] | None = None):
         server = [] if pg_ctl is None else [str(pg_ctl), str(datadir)]
+        if server and account is not None:
+            server += [str(account[0]), str(account[1])]
         self.process = subprocess.Popen(
             [sys.executable, "-S", __file__, str(folder), *server],
             stdin=subprocess.PIPE, start_new_session=True,
@@ -250,7 +275,8 @@ class Guard:
 
 def main() -> None:
     workdir, *server = sys.argv[1:]
-    pg_ctl, datadir = server if server else (None, workdir)
+    pg_ctl, datadir = server[:2] if server else (None, workdir)
+    account = (int(server[2]), int(server[3])) if len(server) == 4 else None
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C; we outlive it
     leftovers: set[str] = set()
     for line in sys.stdin.buffer:  # ends at EOF: the parent is gone or done
@@ -259,7 +285,7 @@ def main() -> None:
             leftovers.add(name[1:])
         elif name.startswith("-"):
             leftovers.discard(name[1:])
-    clean_up(pg_ctl, Path(datadir), Path(workdir), leftovers)
+    clean_up(pg_ctl, Path(datadir), Path(workdir), leftovers, account)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,12 @@ platter is the disk, so the cluster starts from durable data although initdb
 runs with --no-sync.
 
 Layout of the cluster's private folder: ``data/`` (the mount point, what the
-server uses), ``disk/`` (the platter), ``trash/`` (removed files, until their
-removal is durable), ``lossy_disk.pid`` (for the guard), ``server.log``.
+server uses), ``lossy/disk/`` (the platter), ``lossy/trash/`` (removed files, until
+their removal is durable), ``lossy_disk.pid`` (for the guard), ``server.log``.
+As root, ``lossy/`` is root's alone: the filesystem (run as root) opens the files
+under it, so the server's account must not reach them other than through the
+mount, where the kernel checks its rights (it could otherwise swap a file for a
+link to any file of root's between the kernel's check and the open).
 """
 
 from __future__ import annotations
@@ -44,7 +48,6 @@ from pathlib import Path
 from acid_lab.servers.guard import LOSSY_DISK_PIDFILE, Guard
 from acid_lab.servers.lossy_disk import NOTHING, Writeback
 from acid_lab.servers.server import (
-    Account,
     Binaries,
     CrashableCluster,
     ServerError,
@@ -225,12 +228,12 @@ class PowerCutCluster(CrashableCluster):
         # initdb writes straight onto the platter; the disk is mounted over it afterwards
         self._executor = self._new_executor()
         self._executor.init_directory()
-        platter = self.platter
+        platter, trash = self.platter, self.platter.parent / "trash"
+        platter.parent.mkdir(mode=stat.S_IRWXU)  # root's alone (see the module's doc)
         self.workdir.data.rename(platter)
-        for folder in (self.workdir.data, self.workdir.path / "trash"):
-            folder.mkdir(mode=stat.S_IRWXU)
-            _give_to(folder, self.account)
-        self.disk = LossyDiskProcess(platter, self.workdir.data, self.workdir.path / "trash",
+        trash.mkdir(mode=stat.S_IRWXU)
+        self.workdir.make_data_folder()  # the mount point
+        self.disk = LossyDiskProcess(platter, self.workdir.data, trash,
                                      self.workdir.path / LOSSY_DISK_PIDFILE)
         self.restart()
 
@@ -258,7 +261,7 @@ class PowerCutCluster(CrashableCluster):
     @property
     def platter(self) -> Path:
         """The backing folder: what the disk keeps when the power goes."""
-        return self.workdir.path / "disk"
+        return self.workdir.path / "lossy" / "disk"
 
     def power_cut(self, writeback: Writeback = NOTHING) -> dict:
         """SIGKILL every server process, then power the disk off: only what was fsynced
@@ -280,8 +283,3 @@ class PowerCutCluster(CrashableCluster):
             if self.disk is not None:
                 self.disk.close()
             super()._stop_server()
-
-
-def _give_to(folder: Path, account: Account | None) -> None:
-    if account is not None:
-        os.chown(folder, account.uid, account.gid)

@@ -308,6 +308,7 @@ class Standby(Member):
 
     def _clone(self) -> None:
         source = self.source.info
+        self.workdir.make_data_folder()
         self.as_account(
             [str(self.bindir / "pg_basebackup"), "-D", str(self.workdir.data),
              "-h", source.host, "-p", str(source.port), "-U", source.user,

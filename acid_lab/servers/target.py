@@ -3,15 +3,19 @@
 Either a temporary cluster we start (the default) or an existing server named
 by a DSN. Either way the run creates one database of its own, through
 pytest-postgresql's janitor, and drops it at the end; it touches nothing else.
+A DSN is passed on whole (sslmode, sslrootcert, passfile, service, options, ...):
+only its database is replaced by the run's own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import psycopg
 import psycopg2
 from pytest_postgresql.janitor import DatabaseJanitor
 
@@ -36,52 +40,73 @@ class Target:
 
 
 def parse_dsn(dsn: str) -> ConnectionInfo:
-    """A libpq DSN or URI as ConnectionInfo; the database named there is the maintenance one."""
+    """A libpq DSN or URI as ConnectionInfo, every parameter kept; the database named
+    there is the maintenance one. The one parser of a --dsn: what is not given is left
+    to libpq (its environment variables, service and password files)."""
     try:
         params = psycopg2.extensions.parse_dsn(dsn)
     except psycopg2.ProgrammingError as error:
-        raise ServerError(f"--dsn is not a valid connection string: {error}") from None
+        message = " ".join(str(error).split())
+        raise ServerError(f"--dsn is not a valid connection string: {message}") from None
+    port = params.pop("port", None)
+    try:
+        port = None if port is None else int(port)
+    except ValueError:
+        raise ServerError(f"--dsn is not a valid connection string: port {port!r}") from None
     return ConnectionInfo(
-        host=params.get("host", "localhost"),
-        port=int(params.get("port", 5432)),
-        user=params.get("user") or _default_user(),
-        password=params.get("password"),
-        dbname=params.get("dbname", "postgres"),
+        host=params.pop("host", None), port=port, user=params.pop("user", None),
+        password=params.pop("password", None), dbname=params.pop("dbname", None),
+        extra=params,
     )
 
 
-def _default_user() -> str:
-    import getpass
-
-    return getpass.getuser()
+def _login(info: ConnectionInfo) -> psycopg2.extensions.connection:
+    try:
+        return psycopg2.connect(**info.params(connect_timeout=CONNECT_TIMEOUT))
+    except psycopg2.OperationalError as error:
+        message = " ".join(str(error).split())
+        as_whom = f" as {info.user}" if info.user else ""
+        raise ServerError(f"Cannot reach the server at {info.where()}{as_whom}: {message}") \
+            from None
 
 
 def check_reachable(info: ConnectionInfo) -> str:
     """Log in once; return the server version or raise ServerError with one clear line."""
-    try:
-        conn = psycopg2.connect(**info.params(connect_timeout=CONNECT_TIMEOUT))
-    except psycopg2.OperationalError as error:
-        message = " ".join(str(error).split())
-        raise ServerError(
-            f"Cannot reach the server at {info.host}:{info.port} as {info.user}: {message}"
-        ) from None
+    conn = _login(info)
     try:
         return server_version(conn)
     finally:
         conn.close()
 
 
+class _Janitor(DatabaseJanitor):
+    """pytest-postgresql's janitor, logging in with every libpq parameter of ``server``
+    (it takes host, port, user and password only)."""
+
+    def __init__(self, server: ConnectionInfo, dbname: str):
+        super().__init__(user=server.user, host=server.host, port=server.port,
+                         password=server.password, dbname=dbname,
+                         maintenance_dbname=server.dbname or "postgres",
+                         connection_timeout=CONNECT_TIMEOUT)
+        self.server = server
+
+    @contextlib.contextmanager
+    def cursor(self, dbname: str | None = None) -> Iterator[psycopg.Cursor]:
+        params = self.server.params(dbname=dbname or self.maintenance_dbname,
+                                    connect_timeout=CONNECT_TIMEOUT)
+        with psycopg.connect(**params, autocommit=True) as conn, conn.cursor() as cursor:
+            yield cursor
+
+
 @contextlib.contextmanager
 def own_database(server: ConnectionInfo, prefix: str = "acid_lab") -> Iterator[ConnectionInfo]:
-    """A database created for this run and dropped afterwards (the janitor does both)."""
+    """A database created for this run and dropped afterwards (the janitor does both);
+    only the database differs from ``server``'s parameters."""
     name = f"{prefix}_{secrets.token_hex(4)}"
-    janitor = DatabaseJanitor(
-        user=server.user, host=server.host, port=server.port, password=server.password,
-        dbname=name, maintenance_dbname=server.dbname, connection_timeout=CONNECT_TIMEOUT,
-    )
+    janitor = _Janitor(server, name)
     janitor.init()
     try:
-        yield ConnectionInfo(server.host, server.port, server.user, server.password, name)
+        yield dataclasses.replace(server, dbname=name)
     finally:
         janitor.drop()
 
@@ -91,9 +116,16 @@ def open_target(dsn: str | None = None) -> Iterator[Target]:
     """The run's target: an existing server when ``dsn`` is given, else a temporary cluster."""
     if dsn:
         server = parse_dsn(dsn)
-        version = check_reachable(server)
+        conn = _login(server)
+        try:
+            version = server_version(conn)
+            host, port, user = conn.info.host, conn.info.port, conn.info.user
+        finally:
+            conn.close()
+        if server.user is None:  # the one libpq chose (environment, service file)
+            server = dataclasses.replace(server, user=user)
         with own_database(server) as info:
-            yield Target(info, version, f"existing server {server.host}:{server.port} "
+            yield Target(info, version, f"existing server {host}:{port} "
                          f"(PostgreSQL {version})", cluster=None)
         return
     with Cluster() as cluster, own_database(cluster.info) as info:
