@@ -274,8 +274,12 @@ def test_ddl_and_queries_wait_for_each_other(run, t1_statement, t2_statement, t2
     commits.
 
     Outcome: a SELECT holds the table's ACCESS SHARE lock until its transaction
-    ends, and ALTER TABLE needs ACCESS EXCLUSIVE, which conflicts with every
-    lock: whichever comes second waits until T1 commits. Row versions do not
+    ends, and ``ALTER TABLE ... ADD COLUMN`` -- the form shown -- takes ACCESS
+    EXCLUSIVE, which conflicts with every lock: whichever comes second waits
+    until T1 commits. Not every form of ALTER TABLE is that strong: each form's
+    lock is named on PostgreSQL's ALTER TABLE page (e.g. ``SET STATISTICS`` and
+    ``VALIDATE CONSTRAINT`` take SHARE UPDATE EXCLUSIVE, which a SELECT's ACCESS
+    SHARE does not conflict with). Row versions do not
     help here -- they version rows, not the table's definition.
     """
     run(READ_COMMITTED, [
