@@ -18,7 +18,6 @@ else: what it sees is what the rest of the world sees.
 import shutil
 import subprocess
 
-import psycopg2
 import pytest
 from psycopg2 import errors
 
@@ -129,7 +128,7 @@ def test_psql_is_a_command_line_client_of_the_same_server(connect, observer, scr
     """
     psql = psql_program()
     if psql is None:
-        pytest.skip("psql not found: install the PostgreSQL client (apt-get install postgresql-client)")
+        pytest.skip("psql not found: apt-get install postgresql-client")
     done = subprocess.run([psql, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", connect.dsn()],
                           input=script, capture_output=True, text=True, timeout=30)
 
