@@ -68,6 +68,7 @@ from acid_lab.engine.scenario import (
     succeeds,
 )
 from acid_lab.lessons.catalog import POSSIBLE, PREVENTED, Anomaly
+from acid_lab.lessons.queries import rows
 
 pytestmark = pytest.mark.isolation
 
@@ -597,6 +598,11 @@ def test_g_single_write_predicate(run, server_major, level, t1_delete, t1_commit
 
 # -- G2: what only serializable rules out --------------------------------------------
 
+# The rule both transactions of G2-item keep, each on its own: the two values add up
+# to at most 31. Each reads 10 + 20 = 30 and adds 1 to one row: 31, within the rule.
+# Together they make 32.
+G2_ITEM_RULE = "select sum(value) <= 31 from test where id in (1, 2)"
+
 G2_ITEM = Anomaly(
     "G2-item", "write skew",
     "Two transactions read the same rows, then each updates a different one: "
@@ -615,17 +621,18 @@ G2_ITEM = Anomaly(
 )
 
 
-@pytest.mark.parametrize("level, t2_commit, final, verdict", [
-    pytest.param(READ_UNCOMMITTED, commits, sees((1, 11), (2, 21)), POSSIBLE,
+@pytest.mark.parametrize("level, t2_commit, final, rule_holds, verdict", [
+    pytest.param(READ_UNCOMMITTED, commits, sees((1, 11), (2, 21)), False, POSSIBLE,
                  id="read uncommitted: possible (as at read committed)"),
-    pytest.param(READ_COMMITTED, commits, sees((1, 11), (2, 21)), POSSIBLE,
+    pytest.param(READ_COMMITTED, commits, sees((1, 11), (2, 21)), False, POSSIBLE,
                  id="read committed: write skew happens"),
-    pytest.param(REPEATABLE_READ, commits, sees((1, 11), (2, 21)), POSSIBLE,
+    pytest.param(REPEATABLE_READ, commits, sees((1, 11), (2, 21)), False, POSSIBLE,
                  id="repeatable read: write skew happens"),
-    pytest.param(SERIALIZABLE, ABORTS_RW_DEPENDENCIES, sees((1, 11), (2, 20)), PREVENTED,
+    pytest.param(SERIALIZABLE, ABORTS_RW_DEPENDENCIES, sees((1, 11), (2, 20)), True, PREVENTED,
                  id="serializable: prevented, T2's commit aborts"),
 ])
-def test_g2_item_write_skew(run, server_major, level, t2_commit, final, verdict):
+def test_g2_item_write_skew(run, observer, server_major, level, t2_commit, final, rule_holds,
+                            verdict):
     """Write skew (G2-item): each transaction updates a row the other one read.
 
     Scenario: T1 and T2 both read rows 1 and 2; T1 updates row 1, T2 row 2;
@@ -633,13 +640,21 @@ def test_g2_item_write_skew(run, server_major, level, t2_commit, final, verdict)
     Outcome: no row is written twice, so snapshot isolation lets both commit.
     Neither saw the other's write: each read a version the other then
     overwrote (T1 -rw-> T2 and T2 -rw-> T1, two anti-dependencies), and no
-    serial order gives both reads. Serializable sees that cycle and fails T2's
-    commit (40001, read/write dependencies).
+    serial order gives both reads. Each kept the rule above G2_ITEM (sum at most
+    31) in what it saw; together they break it (32). Serializable sees that cycle
+    and fails T2's commit (40001, read/write dependencies): the rule holds.
     """
     result = run(level, G2_ITEM.steps(t2_commit=t2_commit, final=final))
+    assert rows(observer, G2_ITEM_RULE) == [(rule_holds,)], \
+        f"isolation at {level}: the rule each transaction checked: {G2_ITEM_RULE}"
     happened(G2_ITEM, result, verdict)
     same_as_transcript(G2_ITEM, result, server_major)
 
+
+# The rule both transactions of G2 keep, each on its own: at most one multiple of 3
+# in the table. Each searches, finds none, and inserts one: within the rule. Together
+# they make two.
+G2_RULE = "select count(*) <= 1 from test where value % 3 = 0"
 
 G2 = Anomaly(
     "G2", "anti-dependency cycle",
@@ -658,26 +673,31 @@ G2 = Anomaly(
 )
 
 
-@pytest.mark.parametrize("level, t2_commit, final, verdict", [
-    pytest.param(READ_UNCOMMITTED, commits, sees((3, 30), (4, 42)), POSSIBLE,
+@pytest.mark.parametrize("level, t2_commit, final, rule_holds, verdict", [
+    pytest.param(READ_UNCOMMITTED, commits, sees((3, 30), (4, 42)), False, POSSIBLE,
                  id="read uncommitted: possible (as at read committed)"),
-    pytest.param(READ_COMMITTED, commits, sees((3, 30), (4, 42)), POSSIBLE,
+    pytest.param(READ_COMMITTED, commits, sees((3, 30), (4, 42)), False, POSSIBLE,
                  id="read committed: both insert"),
-    pytest.param(REPEATABLE_READ, commits, sees((3, 30), (4, 42)), POSSIBLE,
+    pytest.param(REPEATABLE_READ, commits, sees((3, 30), (4, 42)), False, POSSIBLE,
                  id="repeatable read: both insert"),
-    pytest.param(SERIALIZABLE, ABORTS_RW_DEPENDENCIES, sees((3, 30)), PREVENTED,
+    pytest.param(SERIALIZABLE, ABORTS_RW_DEPENDENCIES, sees((3, 30)), True, PREVENTED,
                  id="serializable: prevented, T2's commit aborts"),
 ])
-def test_g2_anti_dependency_cycle(run, server_major, level, t2_commit, final, verdict):
+def test_g2_anti_dependency_cycle(run, observer, server_major, level, t2_commit, final,
+                                  rule_holds, verdict):
     """Anti-dependency cycle (G2) on a predicate: write skew with phantoms.
 
     Scenario: T1 and T2 both search for multiples of 3 and find none; T1
     inserts (3, 30), T2 inserts (4, 42); both commit.
     Outcome: each insert is a row the other's search should have found; no row
-    lock can catch that. Serializable's predicate (SIREAD) locks do: T2's
-    commit fails (40001, read/write dependencies).
+    lock can catch that. Each kept the rule above G2 (at most one multiple of 3)
+    in what it saw; together they break it (two). Serializable's predicate
+    (SIREAD) locks catch it: T2's commit fails (40001, read/write dependencies)
+    and the rule holds.
     """
     result = run(level, G2.steps(t2_commit=t2_commit, final=final))
+    assert rows(observer, G2_RULE) == [(rule_holds,)], \
+        f"isolation at {level}: the rule each transaction checked: {G2_RULE}"
     happened(G2, result, verdict)
     same_as_transcript(G2, result, server_major)
 
