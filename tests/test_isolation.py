@@ -503,7 +503,9 @@ def test_p4_lost_update(run, server_major, level, t2_update, t2_commit, final, v
     10 + 2 and waits for T1's row lock.
     Outcome: at read committed T2 overwrites T1's committed write without
     noticing (12, not 13). From repeatable read up T2 aborts (40001,
-    concurrent update) rather than lose T1's update.
+    concurrent update) rather than lose T1's update. (Hermitage's P4: a written
+    value disappears. The history checker's ``lost-update``, Elle's, is the
+    list-append form: both appends stay, but both read the same stale list.)
     """
     result = run(level, P4.steps(t2_update=t2_update, t2_commit=t2_commit, final=final))
     happened(P4, result, verdict)
