@@ -451,6 +451,63 @@ def test_the_pool_replaces_a_killed_server_process_after_a_committed_buy(make_ap
         "a new server process serves the pool's new connection"
 
 
+# --------------------------------------------------------------------------- the web client
+
+# Two ways a page's script sends data to Flask (the course notes name both), each
+# posting {"name": ...} as JSON to POST /drivers and handing back (status, JSON body).
+SEND_WITH_FETCH = """
+const [name, done] = arguments;
+fetch('/drivers', {method: 'POST', headers: {'Content-Type': 'application/json'},
+                   body: JSON.stringify({name: name})})
+  .then(response => response.json().then(body => done([response.status, body])));
+"""
+SEND_WITH_XMLHTTPREQUEST = """
+const [name, done] = arguments;
+const request = new XMLHttpRequest();
+request.open('POST', '/drivers');
+request.setRequestHeader('Content-Type', 'application/json');
+request.onload = () => done([request.status, JSON.parse(request.responseText)]);
+request.send(JSON.stringify({name: name}));
+"""
+
+
+@pytest.fixture(scope="module")
+def web_browser():
+    """A headless Chromium (the system's), shared by this module's browser tests."""
+    from acid_lab.play import browser
+
+    why = browser.missing()
+    if why:
+        pytest.skip(f"no browser to send the requests: {why}")
+    with browser.chromium() as driver:
+        driver.set_script_timeout(REQUEST_TIMEOUT)
+        yield driver
+
+
+@pytest.mark.foundation
+@pytest.mark.parametrize("script, name, status, answer", [
+    pytest.param(SEND_WITH_FETCH, "Ada", 201, {"id": 1}, id="fetch()"),
+    pytest.param(SEND_WITH_XMLHTTPREQUEST, "Grace", 201, {"id": 1}, id="XMLHttpRequest"),
+])
+def test_a_page_sends_data_to_flask_with_fetch_or_xmlhttprequest(make_app, serve, web_browser,
+                                                                 observer, script, name, status,
+                                                                 answer):
+    """Scenario: the app served over real HTTP; a browser (headless Chromium) opens one of
+    its pages, and the page's script posts a new driver as JSON -- with ``fetch()`` or
+    with the older ``XMLHttpRequest`` (the scripts above).
+
+    Outcome: either way the same HTTP request reaches the same Flask view: 201 and
+    the new driver's id, and the driver is committed in the database.
+    """
+    host, port = serve(make_app())
+    web_browser.get(f"http://{host}:{port}/drivers")   # a page of the app: same origin
+
+    sent = web_browser.execute_async_script(script, name)
+
+    assert sent == [status, answer], "what the script got back: (status, JSON body)"
+    assert rows(observer, "select name from drivers") == [(name,)], "the driver is stored"
+
+
 # --------------------------------------------------------------------------- the stack
 
 
