@@ -23,8 +23,9 @@ Waiting has not gone away, though; it is left where it is needed:
   first commits;
 * a foreign-key check locks the referenced row ``FOR KEY SHARE``, so deleting
   that row, or changing its key, waits (changing its other columns does not);
-* DDL and queries: ALTER TABLE waits for a SELECT's transaction to end, and
-  a SELECT waits for an ALTER TABLE's.
+* DDL and queries: ``ALTER TABLE ... ADD COLUMN`` (ACCESS EXCLUSIVE, like most
+  forms of ALTER TABLE) waits for a SELECT's transaction to end, and a SELECT
+  waits for its transaction.
 
 MVCC has a cost: every UPDATE and DELETE leaves a dead row version behind, and
 it stays on disk until VACUUM (or autovacuum) removes it -- and VACUUM may only
