@@ -20,13 +20,16 @@ session, in Python, until it flushes).
 
 **Without it**, any failure halfway -- the application raises, a constraint
 refuses a row, a statement times out, the server process or the client dies,
-the database picks the transaction as a deadlock victim -- would leave 30 gone
+the database aborts the transaction to break a deadlock -- would leave 30 gone
 from alice and never arrived at bob.
 
 **How PostgreSQL does it.** Every row version a transaction writes is stamped
-with its transaction id, and whether anyone else sees that version depends on
-one fact: did that transaction commit? (MVCC; the answer is one record in the
-commit log, written at COMMIT.) Until then the new versions are invisible to
+with its transaction id, and whether another transaction sees that version
+depends on two facts: did the writer commit (MVCC; the answer is one record in
+the commit log, written at COMMIT), and did it commit before the reader's
+snapshot was taken? (A snapshot lists the transactions still running when it
+was taken; their versions stay invisible to it even after they commit --
+test_isolation_mvcc.py.) Until then the new versions are invisible to
 everyone else; after an abort they stay invisible for ever, and VACUUM clears
 them away later. Rolling back therefore undoes nothing row by row: the
 transaction simply never commits. After an error the server refuses every

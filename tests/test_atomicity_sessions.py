@@ -118,8 +118,8 @@ def test_a_killed_connection_keeps_its_commits_and_loses_its_open_transaction(co
     with pytest.raises(CONNECTION_LOST):
         execute(session, "select 1")
     assert demo_rows(connect()) == [(1, 11), (2, 20), (3, 30)], (
-        "durability: the commit made before the kill must survive it; "
-        "atomicity: the transaction open at the kill must vanish entirely")
+        "the commit made before the kill stays (the server never lost it: only a session "
+        "ended); atomicity: the transaction open at the kill must vanish entirely")
 
 
 def test_sqlalchemy_invalidates_a_connection_killed_inside_a_transaction(engines, observer):
@@ -145,8 +145,8 @@ def test_sqlalchemy_invalidates_a_connection_killed_inside_a_transaction(engines
     with engine.begin() as conn:
         conn.execute(text("insert into test values (5, 50)"))
     assert demo_rows(observer) == [*DEMO_ROWS, (3, 30), (5, 50)], (
-        "durability: commits before and after the kill stay; the killed transaction's row 4 "
-        "is gone")
+        "the pool recovers: commits before and after the kill stay; the killed "
+        "transaction's row 4 is gone")
 
 
 @pytest.mark.parametrize("pre_ping, first_statement", [
@@ -210,6 +210,7 @@ def test_a_killed_client_process(connect, observer, statements, status, rows_aft
 
     assert xact_status(observer, xid) == status, "what became of the client's transaction"
     assert demo_rows(observer) == rows_after, (
-        "durability keeps what was committed; a killed client's open transaction is rolled back")
+        "a session's end keeps what it committed; a killed client's open transaction is "
+        "rolled back")
 
 

@@ -11,8 +11,17 @@ withdrawals, each balance equals the sum of its audit rows, and a refused
 operation changed nothing. When one fails, Hypothesis shrinks the history to
 the shortest that breaks it.
 
-Every operation is one transaction of ``acid_lab.lessons.bank.Bank``; the rules are
-the database's (schema ``acid_lab.lessons.schema.BANK``), not the Python code's.
+Every operation is one transaction of ``acid_lab.lessons.bank.Bank``. Two kinds of
+rule are checked, kept by two different parties:
+
+* the database's, declared in the schema (``acid_lab.lessons.schema.BANK``): no
+  negative balance (CHECK), no audit row for a missing account (foreign key),
+  one account per id (primary key). They hold whatever a client sends;
+* the application's: each balance equals the sum of its audit rows, and the
+  money equals deposits minus withdrawals. No declaration states them; ``Bank``
+  keeps them by making each balance change and its audit rows one transaction.
+  The last test shows an application that forgets the transaction break them
+  while every rule of the database still holds.
 """
 
 import pytest
@@ -28,6 +37,7 @@ from hypothesis.stateful import (
 from psycopg2 import errors
 
 from acid_lab.lessons.bank import Bank, audit_sums, balances, snapshot
+from acid_lab.lessons.faults import InjectedFailure
 from acid_lab.lessons.queries import execute
 
 pytestmark = pytest.mark.consistency
@@ -147,3 +157,53 @@ def test_a_bank_keeps_its_rules_through_any_history(connect, observer):
     conn = connect()
     run_state_machine_as_test(lambda: BankMachine(conn, observer),
                               settings=settings(max_examples=30, stateful_step_count=12))
+
+
+# A transfer of 30 from alice to bob, as the application sends it (acid_lab.lessons.bank):
+TRANSFER_30 = [
+    "update accounts set balance = balance - 30 where id = 1",   # debit alice
+    "update accounts set balance = balance + 30 where id = 2",   # credit bob
+    "insert into audit (account_id, delta) values (1, -30)",
+    "insert into audit (account_id, delta) values (2, 30)",
+]
+
+
+@pytest.mark.usefixtures("bank")
+@pytest.mark.parametrize("autocommit, balances_after, audit_after", [
+    pytest.param(False, {1: 100, 2: 0}, {1: 100},
+                 id="one transaction: the crash undoes the debit and the credit"),
+    pytest.param(True, {1: 70, 2: 30}, {1: 100},
+                 id="autocommit: debit and credit stay, their audit rows never come"),
+])
+def test_an_application_that_forgets_the_transaction_breaks_its_own_rule(
+        connect, observer, autocommit, balances_after, audit_after):
+    """Scenario: alice (100, audited by one deposit of 100) and bob (0). The application
+    sends TRANSFER_30 above and crashes after the credit, before the audit rows:
+    once inside one transaction, once in autocommit (each statement commits on its
+    own -- the transaction forgotten).
+
+    Outcome: with the transaction nothing of the transfer remains. Without it the
+    debit and the credit are committed and their audit rows never written: alice's
+    balance (70) is no longer the sum of her audit rows (100). The database saw no
+    broken rule -- no negative balance, no dangling audit row, nothing to refuse:
+    that rule was the application's, and only the transaction kept it.
+    """
+    execute(observer, "delete from audit; update accounts set balance = 0;"
+                      " update accounts set balance = 100 where id = 1;"
+                      " insert into audit (account_id, delta) values (1, 100)")
+    app = connect()
+    app.autocommit = autocommit
+    with pytest.raises(InjectedFailure):
+        try:
+            for statement in TRANSFER_30[:2]:
+                execute(app, statement)
+            raise InjectedFailure("the application crashes before the audit rows")
+        finally:
+            app.rollback()   # what the crash does to an open transaction (none in autocommit)
+
+    assert balances(observer) == balances_after, "what the crash left of the balances"
+    assert audit_sums(observer) == audit_after, "what the crash left of the audit"
+    assert (balances(observer)[1] == audit_sums(observer)[1]) is not autocommit, \
+        "the application's rule: alice's balance is the sum of her audit rows"
+    assert all(balance >= 0 for balance in balances(observer).values()), \
+        "the database's rule (CHECK) holds either way"

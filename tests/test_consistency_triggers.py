@@ -16,10 +16,17 @@ an INSERT, UPDATE or DELETE touches:
 The tables are ``acid_lab.lessons.schema``'s: drivers and vehicles, and the
 bank; the triggers are below, in full.
 
-A trigger's query sees what its transaction's snapshot sees -- and no more.
-Two transactions that each count "three vehicles" before either commits both
-pass the check: below serializable, a rule over many rows needs isolation too
-(the last test).
+What does a trigger's query see? A trigger function is VOLATILE (as every
+function is unless declared otherwise), and a VOLATILE function takes a fresh
+snapshot at the start of each query it runs (PostgreSQL's documentation,
+Function Volatility Categories). At read committed that snapshot includes
+every transaction committed by then -- even one that committed after the
+trigger's own transaction began (shown below, after the cross-row rule);
+at repeatable read and serializable
+every snapshot of the transaction is its first one. Either way it never sees
+a write that has not committed yet: two transactions that each count "three
+vehicles" before either commits both pass the check. Below serializable, a
+rule over many rows needs isolation too (the last test).
 """
 
 import pytest
@@ -36,7 +43,9 @@ from acid_lab.engine.scenario import (
     T2,
     aborts,
     commits,
+    rolls_back,
     sees,
+    succeeds,
 )
 from acid_lab.lessons.bank import balances, fleet_rows, one_transaction
 from acid_lab.lessons.queries import execute, rows
@@ -246,5 +255,34 @@ def test_a_cross_row_trigger_needs_serializable_against_concurrent_writers(
         (T2, "set constraints at_most_three_vehicles immediate"),   # T2's trigger counts 3
         (T1, "commit", commits),
         (T2, "commit", t2_commit),
+        (OBSERVER, ADA_S_VEHICLES, sees(*ada_after)),
+    ])
+
+
+@pytest.mark.parametrize("level, t1_check, t1_commit, ada_after", [
+    pytest.param(READ_COMMITTED, aborts(TOO_MANY_VEHICLES_SQLSTATE), rolls_back, [10, 11, 13],
+                 id="read committed: T1's trigger counts T2's committed row: 4, refused"),
+    pytest.param(REPEATABLE_READ, succeeds, commits, [10, 11, 12, 13],
+                 id="repeatable read: T1's trigger counts in T1's snapshot: 3, accepted"),
+])
+def test_a_trigger_at_read_committed_sees_rows_committed_after_its_transaction_began(
+        fleet, observer, run, level, t1_check, t1_commit, ada_after):
+    """Scenario: Ada has two vehicles. T1 gives her vehicle 12 (its transaction has begun
+    and taken its first snapshot); then T2 gives her vehicle 13 and commits (T2's own
+    check counts 10, 11, 13: three). Now T1 runs its deferred three-vehicle check
+    (``set constraints ... immediate``): the trigger's ``select count(*)``.
+    Outcome: at read committed the trigger's query takes a fresh snapshot and
+    counts T2's vehicle, committed after T1 began: four, so T1 is refused
+    (23V02) and Ada keeps three. At repeatable read the query sees T1's
+    transaction snapshot, from before T2 committed: three, T1 commits -- and Ada
+    has four (the write skew of the last test).
+    """
+    create(observer, THREE_VEHICLES_TRIGGER)
+    run(level, [
+        (T1, "insert into vehicles (id, plate, driver_id) values (12, 'ADA-3', 1)"),
+        (T2, "insert into vehicles (id, plate, driver_id) values (13, 'ADA-4', 1)"),
+        (T2, "commit", commits),                                    # T2's trigger counts 3
+        (T1, "set constraints at_most_three_vehicles immediate", t1_check),
+        (T1, "commit", t1_commit),
         (OBSERVER, ADA_S_VEHICLES, sees(*ada_after)),
     ])

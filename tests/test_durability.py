@@ -308,20 +308,37 @@ def test_a_synchronous_commit_makes_every_earlier_commit_durable_too(slow_wal_wr
 
 
 @pytest.mark.own_server
-@pytest.mark.parametrize("setting", [pytest.param("fsync", id="fsync = on"),
-                                     pytest.param("full_page_writes", id="full_page_writes = on")])
-def test_what_a_process_crash_cannot_show(crash_place, setting):
-    """What a process crash cannot show (see the module docstring): these settings.
+@pytest.mark.parametrize("synchronous_commit, flushed_when_acknowledged", [
+    pytest.param("on", True, id="on: COMMIT returns after the flush of its WAL"),
+    pytest.param("off", False, id="off: COMMIT returns with its WAL not yet flushed"),
+])
+def test_a_commit_is_acknowledged_after_its_wal_is_flushed(slow_wal_writer, crash_place,
+                                                           synchronous_commit,
+                                                           flushed_when_acknowledged):
+    """What the server does at COMMIT, seen in its WAL positions rather than in a setting.
 
-    Scenario: ask the crash tests' server for the settings durability across a power
-    loss rests on.
+    Scenario: the WAL writer asleep (nothing else flushes the WAL), a session inserts a
+    row and reads ``pg_current_wal_insert_lsn()``: how far the WAL has been *written
+    into* (in memory), its insert record included. It commits; then it asks
+    ``pg_current_wal_flush_lsn()``: how far the WAL has been *flushed* -- written out
+    and, with ``fsync = on``, fsynced.
 
-    Outcome: all on. fsync makes PostgreSQL wait for the disk (fdatasync of the WAL
-    on Linux) rather than the OS page cache; full_page_writes logs a whole page the
-    first time it changes after a checkpoint, so that a page torn by a power cut in
-    mid-write can be rebuilt. A SIGKILL leaves the page cache intact and tears no
-    page, so the crashes above would pass with both off: they prove recovery and
-    the order of writes; these settings let the same promise hold when the power goes.
+    Outcome: with synchronous_commit on, by the time COMMIT has returned the flush
+    position is past the insert (the commit record came after it, and was flushed
+    before the answer). With it off COMMIT returns first: the flush position has not
+    even reached the insert -- what a crash now would lose (the test above).
+    (Whether the flush reaches the *disk* is fsync's business: with ``fsync = off``
+    the position moves on without the fsync; only a power cut tells the two apart,
+    test_durability_powercut.py.)
     """
-    assert one(crash_place(), f"show {setting}") == "on", (
-        f"durability across a power loss needs {setting} = on")
+    create_ledger_on_a_quiet_wal(crash_place)
+    session = crash_place()
+    execute(session, "set synchronous_commit = %s", (synchronous_commit,))
+    session.commit()
+    execute(session, "insert into ledger values (1)")
+    written_up_to = one(session, "select pg_current_wal_insert_lsn()::text")
+    session.commit()
+
+    assert one(session, "select pg_current_wal_flush_lsn() > %s::pg_lsn",
+               (written_up_to,)) is flushed_when_acknowledged, \
+        "durability: is the commit's WAL flushed once COMMIT has answered?"

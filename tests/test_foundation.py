@@ -1,8 +1,10 @@
 """Foundation: the client-server model every chapter stands on.
 
-PostgreSQL is a server. A client (psql, a web app, this suite) opens a
-*connection* over TCP/IP — to 127.0.0.1 and a port, 5432 by default, a free one
-here — and that connection is a *session*: the server starts a process of its
+PostgreSQL is a server. A client -- a command-line application such as
+``psql``, a web app, this suite through psycopg2 -- opens a *connection* over
+TCP/IP (to an address and a port: 5432 unless the server is told otherwise, a
+free one here) or, on the server's own machine, over a Unix-domain socket; never
+over UDP. That connection is a *session*: the server starts a process of its
 own for it (the backend), and every transaction of the session runs there,
 one after another, until the connection closes.
 
@@ -13,10 +15,14 @@ opens sessions with ``connect()`` (test_fixtures.py checks that machinery).
 else: what it sees is what the rest of the world sees.
 """
 
+import shutil
+import subprocess
+
 import pytest
 from psycopg2 import errors
 
-from acid_lab.lessons.queries import one, rows
+from acid_lab.lessons.queries import demo_rows, one, rows
+from acid_lab.servers.server import ServerError, find_binaries
 
 pytestmark = pytest.mark.foundation
 
@@ -46,6 +52,89 @@ def test_a_session_reaches_the_server_over_tcp_on_its_port(connect, target):
 
     assert (address, port) == ("127.0.0.1", target.info.port), "sessions travel over TCP/IP"
     assert one(conn, "select current_setting('listen_addresses')") == "127.0.0.1"
+
+
+def test_the_default_port_is_5432_and_this_server_listens_on_another(connect, target):
+    """Scenario: ask the server for its ``port`` setting: the value it was built with
+    (``boot_val`` in pg_settings) and the value it runs with (``setting``).
+
+    Outcome: built with 5432, PostgreSQL's default port (the one a client tries when
+    told none); run with the free port the suite chose, so that a run never collides
+    with a server already on 5432.
+    """
+    boot_val, setting = rows(connect(), "select boot_val, setting from pg_settings"
+                                        " where name = 'port'")[0]
+
+    assert boot_val == "5432", "PostgreSQL's default port"
+    assert setting == str(target.info.port), "the port this server was started on"
+
+
+@pytest.mark.parametrize("how, server_address", [
+    pytest.param("tcp", "127.0.0.1", id="TCP/IP: the server knows the client's address"),
+    pytest.param("unix socket", None, id="Unix-domain socket: no IP address at all"),
+])
+def test_a_client_on_the_same_machine_may_also_come_through_a_unix_socket(
+        connect, target, how, server_address):
+    """Scenario: open one session over TCP/IP (host 127.0.0.1) and one through the Unix-
+    domain socket the server also listens on (``host`` = the socket's folder, which
+    ``unix_socket_directories`` names); ask each for the server address it reached.
+
+    Outcome: over TCP the server answers 127.0.0.1; through the socket
+    ``inet_server_addr()`` is NULL: no network, no IP, the same kind of session.
+    """
+    if how == "unix socket":
+        if not target.managed:
+            pytest.skip("the socket of an existing server may be elsewhere or closed to us")
+        folder = one(connect(), "show unix_socket_directories").split(",")[0].strip()
+        conn = connect(host=folder)
+    else:
+        conn = connect()
+    assert rows(conn, "select inet_server_addr()::text, count(*) from test") == [
+        (None if server_address is None else f"{server_address}/32", 2)], \
+        "where the session came in, and it sees the same data"
+
+
+def psql_program() -> str | None:
+    """psql, from the PostgreSQL the suite runs (its bin folder), else from PATH."""
+    try:
+        program = find_binaries().program("psql")
+        if program.exists():
+            return str(program)
+    except ServerError:
+        pass
+    return shutil.which("psql")
+
+
+@pytest.mark.parametrize("script, printed, rows_after", [
+    pytest.param("select value from test where id = 1;", "10", [(1, 10), (2, 20)],
+                 id="a query: psql prints the rows"),
+    pytest.param("insert into test values (3, 30);", "INSERT 0 1", [(1, 10), (2, 20), (3, 30)],
+                 id="psql's AUTOCOMMIT on: each statement commits at once"),
+    pytest.param("\\set AUTOCOMMIT off\ninsert into test values (3, 30);", "INSERT 0 1",
+                 [(1, 10), (2, 20)],
+                 id="AUTOCOMMIT off: psql sends BEGIN, quits, the server rolls back"),
+])
+def test_psql_is_a_command_line_client_of_the_same_server(connect, observer, script, printed,
+                                                          rows_after):
+    """Scenario: run ``psql`` -- PostgreSQL's command-line client, the course notes'
+    "command line application" -- with the same connection string as the suite's
+    psycopg2 sessions, feeding it a script on standard input.
+
+    Outcome: psql prints what the server answered (``-A -t``: bare rows) and ends its
+    session when it exits. By default psql commits each statement by itself; with
+    ``\\set AUTOCOMMIT off`` it opens a transaction before the first statement, as
+    psycopg2 does, and quitting without COMMIT ends the session: the server rolls
+    the transaction back.
+    """
+    psql = psql_program()
+    if psql is None:
+        pytest.skip("psql not found: apt-get install postgresql-client")
+    done = subprocess.run([psql, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", connect.dsn()],
+                          input=script, capture_output=True, text=True, timeout=30)
+
+    assert (done.returncode, done.stderr) == (0, ""), "psql ran the script"
+    assert done.stdout.strip() == printed, "what psql printed"
+    assert demo_rows(observer) == rows_after, "what the rest of the world sees afterwards"
 
 
 def test_closing_the_connection_ends_the_session(connect, observer):

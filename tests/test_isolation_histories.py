@@ -19,8 +19,12 @@ What PostgreSQL lets through, level by level:
 
 * read committed: each statement sees what was committed when it began, so a
   transaction sees part of another's appends and misses the rest -- G-single
-  (read skew) -- and two read-modify-writes of one key both commit (lost update);
-  write skew (G2-item) shows up too;
+  (read skew) -- and two transactions both read the same version of a key's list
+  and both append to it (Elle's ``lost-update``); write skew (G2-item) shows up too.
+  Elle's lost update is not quite the catalog's P4 (test_isolation.py): there one
+  write of a value disappears from the result; here nothing disappears, since both
+  appends stay in the list, but each transaction read a version that the other's
+  append made stale, so no serial order explains both reads;
 * repeatable read (snapshot isolation): one snapshot for the whole transaction and
   "first updater wins" remove G-single and lost updates; only write skew (G2-item,
   two anti-dependencies) remains;

@@ -23,14 +23,21 @@ Waiting has not gone away, though; it is left where it is needed:
   first commits;
 * a foreign-key check locks the referenced row ``FOR KEY SHARE``, so deleting
   that row, or changing its key, waits (changing its other columns does not);
-* DDL and queries: ALTER TABLE waits for a SELECT's transaction to end, and
-  a SELECT waits for an ALTER TABLE's.
+* DDL and queries: ``ALTER TABLE ... ADD COLUMN`` (ACCESS EXCLUSIVE, like most
+  forms of ALTER TABLE) waits for a SELECT's transaction to end, and a SELECT
+  waits for its transaction.
+
+MVCC has a cost: every UPDATE and DELETE leaves a dead row version behind, and
+it stays on disk until VACUUM (or autovacuum) removes it -- and VACUUM may only
+remove a version that no snapshot still open could need (the last test).
 
 A database that isolates with read locks instead (two-phase locking) makes
 readers and writers wait for each other; PostgreSQL's ``SELECT ... FOR SHARE``
 reads like that, and serves as the contrast. Whether a session waited is the
 server's answer (``pg_isolation_test_session_is_blocked``), not a timer's.
 """
+
+import re
 
 import pytest
 from psycopg2 import errors
@@ -50,7 +57,7 @@ from acid_lab.engine.scenario import (
     sees,
     succeeds,
 )
-from acid_lab.lessons.queries import execute
+from acid_lab.lessons.queries import execute, rows
 
 pytestmark = pytest.mark.isolation
 
@@ -274,8 +281,12 @@ def test_ddl_and_queries_wait_for_each_other(run, t1_statement, t2_statement, t2
     commits.
 
     Outcome: a SELECT holds the table's ACCESS SHARE lock until its transaction
-    ends, and ALTER TABLE needs ACCESS EXCLUSIVE, which conflicts with every
-    lock: whichever comes second waits until T1 commits. Row versions do not
+    ends, and ``ALTER TABLE ... ADD COLUMN`` -- the form shown -- takes ACCESS
+    EXCLUSIVE, which conflicts with every lock: whichever comes second waits
+    until T1 commits. Not every form of ALTER TABLE is that strong: each form's
+    lock is named on PostgreSQL's ALTER TABLE page (e.g. ``SET STATISTICS`` and
+    ``VALIDATE CONSTRAINT`` take SHARE UPDATE EXCLUSIVE, which a SELECT's ACCESS
+    SHARE does not conflict with). Row versions do not
     help here -- they version rows, not the table's definition.
     """
     run(READ_COMMITTED, [
@@ -286,3 +297,46 @@ def test_ddl_and_queries_wait_for_each_other(run, t1_statement, t2_statement, t2
         (OBSERVER, "select count(*) from information_schema.columns "
                    "where table_schema = current_schema() and table_name = 'test'", sees(3)),
     ])
+
+
+def vacuum_verbose(conn, table):
+    """VACUUM (VERBOSE) ``table``: (row versions removed, dead ones it had to keep)."""
+    del conn.notices[:]
+    execute(conn, f"vacuum (verbose) {table}")
+    report = " ".join(conn.notices)
+    found = re.search(r"tuples: (\d+) removed, \d+ remain, (\d+) are dead but not yet removable",
+                      report)
+    assert found, f"VACUUM VERBOSE's report: {report}"
+    return int(found[1]), int(found[2])
+
+
+@pytest.mark.parametrize("snapshot_held, first_vacuum, after_the_snapshot_ends", [
+    pytest.param(False, (3, 0), (0, 0),
+                 id="no old snapshot: VACUUM removes the 3 dead versions"),
+    pytest.param(True, (0, 3), (3, 0),
+                 id="a snapshot from before the updates: all 3 kept until it ends"),
+])
+def test_dead_row_versions_wait_for_vacuum(connect, observer, snapshot_held, first_vacuum,
+                                           after_the_snapshot_ends):
+    """Scenario: maybe T1 opens a repeatable read transaction and reads row 1 (10); then
+    row 1 is updated three times (11, 12, 13), each committed. ``vacuum (verbose) test``
+    runs; T1 reads row 1 again and ends; VACUUM runs again.
+
+    Outcome: each update left the version it replaced behind: three dead versions.
+    Without an old snapshot VACUUM removes all three. While T1's snapshot is open,
+    VACUUM must keep them ("dead but not yet removable"): T1 still reads 10 from
+    one of them. Once T1 ends, the next VACUUM removes them. (A long transaction
+    makes the table carry its dead versions: MVCC's cost.)
+    """
+    t1 = connect()
+    if snapshot_held:
+        execute(t1, "begin transaction isolation level repeatable read")
+        assert rows(t1, READ_ROW_1) == [(10,)]
+    for value in (11, 12, 13):
+        execute(observer, "update test set value = %s where id = 1", (value,))
+
+    assert vacuum_verbose(observer, "test") == first_vacuum, "(removed, dead but kept)"
+    assert rows(t1, READ_ROW_1) == [(10,) if snapshot_held else (13,)], \
+        "a snapshot from before the updates still reads the old version"
+    t1.rollback()
+    assert vacuum_verbose(observer, "test") == after_the_snapshot_ends, "(removed, dead but kept)"

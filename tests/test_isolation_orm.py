@@ -188,19 +188,25 @@ def test_orm_with_for_update_makes_the_second_increment_wait(engine, observer, l
     assert value_of_row_1(engine) == row_1, "row 1 after both increments at read committed"
 
 
-@pytest.mark.parametrize("increment, row_1", [
-    pytest.param("sql", 12, id="row.value = Row.value + 1: both increments counted"),
-    pytest.param("python", 11, id="row.value += 1: Alice's increment lost"),
+@pytest.mark.parametrize("increment, update_written, row_1", [
+    pytest.param("sql", "UPDATE test SET value=(test.value + %(value_1)s) "
+                        "WHERE test.id = %(test_id)s", 12,
+                 id="row.value = Row.value + 1: both increments counted"),
+    pytest.param("python", "UPDATE test SET value=%(value)s WHERE test.id = %(test_id)s", 11,
+                 id="row.value += 1: Alice's increment lost"),
 ])
-def test_orm_increment_computed_by_the_database(engine, increment, row_1):
+def test_orm_increment_computed_by_the_database(engine, statement_log, increment,
+                                                update_written, row_1):
     """Let the database do the arithmetic: assign a SQL expression, not a Python value.
 
     Scenario: at read committed Alice and Bob both load row 1 (10); each adds 1
     and commits, Alice first -- either in Python or as ``Row.value + 1``.
-    Outcome: the expression becomes ``UPDATE test SET value = test.value + 1``,
-    evaluated on the row as it is when the UPDATE runs (Alice's 11), so the
-    result is 12; the Python increment writes the stale 10 + 1.
+    Outcome: the expression becomes ``UPDATE test SET value=(test.value + 1)``
+    (the UPDATE each session's flush wrote is asserted below, placeholders and
+    all), evaluated on the row as it is when the UPDATE runs (Alice's 11), so the
+    result is 12; the Python increment writes the stale value it computed, 10 + 1.
     """
+    statement_log.watch(engine)
     def add_one(row):
         if increment == "sql":
             row.value = Row.value + 1
@@ -214,4 +220,6 @@ def test_orm_increment_computed_by_the_database(engine, increment, row_1):
         add_one(bob_row)
         bob.commit()
 
+    assert [sql for sql in statement_log.written if sql.startswith("UPDATE")] == \
+        [update_written] * 2, "the UPDATE SQLAlchemy wrote for each session's increment"
     assert value_of_row_1(engine) == row_1, f"row 1 after two increments ({increment})"

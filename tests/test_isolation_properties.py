@@ -87,6 +87,25 @@ PHANTOM = (
 )
 
 
+# Where the counts in the table below come from:
+#
+# * 20 merges: two transactions of 3 steps each can be merged in C(6, 3) = 20 ways
+#   (choose which 3 of the 6 positions are T1's; each keeps its own order). Two of
+#   them are serial: all of T1 then all of T2, or the reverse.
+# * 6 invalid (lost update only: the other races write different rows or insert
+#   different keys, so nobody waits). The second UPDATE of row 1 waits until the first
+#   updater commits; a merge that gives the waiting session its COMMIT before the
+#   other's COMMIT cannot happen. Say T1 updates first: T1's commit must then come
+#   last, and T1's two earlier steps must both precede T2's update. Of the
+#   C(5, 2) = 10 merges of T1's read and update with T2's three steps, that leaves 3
+#   (T1 at positions 1-2, 1-3 or 2-3 of the first five). 3 with T1 first, 3 with T2
+#   first: 6 invalid, 14 valid.
+# * 18 (write skew, repeatable read) and 12 (lost update, read committed) break the
+#   law: every merge but the 2 serial ones, since in each of the others both
+#   transactions read before the other committed -- both sums are 30 / both reads
+#   are 10, which no serial order shows -- and both commit (no row is written by
+#   both / read committed does not abort the second writer). 20 - 2 = 18; 14 - 2 = 12.
+#   At serializable SSI aborts one transaction instead, so none breaks it.
 @pytest.mark.parametrize("race, level, valid, invalid, lawless", [
     pytest.param(WRITE_SKEW, SERIALIZABLE, 20, 0, 0,
                  id="write skew, serializable: 20 merges, all obey"),

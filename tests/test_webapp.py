@@ -10,9 +10,16 @@ server process) that serves many requests in turn.
 
 What each letter promises there, and what breaks without it:
 
-* Atomicity: a request that crashes halfway leaves nothing behind. Without the
-  rollback at teardown its half-done writes would be committed, by itself or
-  by the next request on the same worker.
+* Atomicity: a request that crashes halfway leaves nothing behind. The server
+  never commits anything by itself (test_atomicity_sessions.py); what ends a
+  request's open transaction is the app: at the end of every request Flask
+  runs its teardown functions -- Flask-SQLAlchemy's removes the request's
+  session, which sends ROLLBACK for whatever the view did not commit (this
+  app also rolls back explicitly, first). The session's error handlers roll
+  back too, before turning a database error into an HTTP answer. Were a
+  pooled connection handed on with its transaction still open, the *next*
+  request's COMMIT would carry the earlier writes along: that is why the
+  rollback at the end of a request matters.
 * Isolation: two buyers at once. A view that reads the stock and writes back
   "what I read minus one" loses a sale at read committed; a row lock
   (``with_for_update()``), one atomic UPDATE, or serializable with a retry
@@ -20,9 +27,11 @@ What each letter promises there, and what breaks without it:
 * Consistency: the database's constraints (unique, check, foreign key) refuse
   bad data; the app turns the refusal into a 409 or 422, not a 500, and
   nothing changes.
-* Durability: a committed purchase does not depend on the server process
-  that made it; when that process is killed, the pool (``pool_pre_ping``)
-  hands the next request a new connection and the purchase is there.
+* A killed server process: when the process behind a pooled connection is
+  killed, the pool (``pool_pre_ping``) hands the next request a new
+  connection and the committed purchase is there. That is the pool
+  recovering from a lost session, not durability (the server never lost
+  anything; crashes of the server are test_durability.py's).
 
 The foundation tests at the end show the course notes' picture itself:
 client - web server - database server over TCP, the dialect and DBAPI (the SQL
@@ -207,6 +216,58 @@ def test_a_request_that_fails_halfway_leaves_nothing_behind(make_app, observer):
         "atomicity: nothing of the failed request rode along in the next commit"
 
 
+# The end of a request, as this app wires it (acid_lab/lessons/webapp.py):
+#
+#     db.init_app(app)                                # Flask-SQLAlchemy registers its teardown:
+#                                                     #   db.session.remove() -> ROLLBACK
+#     app.teardown_appcontext(roll_back_what_is_left) # ours: db.session.rollback()
+#
+#     @shop.app_errorhandler(sa_exc.IntegrityError)   # an error handler: roll back, then 409/422
+#     def broken_constraint(error):
+#         db.session.rollback()
+#         return jsonify(error=..., sqlstate=error.orig.pgcode, ...), 409 or 422
+#
+# Flask runs teardown functions in the reverse order of registration: ours first.
+TEARDOWN = ["roll_back_what_is_left", "_teardown_session"]
+DRAFT_INSERT = "INSERT INTO drivers (name) VALUES ('Ada') RETURNING drivers.id"
+
+
+@pytest.mark.atomicity
+@pytest.mark.parametrize("ours, teardown, sent, state_after", [
+    pytest.param(True, TEARDOWN, ["BEGIN", DRAFT_INSERT, "ROLLBACK"], "idle",
+                 id="our rollback at teardown, then Flask-SQLAlchemy's: one ROLLBACK"),
+    pytest.param(False, TEARDOWN[1:], ["BEGIN", DRAFT_INSERT, "ROLLBACK"], "idle",
+                 id="Flask-SQLAlchemy's teardown alone: ROLLBACK all the same"),
+])
+def test_the_end_of_a_request_rolls_back_what_the_view_left_open(
+        make_app, observer, statement_log, ours, teardown, sent, state_after):
+    """Scenario: a view (``POST /drafts``) inserts a driver and returns without committing;
+    the request ends. Then the same worker lists the drivers.
+
+    Outcome: at the end of the request Flask runs the teardown functions listed
+    (Flask-SQLAlchemy's removes the request's session); the server receives
+    ROLLBACK -- from the app, never decided by the server -- the server session
+    sits idle with no transaction open, and nobody ever sees Ada, not even the
+    next request on the same pooled connection.
+    """
+    app = make_app(ONE_SESSION, statement_log=statement_log, rollback_at_teardown=ours)
+    client = app.test_client()
+
+    draft = client.post("/drafts", json={"name": "Ada"})
+
+    assert draft.status_code == 200
+    assert [f.__name__ for f in reversed(app.teardown_appcontext_funcs)] == teardown, \
+        "the teardown functions Flask runs at the end of every request, in order"
+    assert [sql for sql in statement_log.sent if not sql.startswith("SELECT pg_backend_pid")] \
+        == sent, "what the request sent, end of request included"
+    assert rows(observer, "select state from pg_stat_activity where pid = %s",
+                (draft.json["backend_pid"],)) == [(state_after,)], \
+        "no transaction left open in the pooled server session"
+    assert client.get("/drivers").json == [], "atomicity: the uncommitted driver never appears"
+    assert client.get("/session").json["backend_pid"] == draft.json["backend_pid"], \
+        "the next request ran on the same pooled server session"
+
+
 # --------------------------------------------------------------------------- isolation
 
 
@@ -354,17 +415,17 @@ def test_a_broken_rule_is_an_http_error_and_changes_nothing(make_app, observer, 
         "the worker's session was rolled back and serves the next request"
 
 
-# --------------------------------------------------------------------------- durability
+# --------------------------------------------------------------------------- a killed session
 
 
-@pytest.mark.durability
+@pytest.mark.foundation
 @pytest.mark.parametrize("pre_ping, statuses_after_kill", [
     pytest.param(True, [200], id="pool_pre_ping on: the next request works"),
     pytest.param(False, [503, 200], id="pool_pre_ping off: one request fails (503) first"),
 ])
-def test_a_committed_buy_outlives_the_server_process_that_made_it(make_app, observer,
-                                                                  pre_ping,
-                                                                  statuses_after_kill):
+def test_the_pool_replaces_a_killed_server_process_after_a_committed_buy(make_app, observer,
+                                                                        pre_ping,
+                                                                        statuses_after_kill):
     """Scenario: a buy commits (stock 10 -> 9) on the app's one pooled connection; then its
     server process is killed (pg_terminate_backend) while the connection idles in the pool.
 
@@ -385,9 +446,66 @@ def test_a_committed_buy_outlives_the_server_process_that_made_it(make_app, obse
     assert [response.status_code for response in after_kill] == statuses_after_kill, \
         "the requests after the kill"
     assert after_kill[-1].json["quantity"] == 9, \
-        "durability: the committed buy survived the server process that made it"
+        "the committed buy is there: it never depended on the session that made it"
     assert client.get("/session").json["backend_pid"] != killed_pid, \
         "a new server process serves the pool's new connection"
+
+
+# --------------------------------------------------------------------------- the web client
+
+# Two ways a page's script sends data to Flask (the course notes name both), each
+# posting {"name": ...} as JSON to POST /drivers and handing back (status, JSON body).
+SEND_WITH_FETCH = """
+const [name, done] = arguments;
+fetch('/drivers', {method: 'POST', headers: {'Content-Type': 'application/json'},
+                   body: JSON.stringify({name: name})})
+  .then(response => response.json().then(body => done([response.status, body])));
+"""
+SEND_WITH_XMLHTTPREQUEST = """
+const [name, done] = arguments;
+const request = new XMLHttpRequest();
+request.open('POST', '/drivers');
+request.setRequestHeader('Content-Type', 'application/json');
+request.onload = () => done([request.status, JSON.parse(request.responseText)]);
+request.send(JSON.stringify({name: name}));
+"""
+
+
+@pytest.fixture(scope="module")
+def web_browser():
+    """A headless Chromium (the system's), shared by this module's browser tests."""
+    from acid_lab.play import browser
+
+    why = browser.missing()
+    if why:
+        pytest.skip(f"no browser to send the requests: {why}")
+    with browser.chromium() as driver:
+        driver.set_script_timeout(REQUEST_TIMEOUT)
+        yield driver
+
+
+@pytest.mark.foundation
+@pytest.mark.parametrize("script, name, status, answer", [
+    pytest.param(SEND_WITH_FETCH, "Ada", 201, {"id": 1}, id="fetch()"),
+    pytest.param(SEND_WITH_XMLHTTPREQUEST, "Grace", 201, {"id": 1}, id="XMLHttpRequest"),
+])
+def test_a_page_sends_data_to_flask_with_fetch_or_xmlhttprequest(make_app, serve, web_browser,
+                                                                 observer, script, name, status,
+                                                                 answer):
+    """Scenario: the app served over real HTTP; a browser (headless Chromium) opens one of
+    its pages, and the page's script posts a new driver as JSON -- with ``fetch()`` or
+    with the older ``XMLHttpRequest`` (the scripts above).
+
+    Outcome: either way the same HTTP request reaches the same Flask view: 201 and
+    the new driver's id, and the driver is committed in the database.
+    """
+    host, port = serve(make_app())
+    web_browser.get(f"http://{host}:{port}/drivers")   # a page of the app: same origin
+
+    sent = web_browser.execute_async_script(script, name)
+
+    assert sent == [status, answer], "what the script got back: (status, JSON body)"
+    assert rows(observer, "select name from drivers") == [(name,)], "the driver is stored"
 
 
 # --------------------------------------------------------------------------- the stack

@@ -9,9 +9,15 @@ the four statements of ``TRANSFER``::
     3. insert into audit (account_id, delta) values (:source, -:amount)
     4. insert into audit (account_id, delta) values (:target, :amount)
 
-The rules are the database's, not this module's: ``no_negative_balance``
+Two kinds of rules. The declared ones are the database's: ``no_negative_balance``
 refuses an overdraft (23514), the audit row's foreign key an unknown account
-(23503), the primary key a second account with the same id (23505).
+(23503), the primary key a second account with the same id (23505) -- whatever
+the client does. "Each balance equals the sum of its audit rows" and "a transfer
+creates no money" are declared nowhere: this module keeps them, by writing the
+balance change and its audit row in one transaction. An application that sends
+the same statements without a transaction breaks them at the first failure
+(``tests/test_consistency_bank.py``); a trigger can move such a rule into the
+database (``tests/test_consistency_triggers.py``).
 """
 
 from __future__ import annotations

@@ -50,6 +50,23 @@ POSSIBLE = "possible"
 #: ... or the server did not let it happen.
 PREVENTED = "prevented"
 
+# The SQL standard's phenomena, as PostgreSQL's documentation names them (Transaction
+# Isolation, its table of levels), and the levels at which PostgreSQL lets each occur
+# ("allowed, but not in PG" counts as not allowed). Every anomaly of the catalog is one
+# of them; a dirty write, which is not among the four, PostgreSQL allows at no level.
+DIRTY_WRITE = "dirty write"
+DIRTY_READ = "dirty read"
+NONREPEATABLE_READ = "nonrepeatable read"
+PHANTOM_READ = "phantom read"
+SERIALIZATION_ANOMALY = "serialization anomaly"
+POSTGRESQL_ALLOWS: dict[str, tuple[str, ...]] = {
+    DIRTY_WRITE: (),
+    DIRTY_READ: (),
+    NONREPEATABLE_READ: ("read uncommitted", "read committed"),
+    PHANTOM_READ: ("read uncommitted", "read committed"),
+    SERIALIZATION_ANOMALY: ("read uncommitted", "read committed", "repeatable read"),
+}
+
 #: Puts Hermitage's table back as it starts, for running several schedules in one place.
 RESTORE_HERMITAGE = "delete from test; insert into test (id, value) values (1, 10), (2, 20)"
 
@@ -116,10 +133,22 @@ class Anomaly:
     schedule: tuple[Line, ...]
     # Did the anomaly happen? Decided from the observed step results.
     occurred: Callable[[Outcomes], bool] = dataclasses.field(repr=False)
+    # Which of the SQL standard's phenomena it is (a key of POSTGRESQL_ALLOWS).
+    phenomenon: str = ""
 
     def __post_init__(self) -> None:
+        if self.phenomenon and self.phenomenon not in POSTGRESQL_ALLOWS:
+            raise ValueError(f"{self.code}: {self.phenomenon!r} is none of "
+                             f"{sorted(POSTGRESQL_ALLOWS)}")
         lines = tuple(item if isinstance(item, Line) else _line(item) for item in self.schedule)
         object.__setattr__(self, "schedule", lines)
+
+    @property
+    def in_the_sql_standard(self) -> str:
+        """Which of the SQL standard's phenomena this is, in words for a legend."""
+        if self.phenomenon == DIRTY_WRITE:
+            return "none of the SQL standard's four phenomena; PostgreSQL allows it at no level"
+        return f"SQL standard: {self.phenomenon}" if self.phenomenon else ""
 
     @property
     def keys(self) -> tuple[str, ...]:

@@ -20,6 +20,8 @@ request, at most ``pool_size + max_overflow`` of them at once.
 * ``GET  /drivers``                       -> ``[{"name", "plates"}]``
 * ``POST /drivers`` ``{"name", "vehicles": [{"plate", "seats"}]}`` -> 201
 * ``POST /drivers/<id>/vehicles`` ``{"plate", "seats"}``           -> 201
+* ``POST /drafts`` ``{"name"}`` -> 200: writes a driver and forgets to commit (a bug
+  on purpose: what happens to it is decided at the end of the request)
 * ``GET  /session``  the database server's view of this request's session
   (and the web server's view of the HTTP client)
 
@@ -108,13 +110,14 @@ class Vehicle(db.Model):
 
 
 def create_app(database_uri, engine_options: dict | None = None, *, create_tables: bool = True,
-               **config) -> Flask:
+               rollback_at_teardown: bool = True, **config) -> Flask:
     """A Flask app on ``database_uri`` (a SQLAlchemy URL, postgresql+psycopg2).
 
     ``engine_options`` go to ``create_engine`` (``connect_args``, ``pool_size``,
     ``pool_pre_ping`` ...); ``config`` updates ``app.config`` (the test hooks).
     With ``create_tables`` the models' tables are created where the connection's
-    search_path points.
+    search_path points. ``rollback_at_teardown=False`` leaves the end of a request
+    to Flask-SQLAlchemy alone (it removes the session, which rolls back).
     """
     app = Flask(__name__)
     app.config.update(
@@ -128,7 +131,8 @@ def create_app(database_uri, engine_options: dict | None = None, *, create_table
     app.config.update(config)
     db.init_app(app)
     # Registered after init_app, so it runs before Flask-SQLAlchemy removes the session.
-    app.teardown_appcontext(roll_back_what_is_left)
+    if rollback_at_teardown:
+        app.teardown_appcontext(roll_back_what_is_left)
     app.register_blueprint(shop)
     if create_tables:
         with app.app_context():
@@ -327,6 +331,14 @@ def register_vehicle(driver_id: int):
     write(vehicle)
     db.session.commit()
     return jsonify(id=vehicle.id), 201
+
+
+@shop.post("/drafts")
+def register_driver_without_commit():
+    """A bug on purpose: the driver is sent to the server (flush) and never committed."""
+    driver = Driver(name=request.get_json()["name"])
+    write(driver)
+    return jsonify(id=driver.id, backend_pid=backend_pid())
 
 
 # --------------------------------------------------------------------------- the session

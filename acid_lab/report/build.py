@@ -300,5 +300,6 @@ def _observe_cell(idle: queue.Queue[_Worker], anomaly: Anomaly, level: str) -> O
 
 
 def legend_lines(report: Report) -> list[tuple[str, str]]:
-    """(code, plain words) for each anomaly."""
-    return [(anomaly.code, f"{anomaly.name} — {anomaly.legend}") for anomaly in report.anomalies]
+    """(code, plain words) for each anomaly, with the SQL standard's phenomenon it is."""
+    return [(anomaly.code, f"{anomaly.name} — {anomaly.legend} ({anomaly.in_the_sql_standard})")
+            for anomaly in report.anomalies]
