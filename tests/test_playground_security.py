@@ -27,7 +27,7 @@ import subprocess
 
 import psycopg2
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from markupsafe import escape
 from psycopg2 import errors
@@ -38,6 +38,7 @@ from acid_lab.play.command import dsn_warning, serving
 from acid_lab.play.sessions import (
     ANSWER_BOUND,
     MAX_CELL_CHARS,
+    MAX_ERROR_CHARS,
     MAX_HISTORY,
     MAX_RESULT_ROWS,
     Playground,
@@ -342,11 +343,13 @@ def test_dsn_login(target, login, observer_conn, may_create_roles, sandboxed, sa
 def test_a_poll_stays_small(client, playground):
     """A page's answer stays small however long the page lives.
 
-    Scenario: a free page selects a 10 MB value, then 1000 rows, then sends
+    Scenario: a free page selects a 10 MB value, then 1000 rows, raises a 10 MB
+    error, then sends
     MAX_HISTORY + 10 more statements that each return 5000 characters; it polls.
     Outcome: the value is cut to MAX_CELL_CHARS, the rows to MAX_RESULT_ROWS,
-    both marked truncated; the page keeps its last MAX_HISTORY statements
-    (``earlier`` counts the others) and the poll's answer is under ANSWER_BOUND.
+    both marked truncated, the error to MAX_ERROR_CHARS; the page keeps its last
+    MAX_HISTORY statements (``earlier`` counts the others) and the poll's answer
+    is under ANSWER_BOUND.
     """
     page = call(client, "/api/pages", {"mode": "free"}, status=201)
     page = run_sql(client, page, "T1", "select repeat('x', 10000000)")
@@ -355,11 +358,14 @@ def test_a_poll_stays_small(client, playground):
     page = run_sql(client, page, "T1", "select generate_series(1, 1000)")
     entry = page["entries"]["2"]
     assert (len(entry["rows"]), entry["truncated"]) == (MAX_RESULT_ROWS, True)
+    page = run_sql(client, page, "T1", "do $$ begin raise exception '%', repeat('z', 10000000);"
+                                       " end $$")
+    assert len(page["entries"]["3"]["error"]) == MAX_ERROR_CHARS + 1
     for _ in range(MAX_HISTORY + 10):
         run_sql(client, page, "T2", "select repeat('y', 5000)")
     answer = client.post(f"/api/pages/{page['token']}/poll", json={})
     polled = answer.get_json()
-    assert (len(polled["entries"]), polled["earlier"]) == (MAX_HISTORY, 12)
+    assert (len(polled["entries"]), polled["earlier"]) == (MAX_HISTORY, 13)
     assert len(answer.data) < ANSWER_BOUND
 
 
@@ -456,7 +462,9 @@ ROUTES = ("/api/pages", "/api/scenarios", "/api/pages/{token}/next", "/api/pages
 
 
 @pytest.mark.engine
-@settings(max_examples=15, deadline=None, database=None,
+# No shrinking: each example opens a page, and a failure must stay quick too (the example
+# that failed is reported as it was made).
+@settings(max_examples=15, deadline=None, database=None, phases=[Phase.generate],
           derandomize=os.environ.get("CI") == "true",
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(body=BODIES)

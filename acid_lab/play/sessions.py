@@ -60,10 +60,11 @@ IDLE_IN_TRANSACTION_TIMEOUT = 600.0  # seconds a session may sit idle inside a t
 MAX_RESULT_ROWS = 100        # rows a result keeps
 MAX_CELL_CHARS = 200         # characters a value keeps
 MAX_RESULT_BYTES = 4096      # JSON bytes a result keeps
+MAX_ERROR_CHARS = 1000       # characters of an error message kept
 MAX_SQL_CHARS = 4000         # characters of one statement sent in free mode
 MAX_HISTORY = 50             # statements a page keeps (the latest, and any still pending)
-ANSWER_BOUND = 256 * 1024    # bytes a page's answer stays under (the schedule of a pasted
-                             # script, at most the request size, included)
+ANSWER_BOUND = 256 * 1024    # bytes a page's answer stays under (the tests' figure, with
+                             # MAX_HISTORY statements of bounded results)
 _FAST_PATH = 0.001           # a statement finished within this is taken as not blocked
 _CHECK_INTERVAL = 0.001      # between two "is it blocked?" questions (a wait on its event)
 
@@ -181,7 +182,10 @@ class Session:
         except psycopg2.Error as error:
             result.status, result.sqlstate = "error", error.pgcode
             primary = error.diag.message_primary if error.diag is not None else None
-            result.error = primary or " ".join(str(error).split()) or type(error).__name__
+            message = primary or " ".join(str(error).split()) or type(error).__name__
+            # bounded like a value: a RAISE can carry megabytes
+            result.error = message if len(message) <= MAX_ERROR_CHARS \
+                else message[:MAX_ERROR_CHARS] + "…"
         except Exception as error:  # never leave a request waiting on a dead worker
             result.status, result.error = "error", f"{type(error).__name__}: {error}"
         finally:
