@@ -413,7 +413,8 @@ def test_shutdown_closes_every_session(target, observer_conn):
 
     Scenario: a playground of its own with two pages, one of them with T2
     waiting for T1's lock; the playground closes.
-    Outcome: none of its sessions is left on the server, no schema of its.
+    Outcome: none of its sessions is left on the server, no schema of its, no
+    role of its pages.
     """
     with Playground(target.info) as own:
         client = keyed_client(create_app(own))
@@ -422,11 +423,13 @@ def test_shutdown_closes_every_session(target, observer_conn):
         assert run_sql(client, waiting, "T2", "update test set value = 12 where id = 1")[
             "pending"] == {"T2": "waiting"}
         other = open_page(client, mode="scenario", code="G0", level=SERIALIZABLE)
-        places = [(own.page(p["token"]).name, own.page(p["token"]).schema)
-                  for p in (waiting, other)]
-    for name, schema in places:
+        places = [(own.page(p["token"]).name, own.page(p["token"]).schema,
+                   own.page(p["token"]).role) for p in (waiting, other)]
+    for name, schema, role in places:
         assert page_sessions(observer_conn, name) == []
         assert not schema_exists(observer_conn, schema)
+        assert rows(observer_conn, "select count(*) from pg_roles where rolname = %s",
+                    (role,)) == [(0,)]
 
 
 class ConsoleWatch(io.StringIO):
