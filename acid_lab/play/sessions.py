@@ -709,24 +709,34 @@ class Playground:
             owner = pgsql.SQL("current_user")
             if self.sandboxed:
                 role, password = f"acid_lab_play_{name}", secrets.token_urlsafe(24)
-                # No SUPERUSER, no CREATEROLE or CREATEDB, no membership in any role (so
-                # none of pg_execute_server_program, pg_read/write_server_files).
-                cursor.execute(pgsql.SQL(
-                    "create role {} login password {} nosuperuser nocreatedb nocreaterole"
-                    " noinherit noreplication nobypassrls connection limit {}").format(
-                    pgsql.Identifier(role), pgsql.Literal(password),
-                    pgsql.Literal(MAX_SESSIONS + 1)))
-                if not self.superuser:  # a CREATEROLE login gives a schema only to its members
-                    cursor.execute(pgsql.SQL("grant {} to current_user").format(
-                        pgsql.Identifier(role)))
-                elif self.keeper.admin.server_version >= 150000:
-                    # a lesson shortens the deadlock check (a superuser's setting otherwise)
-                    cursor.execute(pgsql.SQL("grant set on parameter deadlock_timeout to {}")
-                                   .format(pgsql.Identifier(role)))
                 owner = pgsql.Identifier(role)
-            cursor.execute(pgsql.SQL("create schema {} authorization {}").format(
-                pgsql.Identifier(schema), owner))
+            try:
+                if role is not None:
+                    self._create_role(cursor, role, password)
+                cursor.execute(pgsql.SQL("create schema {} authorization {}").format(
+                    pgsql.Identifier(schema), owner))
+            except BaseException:
+                if role is not None:  # nothing of the page outlives it
+                    for drop in ("drop owned by {}", "drop role if exists {}"):
+                        with contextlib.suppress(psycopg2.Error):
+                            cursor.execute(pgsql.SQL(drop).format(owner))
+                raise
         return role, password, schema
+
+    def _create_role(self, cursor, role: str, password: str) -> None:
+        # No SUPERUSER, no CREATEROLE or CREATEDB, no membership in any role (so none of
+        # pg_execute_server_program, pg_read/write_server_files).
+        ident = pgsql.Identifier(role)
+        cursor.execute(pgsql.SQL(
+            "create role {} login password {} nosuperuser nocreatedb nocreaterole"
+            " noinherit noreplication nobypassrls connection limit {}").format(
+            ident, pgsql.Literal(password), pgsql.Literal(MAX_SESSIONS + 1)))
+        if not self.superuser:  # a CREATEROLE login gives a schema only to its members
+            cursor.execute(pgsql.SQL("grant {} to current_user").format(ident))
+        elif self.keeper.admin.server_version >= 150000:
+            # a lesson shortens the deadlock check (a superuser's setting otherwise)
+            cursor.execute(pgsql.SQL("grant set on parameter deadlock_timeout to {}")
+                           .format(ident))
 
     def drop_place(self, schema: str, role: str | None, pids: list[int]) -> None:
         """Drop the page's schema, then everything its role owns and the role itself."""
