@@ -315,8 +315,9 @@ class Page:
     def open(self) -> None:
         """A fresh schema and the sessions the schedule names (free mode opens them on use)."""
         setup = self.setup
-        self.role, self.password, self.schema = self.playground.create_place(self.name)
-        self._run_script_setup(setup.script_setup if setup.mode == SCRIPT else [HERMITAGE])
+        self.role, self.password, self.schema = self.playground.create_place(
+            self.name, "" if setup.mode == SCRIPT else HERMITAGE)
+        self._run_script_setup(setup.script_setup)
         names = list(dict.fromkeys(session for session, _ in setup.schedule))
         if len(names) > MAX_SESSIONS:
             raise PlaygroundError(400, f"the playground holds at most {MAX_SESSIONS} sessions "
@@ -324,7 +325,7 @@ class Page:
         self._open_sessions(names)
 
     def _run_script_setup(self, statements: list[str]) -> None:
-        """The tables, made by the page's own role (so that it owns them)."""
+        """A pasted script's setup, run by the page's own role on a connection of its own."""
         if not statements:
             return
         conn = self._connect()
@@ -700,9 +701,10 @@ class Playground:
             found = cursor.fetchone()
         return (bool(found[0]), bool(found[1])) if found else (False, False)
 
-    def create_place(self, name: str) -> tuple[str | None, str | None, str]:
-        """A page's own login role (where the login may make one) and an empty schema it
-        owns: (role, password, schema). Without a role the schema belongs to the login."""
+    def create_place(self, name: str, setup_sql: str) -> tuple[str | None, str | None, str]:
+        """A page's own login role (where the login may make one) and a schema it owns,
+        holding ``setup_sql``'s tables (ours, never a page's: made here as the role):
+        (role, password, schema). Without a role the schema belongs to the login."""
         schema = new_schema_name()
         role = password = None
         with self._keeper_lock, self.keeper.admin.cursor() as cursor:
@@ -715,13 +717,26 @@ class Playground:
                     self._create_role(cursor, role, password)
                 cursor.execute(pgsql.SQL("create schema {} authorization {}").format(
                     pgsql.Identifier(schema), owner))
+                if setup_sql:
+                    self._make_tables(cursor, schema, role, setup_sql)
             except BaseException:
+                with contextlib.suppress(psycopg2.Error):
+                    cursor.execute("rollback")  # a setup that failed inside its transaction
                 if role is not None:  # nothing of the page outlives it
                     for drop in ("drop owned by {}", "drop role if exists {}"):
                         with contextlib.suppress(psycopg2.Error):
                             cursor.execute(pgsql.SQL(drop).format(owner))
                 raise
         return role, password, schema
+
+    @staticmethod
+    def _make_tables(cursor, schema: str, role: str | None, setup_sql: str) -> None:
+        """Our own setup SQL, owned by the page's role: made as it, on this connection."""
+        become = pgsql.SQL("set local role {}; ").format(pgsql.Identifier(role)) if role \
+            else pgsql.SQL("")
+        cursor.execute(pgsql.SQL("begin; ") + become + pgsql.SQL(
+            "set local search_path to {}; ").format(pgsql.Identifier(schema))
+            + pgsql.SQL(setup_sql) + pgsql.SQL("; commit"))
 
     def _create_role(self, cursor, role: str, password: str) -> None:
         # No SUPERUSER, no CREATEROLE or CREATEDB, no membership in any role (so none of
@@ -746,8 +761,7 @@ class Playground:
             if role is not None:
                 with self.keeper.admin.cursor() as cursor:
                     # its sessions first: a DROP ROLE fails while one is still logged in
-                    wait = ", 5000" if self.keeper.admin.server_version >= 140000 else ""
-                    cursor.execute(f"select pg_catalog.pg_terminate_backend(pid{wait})"
+                    cursor.execute("select pg_catalog.pg_terminate_backend(pid)"
                                    " from pg_catalog.pg_stat_activity where usename = %s",
                                    (role,))
                     ident = pgsql.Identifier(role)
