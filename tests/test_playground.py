@@ -24,6 +24,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import signal
 import threading
 import urllib.request
@@ -36,7 +37,7 @@ from psycopg2 import errors
 
 from acid_lab.engine.scenario import READ_COMMITTED, REPEATABLE_READ, SERIALIZABLE
 from acid_lab.lessons.queries import rows
-from acid_lab.play.app import create_app
+from acid_lab.play.app import create_app, keyed_client
 from acid_lab.play.command import play_command
 from acid_lab.play.scenarios import find
 from acid_lab.play.sessions import MAX_SESSIONS, Playground
@@ -61,7 +62,7 @@ def playground(target):
 def client(playground):
     """The app's test client; every page this test opened is closed afterwards."""
     app = create_app(playground)
-    yield app.test_client()
+    yield keyed_client(app)
     playground.close_idle(now=float("inf"))
 
 
@@ -130,10 +131,11 @@ def outcome(entry):
     return entry["command"]
 
 
-def page_sessions(observer_conn, token):
-    """The server sessions the app holds for a page (its application_name carries the token)."""
+def page_sessions(observer_conn, name):
+    """The server sessions the app holds for the page named ``name`` on the server
+    (``Page.name``, in its application_name; random, no part of the page's token)."""
     return rows(observer_conn, "select state from pg_stat_activity where application_name = %s",
-                (f"acid_lab play {token[:6]}",))
+                (f"acid_lab play {name}",))
 
 
 def schema_exists(observer_conn, name):
@@ -252,7 +254,7 @@ def test_free_mode_deadlock(client):
 
 
 @pytest.mark.isolation
-def test_cancel_a_waiting_step(client, observer_conn):
+def test_cancel_a_waiting_step(client, playground, observer_conn):
     """A waiting step can be cancelled: the page's own pg_cancel_backend.
 
     Scenario: free mode; T1 updates row 1 and keeps its transaction open; T2's
@@ -267,7 +269,7 @@ def test_cancel_a_waiting_step(client, observer_conn):
     page = call(client, f"/api/pages/{page['token']}/cancel", {"session": "T2"})
     assert [(s, outcome(e)) for s, e in cells(page, "resumes")] == [
         ("T2", errors.QueryCanceled)]
-    assert sorted(page_sessions(observer_conn, page["token"])) == [
+    assert sorted(page_sessions(observer_conn, playground.page(page["token"]).name)) == [
         ("idle in transaction",), ("idle in transaction (aborted)",)]
 
 
@@ -316,7 +318,7 @@ def test_pasted_page(client):
 
 
 @pytest.mark.engine
-def test_sessions_are_held_between_requests(client, observer_conn):
+def test_sessions_are_held_between_requests(client, playground, observer_conn):
     """HTTP is stateless, a database session is not.
 
     Scenario: free mode; one request opens T1's transaction and writes 11; the
@@ -326,7 +328,8 @@ def test_sessions_are_held_between_requests(client, observer_conn):
     """
     page = open_page(client, mode="free", level=READ_COMMITTED)
     page = run_sql(client, page, "T1", "update test set value = 11 where id = 1")
-    assert page_sessions(observer_conn, page["token"]) == [("idle in transaction",)]
+    assert page_sessions(observer_conn, playground.page(page["token"]).name) == [
+        ("idle in transaction",)]
     page = run_sql(client, page, "T2", "select value from test where id = 1")
     page = run_sql(client, page, "T1", "select value from test where id = 1")
     assert [outcome(e) for _, e in cells(page, "step")][1:] == ["sees [[10]]", "sees [[11]]"]
@@ -384,22 +387,24 @@ def test_reset_and_close_end_the_sessions(client, playground, observer_conn):
     page = open_page(client, mode="scenario", code="P4", level=REPEATABLE_READ)
     for _ in range(3):
         page = next_step(client, page)
-    schema = playground.page(page["token"]).schema
+    schema, name = playground.page(page["token"]).schema, playground.page(page["token"]).name
     fresh = call(client, f"/api/pages/{page['token']}/reset")
-    assert (page_sessions(observer_conn, page["token"]), schema_exists(observer_conn, schema)) \
+    assert (page_sessions(observer_conn, name), schema_exists(observer_conn, schema)) \
         == ([], False)
     next_step(client, page, status=404)
     assert (fresh["next_step"], fresh["rows"]) == (0, [])
 
+    name = playground.page(fresh["token"]).name
     call(client, f"/api/pages/{fresh['token']}/close")
-    assert page_sessions(observer_conn, fresh["token"]) == []
+    assert page_sessions(observer_conn, name) == []
 
     idle = open_page(client, mode="free")
     idle = run_sql(client, idle, "T1", "select 1")
+    name = playground.page(idle["token"]).name
     closed = playground.close_idle(now=playground.page(idle["token"]).last_used
                                    + playground.idle_timeout + 1)
     assert closed == [idle["token"]]
-    assert page_sessions(observer_conn, idle["token"]) == []
+    assert page_sessions(observer_conn, name) == []
 
 
 @pytest.mark.engine
@@ -408,19 +413,23 @@ def test_shutdown_closes_every_session(target, observer_conn):
 
     Scenario: a playground of its own with two pages, one of them with T2
     waiting for T1's lock; the playground closes.
-    Outcome: none of its sessions is left on the server, no schema of its.
+    Outcome: none of its sessions is left on the server, no schema of its, no
+    role of its pages.
     """
     with Playground(target.info) as own:
-        client = create_app(own).test_client()
+        client = keyed_client(create_app(own))
         waiting = open_page(client, mode="free", level=READ_COMMITTED)
         run_sql(client, waiting, "T1", "update test set value = 11 where id = 1")
         assert run_sql(client, waiting, "T2", "update test set value = 12 where id = 1")[
             "pending"] == {"T2": "waiting"}
         other = open_page(client, mode="scenario", code="G0", level=SERIALIZABLE)
-        schemas = [own.page(p["token"]).schema for p in (waiting, other)]
-    for page, schema in zip((waiting, other), schemas, strict=True):
-        assert page_sessions(observer_conn, page["token"]) == []
+        places = [(own.page(p["token"]).name, own.page(p["token"]).schema,
+                   own.page(p["token"]).role) for p in (waiting, other)]
+    for name, schema, role in places:
+        assert page_sessions(observer_conn, name) == []
         assert not schema_exists(observer_conn, schema)
+        assert rows(observer_conn, "select count(*) from pg_roles where rolname = %s",
+                    (role,)) == [(0,)]
 
 
 class ConsoleWatch(io.StringIO):
@@ -454,13 +463,15 @@ def test_play_command(target, observer_conn):
     def visitor():
         if not out.printed.wait(COMMAND_BOUND):
             return
-        url = out.getvalue().split("open ")[1].split()[0]
-        port = int(url.rsplit(":", 1)[1].strip("/"))
+        printed = re.search(r"open (http://127\.0\.0\.1:(\d+)/)\?key=([\w-]+)  ",
+                            out.getvalue())
+        site, port = printed[1], int(printed[2])
         seen["listening"] = sorted({c.laddr.ip for c in psutil.Process().net_connections("tcp")
                                     if c.status == psutil.CONN_LISTEN and c.laddr.port == port})
-        with urllib.request.urlopen(url, timeout=COMMAND_BOUND) as response:
-            seen["page"] = response.read().decode()
-        with urllib.request.urlopen(url + "api/scenarios", timeout=COMMAND_BOUND) as response:
+        browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        with browser.open(printed[0].split()[1], timeout=COMMAND_BOUND) as response:
+            seen["page"] = response.read().decode()  # after the redirect, with the cookie
+        with browser.open(site + "api/scenarios", timeout=COMMAND_BOUND) as response:
             seen["codes"] = [s["code"] for s in json.load(response)["scenarios"]]
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C
 

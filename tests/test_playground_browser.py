@@ -25,7 +25,7 @@ from selenium.webdriver.support.ui import Select
 
 from acid_lab.engine.scenario import READ_COMMITTED, REPEATABLE_READ
 from acid_lab.play import browser
-from acid_lab.play.app import create_app
+from acid_lab.play.app import create_app, entry_url
 from acid_lab.play.command import serving
 from acid_lab.play.sessions import Playground
 
@@ -34,9 +34,13 @@ pytestmark = [pytest.mark.webapp, pytest.mark.isolation]
 
 @pytest.fixture(scope="module")
 def site(target):
-    """The playground served on 127.0.0.1 from a thread of this process; its URL."""
-    with Playground(target.info) as playground, serving(create_app(playground)) as url:
-        yield url
+    """The playground served on 127.0.0.1 from a thread of this process; the URL the play
+    command would print (``http://127.0.0.1:PORT/?key=SECRET``): opening it sets the cookie
+    that every fetch() of the page then sends."""
+    with Playground(target.info) as playground:
+        app = create_app(playground)
+        with serving(app):
+            yield entry_url(app)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@
 
 Starts a temporary PostgreSQL (or uses the server named by ``--dsn``, in a
 database of its own that is dropped at the end), serves the Flask app on
-127.0.0.1 only and prints its URL. Ctrl-C (or SIGTERM) closes every page's
+127.0.0.1 only and prints its URL, ``http://127.0.0.1:PORT/?key=SECRET``
+(the secret is made at start: without it nothing is served). Ctrl-C (or SIGTERM) closes every page's
 sessions, stops the web server, drops the database and stops the temporary
 server. After a SIGKILL the temporary server's guard stops it and removes its
 folder; the sessions end with their connections.
@@ -25,12 +26,10 @@ import psycopg2
 from werkzeug.serving import make_server
 
 from acid_lab.engine.scenario import ScenarioError, require_blocked_check
-from acid_lab.play.app import create_app
+from acid_lab.play.app import HOST, create_app, entry_url
 from acid_lab.play.sessions import Playground
 from acid_lab.servers.server import ServerError
 from acid_lab.servers.target import open_target
-
-HOST = "127.0.0.1"  # never beyond this machine: the page runs any SQL typed into it
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,14 +50,12 @@ def play_command(argv: Sequence[str]) -> int:
         return int(exit_.code or 0)
     try:
         with _stopped_by_signals(), open_target(args.dsn) as target:
-            warning = None
-            if args.dsn:
-                warning = (f"This page runs the SQL typed into it on {target.description}, "
-                           f"as {target.info.user}, in a database of its own "
-                           f"({target.info.dbname}, dropped when the playground stops).")
-                print(f"warning: {warning}", file=sys.stderr)
             _check(target.info)
             with Playground(target.info) as playground:
+                warning = None
+                if args.dsn:
+                    warning = dsn_warning(playground, target.description)
+                    print(f"warning: {warning}", file=sys.stderr)
                 _serve(playground, args.port, target.description, warning)
     except KeyboardInterrupt:
         pass
@@ -73,6 +70,19 @@ def play_command(argv: Sequence[str]) -> int:
     return 0
 
 
+def dsn_warning(playground: Playground, where: str) -> str:
+    """What the command and the page say about playing on someone's own server."""
+    info = playground.info
+    said = (f"This page runs the SQL typed into it on {where}, in a database of its own "
+            f"({info.dbname}, dropped when the playground stops). ")
+    if playground.sandboxed:
+        return said + (f"Each page's SQL runs as a role of that page's own, made by "
+                       f"{info.user} and dropped with the page.")
+    return said + (f"{info.user} may not create roles, so the SQL runs as {info.user}, with "
+                   "that login's full rights: this is not a sandbox. Use a dedicated login "
+                   "that is not a superuser.")
+
+
 def _check(info) -> None:
     """The server must be able to say whether a session is blocked (PostgreSQL 10+)."""
     conn = psycopg2.connect(**info.params(connect_timeout=5))
@@ -84,10 +94,12 @@ def _check(info) -> None:
 
 def _serve(playground: Playground, port: int, where: str, warning: str | None) -> None:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
-    server = make_server(HOST, port, create_app(playground, warning=warning), threaded=True)
+    app = create_app(playground, warning=warning)
+    server = make_server(HOST, port, app, threaded=True)
+    app.config["PLAY_PORT"] = server.server_port
     try:
         print(f"ACID Lab playground on {where}\n"
-              f"open http://{HOST}:{server.server_port}/  (Ctrl-C stops it)", flush=True)
+              f"open {entry_url(app)}  (Ctrl-C stops it)", flush=True)
         server.serve_forever()
     finally:
         server.server_close()
@@ -95,9 +107,11 @@ def _serve(playground: Playground, port: int, where: str, warning: str | None) -
 
 @contextlib.contextmanager
 def serving(app, port: int = 0) -> Iterator[str]:
-    """Serve ``app`` on 127.0.0.1 from a thread of this process; yields its URL (tests, bench)."""
+    """Serve ``app`` on 127.0.0.1 from a thread of this process; yields its URL (tests, bench),
+    without the key: ``entry_url(app)`` is the one to open."""
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     server = make_server(HOST, port, app, threaded=True)
+    app.config["PLAY_PORT"] = server.server_port
     thread = threading.Thread(target=server.serve_forever, name="play-http", daemon=True)
     thread.start()
     try:

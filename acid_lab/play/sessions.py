@@ -14,14 +14,23 @@ connection, as the scenario runner does). A blocked step answers "waiting" at
 once; the page asks again later (:meth:`Page.poll`, which waits on an event,
 never sleeps) or a later step releases it, and its RESUMES shows in that row.
 
-Bounded everywhere: pages, sessions per page, every wait; pages are closed on
-reset, when idle too long, and at shutdown.
+Least privilege: where the login may create roles, each page's sessions log in
+as a role of that page's own (not a superuser, no server-file or program
+rights), owner of the page's schema and nothing else, dropped with the page.
+The monitor and the housekeeping (schemas, roles) keep the playground's login.
+
+Bounded everywhere: pages, sessions per page, every wait, every statement
+(``statement_timeout``, and a watchdog that cancels it from the app side
+should the SQL have SET it away), idle transactions, the rows and bytes a
+result keeps, a page's history; pages are closed on reset, when idle too
+long, and at shutdown.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import queue
 import secrets
 import threading
@@ -31,11 +40,12 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extensions
+from psycopg2 import sql as pgsql
 
 from acid_lab.engine.scenario import StepResult, begin_sql
 from acid_lab.lessons.schema import HERMITAGE
 from acid_lab.play import scenarios as catalog
-from acid_lab.servers.places import PlaceKeeper
+from acid_lab.servers.places import PlaceKeeper, new_schema_name
 from acid_lab.servers.server import ConnectionInfo
 
 MAX_PAGES = 8                # pages open at once (each holds its sessions' connections)
@@ -45,6 +55,16 @@ POLL_BOUND = 1.0             # seconds a poll waits for a waiting statement to f
 LOCK_BOUND = STEP_BOUND + 1  # seconds a request waits for another request of its page
 IDLE_TIMEOUT = 600.0         # seconds without a request before a page's sessions are closed
 CONNECT_TIMEOUT = 5
+STATEMENT_TIMEOUT = 60.0     # seconds a statement may run (a wait for a lock included)
+IDLE_IN_TRANSACTION_TIMEOUT = 600.0  # seconds a session may sit idle inside a transaction
+MAX_RESULT_ROWS = 100        # rows a result keeps
+MAX_CELL_CHARS = 200         # characters a value keeps
+MAX_RESULT_BYTES = 4096      # JSON bytes a result keeps
+MAX_ERROR_CHARS = 1000       # characters of an error message kept
+MAX_SQL_CHARS = 4000         # characters of one statement sent in free mode
+MAX_HISTORY = 50             # statements a page keeps (the latest, and any still pending)
+ANSWER_BOUND = 256 * 1024    # bytes a page's answer stays under (the tests' figure, with
+                             # MAX_HISTORY statements of bounded results)
 _FAST_PATH = 0.001           # a statement finished within this is taken as not blocked
 _CHECK_INTERVAL = 0.001      # between two "is it blocked?" questions (a wait on its event)
 
@@ -75,6 +95,7 @@ class Entry:
     done: threading.Event = field(default_factory=threading.Event)
     finished_at: float = 0.0          # time.monotonic() when it finished
     in_transaction: bool = False
+    truncated: bool = False           # rows or values were left out of ``result.rows``
 
     @property
     def state(self) -> str:
@@ -91,18 +112,34 @@ class Entry:
             "status": result.status if finished else None,
             "command": result.command if finished else None,
             "columns": self.columns if finished else None,
-            "rows": _jsonable(result.rows) if finished else None,
+            "rows": result.rows if finished else None,
+            "truncated": self.truncated,
             "sqlstate": result.sqlstate if finished else None,
             "error": result.error if finished else None,
             "text": result.outcome() if finished else None,
         }
 
 
-def _jsonable(rows: list[list[Any]] | None) -> list[list[Any]] | None:
-    if rows is None:
-        return None
-    return [[v if v is None or isinstance(v, (bool, int, float, str)) else str(v) for v in row]
-            for row in rows]
+def _bounded_rows(cursor) -> tuple[list[list[Any]], bool]:
+    """The result's first rows, values as JSON scalars (long ones cut), within
+    MAX_RESULT_ROWS and MAX_RESULT_BYTES; and whether anything was left out."""
+    kept: list[list[Any]] = []
+    size, truncated = 0, False
+    for row in cursor.fetchmany(MAX_RESULT_ROWS + 1):
+        if len(kept) == MAX_RESULT_ROWS:
+            return kept, True
+        values = []
+        for value in row:
+            if not (value is None or isinstance(value, (bool, int, float, str))):
+                value = str(value)
+            if isinstance(value, str) and len(value) > MAX_CELL_CHARS:
+                value, truncated = value[:MAX_CELL_CHARS] + "…", True
+            values.append(value)
+        size += len(json.dumps(values))
+        if size > MAX_RESULT_BYTES:
+            return kept, True
+        kept.append(values)
+    return kept, truncated
 
 
 class Session:
@@ -140,12 +177,15 @@ class Session:
             result.command = cursor.statusmessage
             if cursor.description is not None:
                 entry.columns = [column.name for column in cursor.description]
-                result.rows = [list(row) for row in cursor.fetchall()]
+                result.rows, entry.truncated = _bounded_rows(cursor)
             result.status = "ok"
         except psycopg2.Error as error:
             result.status, result.sqlstate = "error", error.pgcode
             primary = error.diag.message_primary if error.diag is not None else None
-            result.error = primary or " ".join(str(error).split()) or type(error).__name__
+            message = primary or " ".join(str(error).split()) or type(error).__name__
+            # bounded like a value: a RAISE can carry megabytes
+            result.error = message if len(message) <= MAX_ERROR_CHARS \
+                else message[:MAX_ERROR_CHARS] + "…"
         except Exception as error:  # never leave a request waiting on a dead worker
             result.status, result.error = "error", f"{type(error).__name__}: {error}"
         finally:
@@ -186,6 +226,22 @@ class Monitor:
         """pg_cancel_backend (stop the statement) or pg_terminate_backend (end the session)."""
         with self._lock, self.conn.cursor() as cursor:
             cursor.execute(f"select pg_catalog.{function}(%s)", (pid,))
+
+    def enforce(self, pids: list[int], statement_bound: float, idle_bound: float) -> list[int]:
+        """Cancel the statements of ``pids`` that have run longer than ``statement_bound``
+        seconds and end the sessions idle in a transaction for longer than ``idle_bound``:
+        the server's own timeouts, enforced from here (a page's SQL can SET them away).
+        Which sessions were signalled; the server's clock decides."""
+        with self._lock, self.conn.cursor() as cursor:
+            cursor.execute(
+                "select pid, case when state = 'active' then pg_catalog.pg_cancel_backend(pid)"
+                " else pg_catalog.pg_terminate_backend(pid) end"
+                " from pg_catalog.pg_stat_activity where pid = any(%s::int[]) and"
+                " ((state = 'active' and clock_timestamp() - query_start > %s * interval '1 s')"
+                " or (state like 'idle in transaction%%'"
+                " and clock_timestamp() - state_change > %s * interval '1 s'))",
+                (pids, statement_bound, idle_bound))
+            return [pid for pid, _ in cursor.fetchall()]
 
     def close(self) -> None:
         with contextlib.suppress(psycopg2.Error):
@@ -242,6 +298,11 @@ class Page:
         self.last_used = time.monotonic()
         self.version = 0
         self.schema: str | None = None
+        # Names the page's sessions on the server: random, and no part of the token.
+        self.name = secrets.token_hex(4)
+        self.role: str | None = None           # the page's own login role (where made)
+        self.password: str | None = None
+        self.earlier = 0                       # statements dropped from the history
         self.sessions: dict[str, Session] = {}
         self.entries: list[Entry] = []
         self.rows: list[dict[str, Any]] = []   # {"step": n | None, "cells": [...]}
@@ -254,9 +315,9 @@ class Page:
     def open(self) -> None:
         """A fresh schema and the sessions the schedule names (free mode opens them on use)."""
         setup = self.setup
-        self.schema = self.playground.create_schema("" if setup.mode == SCRIPT else HERMITAGE)
-        if setup.script_setup:
-            self._run_script_setup(setup.script_setup)
+        self.role, self.password, self.schema = self.playground.create_place(
+            self.name, "" if setup.mode == SCRIPT else HERMITAGE)
+        self._run_script_setup(setup.script_setup)
         names = list(dict.fromkeys(session for session, _ in setup.schedule))
         if len(names) > MAX_SESSIONS:
             raise PlaygroundError(400, f"the playground holds at most {MAX_SESSIONS} sessions "
@@ -264,6 +325,9 @@ class Page:
         self._open_sessions(names)
 
     def _run_script_setup(self, statements: list[str]) -> None:
+        """A pasted script's setup, run by the page's own role on a connection of its own."""
+        if not statements:
+            return
         conn = self._connect()
         try:
             with conn.cursor() as cursor:
@@ -271,16 +335,22 @@ class Page:
                     try:
                         cursor.execute(sql)
                     except psycopg2.Error as error:
-                        raise PlaygroundError(400, f"the script's setup `{sql}` failed: "
+                        raise PlaygroundError(400, f"the script's setup `{sql[:200]}` failed: "
                                                    f"{error.pgcode} {' '.join(str(error).split())}"
                                               ) from None
         finally:
             conn.close()
 
     def _connect(self) -> psycopg2.extensions.connection:
-        conn = psycopg2.connect(**self.playground.info.params(
-            options=f"-c search_path={self.schema}", connect_timeout=CONNECT_TIMEOUT,
-            application_name=f"acid_lab play {self.token[:6]}"))
+        playground = self.playground
+        login = {"user": self.role, "password": self.password} if self.role else {}
+        conn = psycopg2.connect(**playground.info.params(
+            options=(f"-c search_path={self.schema}"
+                     f" -c statement_timeout={round(playground.statement_timeout * 1000)}"
+                     " -c idle_in_transaction_session_timeout="
+                     f"{round(IDLE_IN_TRANSACTION_TIMEOUT * 1000)}"),
+            connect_timeout=CONNECT_TIMEOUT, application_name=f"acid_lab play {self.name}",
+            **login))
         conn.autocommit = True
         return conn
 
@@ -324,8 +394,8 @@ class Page:
             session.stop(STEP_BOUND)
         self.sessions.clear()
         if self.schema is not None:
-            self.playground.drop_schema(self.schema, pids)
-            self.schema = None
+            self.playground.drop_place(self.schema, self.role, pids)
+            self.schema = self.role = self.password = None
         with self.changed:
             self.changed.notify_all()
 
@@ -348,6 +418,9 @@ class Page:
             raise PlaygroundError(400, "this page follows a schedule: use next step")
         if not sql.strip():
             raise PlaygroundError(400, f"{session}: there is no SQL to send")
+        if len(sql) > MAX_SQL_CHARS:
+            raise PlaygroundError(400, f"a statement sent here has at most {MAX_SQL_CHARS} "
+                                       "characters")
         if session not in free_sessions():
             raise PlaygroundError(400, f"sessions are {', '.join(free_sessions())}")
         if session not in self.sessions:
@@ -394,11 +467,12 @@ class Page:
         if (self.setup.level is not None and name != catalog.OBSERVER
                 and not session.in_transaction):
             begin = _begin(self.setup.level)
-        entry = Entry(next(self._ids), StepResult(len(self.entries) + 1, name, sql.strip()),
-                      begin=begin, step=step)
+        number = next(self._ids)
+        entry = Entry(number, StepResult(number, name, sql.strip()), begin=begin, step=step)
         self.entries.append(entry)
         row = {"step": step, "cells": [{"session": name, "kind": "step", "entry": entry.id}]}
         self.rows.append(row)
+        self._forget_history()
         deadline = time.monotonic() + STEP_BOUND
         session.send(entry)
         state = self._done_or_blocked(session, deadline)
@@ -444,6 +518,22 @@ class Page:
             self._finish(session)
         if cells and own_row:
             self.rows.append({"step": None, "cells": cells})
+
+    def _forget_history(self) -> None:
+        """Keep the latest MAX_HISTORY statements (and any still pending), and their rows."""
+        if len(self.entries) <= MAX_HISTORY:
+            return
+        pending = {s.pending.id for s in self.sessions.values() if s.pending is not None}
+        old = self.entries[:-MAX_HISTORY]
+        self.entries = [e for e in old if e.id in pending] + self.entries[-MAX_HISTORY:]
+        kept = {entry.id for entry in self.entries}
+        self.earlier += len(old) - (len(self.entries) - MAX_HISTORY)
+        rows = []
+        for row in self.rows:
+            row["cells"] = [c for c in row["cells"] if c["entry"] in kept]
+            if row["cells"]:
+                rows.append(row)
+        self.rows = rows
 
     def _finish(self, session: Session) -> None:
         session.in_transaction = session.pending.in_transaction
@@ -496,6 +586,7 @@ class Page:
             "finished": bool(setup.schedule) and self.next_step >= len(setup.schedule)
             and not any(s.pending is not None for s in self.sessions.values()),
             "verdict": self.verdict,
+            "earlier": self.earlier,
         }
 
 
@@ -514,18 +605,23 @@ class Playground:
     """The open pages, keyed by their tokens, over one server database."""
 
     def __init__(self, info: ConnectionInfo, *, max_pages: int = MAX_PAGES,
-                 idle_timeout: float = IDLE_TIMEOUT):
+                 idle_timeout: float = IDLE_TIMEOUT,
+                 statement_timeout: float = STATEMENT_TIMEOUT):
         self.info = info
         self.max_pages = max_pages
         self.idle_timeout = idle_timeout
+        self.statement_timeout = statement_timeout
         self.monitor = Monitor(info)
         self.keeper = PlaceKeeper(psycopg2.connect(**info.params(connect_timeout=CONNECT_TIMEOUT)))
         self._keeper_lock = threading.Lock()
+        self.superuser, self.sandboxed = self._login_rights()
         self._pages: dict[str, Page] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._reaper = threading.Thread(target=self._reap, name="play-reaper", daemon=True)
         self._reaper.start()
+        self._watchdog = threading.Thread(target=self._watch, name="play-watchdog", daemon=True)
+        self._watchdog.start()
 
     def __enter__(self) -> Playground:
         return self
@@ -597,14 +693,80 @@ class Playground:
     def blocked(self, pid: int, others: list[int]) -> bool:
         return self.monitor.is_blocked(pid, others)
 
-    def create_schema(self, setup_sql: str) -> str:
-        with self._keeper_lock:
-            return self.keeper.create(setup_sql)
+    def _login_rights(self) -> tuple[bool, bool]:
+        """(Is the login a superuser, may it create roles: can pages get roles of their own?)"""
+        with self._keeper_lock, self.keeper.admin.cursor() as cursor:
+            cursor.execute("select rolsuper, rolsuper or rolcreaterole from pg_catalog.pg_roles"
+                           " where rolname = current_user")
+            found = cursor.fetchone()
+        return (bool(found[0]), bool(found[1])) if found else (False, False)
 
-    def drop_schema(self, name: str, pids: list[int]) -> None:
+    def create_place(self, name: str, setup_sql: str) -> tuple[str | None, str | None, str]:
+        """A page's own login role (where the login may make one) and a schema it owns,
+        holding ``setup_sql``'s tables (ours, never a page's: made here as the role):
+        (role, password, schema). Without a role the schema belongs to the login."""
+        schema = new_schema_name()
+        role = password = None
+        with self._keeper_lock, self.keeper.admin.cursor() as cursor:
+            owner = pgsql.SQL("current_user")
+            if self.sandboxed:
+                role, password = f"acid_lab_play_{name}", secrets.token_urlsafe(24)
+                owner = pgsql.Identifier(role)
+            try:
+                if role is not None:
+                    self._create_role(cursor, role, password)
+                cursor.execute(pgsql.SQL("create schema {} authorization {}").format(
+                    pgsql.Identifier(schema), owner))
+                if setup_sql:
+                    self._make_tables(cursor, schema, role, setup_sql)
+            except BaseException:
+                with contextlib.suppress(psycopg2.Error):
+                    cursor.execute("rollback")  # a setup that failed inside its transaction
+                if role is not None:  # nothing of the page outlives it
+                    for drop in ("drop owned by {}", "drop role if exists {}"):
+                        with contextlib.suppress(psycopg2.Error):
+                            cursor.execute(pgsql.SQL(drop).format(owner))
+                raise
+        return role, password, schema
+
+    @staticmethod
+    def _make_tables(cursor, schema: str, role: str | None, setup_sql: str) -> None:
+        """Our own setup SQL, owned by the page's role: made as it, on this connection."""
+        become = pgsql.SQL("set local role {}; ").format(pgsql.Identifier(role)) if role \
+            else pgsql.SQL("")
+        cursor.execute(pgsql.SQL("begin; ") + become + pgsql.SQL(
+            "set local search_path to {}; ").format(pgsql.Identifier(schema))
+            + pgsql.SQL(setup_sql) + pgsql.SQL("; commit"))
+
+    def _create_role(self, cursor, role: str, password: str) -> None:
+        # No SUPERUSER, no CREATEROLE or CREATEDB, no membership in any role (so none of
+        # pg_execute_server_program, pg_read/write_server_files).
+        ident = pgsql.Identifier(role)
+        cursor.execute(pgsql.SQL(
+            "create role {} login password {} nosuperuser nocreatedb nocreaterole"
+            " noinherit noreplication nobypassrls connection limit {}").format(
+            ident, pgsql.Literal(password), pgsql.Literal(MAX_SESSIONS + 1)))
+        if not self.superuser:  # a CREATEROLE login gives a schema only to its members
+            cursor.execute(pgsql.SQL("grant {} to current_user").format(ident))
+        elif self.keeper.admin.server_version >= 150000:
+            # a lesson shortens the deadlock check (a superuser's setting otherwise)
+            cursor.execute(pgsql.SQL("grant set on parameter deadlock_timeout to {}")
+                           .format(ident))
+
+    def drop_place(self, schema: str, role: str | None, pids: list[int]) -> None:
+        """Drop the page's schema, then everything its role owns and the role itself."""
         with self._keeper_lock, contextlib.suppress(psycopg2.Error):
             # a closed page's sessions must be gone when the page answers
-            self.keeper.drop(name, pids, wait_until_gone=True)
+            self.keeper.drop(schema, pids, wait_until_gone=True)
+            if role is not None:
+                with self.keeper.admin.cursor() as cursor:
+                    # its sessions first: a DROP ROLE fails while one is still logged in
+                    cursor.execute("select pg_catalog.pg_terminate_backend(pid)"
+                                   " from pg_catalog.pg_stat_activity where usename = %s",
+                                   (role,))
+                    ident = pgsql.Identifier(role)
+                    cursor.execute(pgsql.SQL("drop owned by {}; drop role {}").format(
+                        ident, ident))
 
     # -- the end
 
@@ -613,6 +775,25 @@ class Playground:
         interval = min(30.0, self.idle_timeout / 4)
         while not self._stop.wait(interval):
             self.close_idle()
+
+    def _watch(self) -> None:
+        """Enforce the statement and idle-transaction bounds from the app side."""
+        interval = min(1.0, self.statement_timeout / 2)
+        while not self._stop.wait(interval):
+            self.enforce_bounds()
+
+    def enforce_bounds(self) -> list[int]:
+        """Cancel page statements past ``statement_timeout`` (even when the SQL SET the
+        server's own away), end sessions idle in a transaction too long; their pids."""
+        with self._lock:
+            pages = list(self._pages.values())
+        pids = [s.pid for page in pages for s in list(page.sessions.values())]
+        if not pids:
+            return []
+        with contextlib.suppress(psycopg2.Error):
+            return self.monitor.enforce(pids, self.statement_timeout,
+                                        IDLE_IN_TRANSACTION_TIMEOUT)
+        return []
 
     def close_idle(self, now: float | None = None) -> list[str]:
         """Close the pages idle for longer than ``idle_timeout`` at ``now``; their tokens."""
@@ -628,6 +809,7 @@ class Playground:
         """Close every page (sessions and schemas), then the monitor and the admin connection."""
         self._stop.set()
         self._reaper.join(STEP_BOUND)
+        self._watchdog.join(STEP_BOUND)
         with self._lock:
             tokens = list(self._pages)
         for token in tokens:

@@ -113,7 +113,14 @@ function drawTable() {
   for (const name of sessions) head.append(element("th", name));
   const body = $("timeline").tBodies[0];
   body.replaceChildren();
-  let sent = 0;  // free mode numbers the statements sent
+  let sent = state.earlier;  // free mode numbers the statements sent
+  if (state.earlier) {  // the page keeps its latest statements only
+    const tr = element("tr", "", "resume-row");
+    const td = element("td", `${state.earlier} earlier statements not shown`);
+    td.colSpan = sessions.length + 1;
+    tr.append(td);
+    body.append(tr);
+  }
   for (const row of state.rows) {
     const tr = document.createElement("tr");
     if (row.step !== null) {
@@ -208,6 +215,7 @@ function rowsTable(entry) {
     table.append(tr);
   }
   if (!entry.rows.length) table.append(element("caption", "no rows"));
+  if (entry.truncated) table.append(element("caption", "truncated: the page keeps the first rows and characters only"));
   return table;
 }
 
