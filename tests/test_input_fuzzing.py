@@ -127,3 +127,61 @@ def test_the_spec_parser_gives_a_spec_or_one_clean_error(text):
     steps = spec.steps()
     for permutation in spec.all_permutations():
         assert all(pstep.name in steps for pstep in permutation)
+
+
+# -- the worst cases, which random mutations do not reach by chance ------------------
+# Each took minutes (time growing as the square of the input) or crashed before: the
+# timeout bounds the test, it does not time it.
+
+def _outcome(parse, text: str) -> str:
+    """What a parser made of ``text``, in a word: the error's message, or the result's."""
+    try:
+        result = parse(text)
+    except (ScriptError, SpecError) as error:
+        _clean(error)
+        return f"error: {error.message}"
+    if hasattr(result, "unreadable"):  # a note
+        return "unreadable" if result.unreadable is not None else "read"
+    if hasattr(result, "all_permutations"):  # a spec
+        return f"{len(result.all_permutations())} permutation(s)"
+    return f"{len(result)} script(s)" if isinstance(result, list) else "a script"
+
+
+SQL_BLOCK = "```sql\ncreate table t (id int);\n```\n"
+TAGGED_BLOCK = "```sql\nselect 1; -- T1\n```\n"
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(("parse", "text", "outcome"), [
+    pytest.param(parse_page, "```" + " " * 200_000 + "!", "error: the page has no ```sql block",
+                 id="page: a fence line of spaces"),
+    pytest.param(parse_page, "x\n" + "\n" * 200_000 + SQL_BLOCK + TAGGED_BLOCK, "1 script(s)",
+                 id="page: blank lines after a paragraph"),
+    pytest.param(parse_page, SQL_BLOCK + TAGGED_BLOCK * 20_000, "20000 script(s)",
+                 id="page: many blocks"),
+    pytest.param(parse_script, "".join(f"select 1; -- T{n}\n" for n in range(51)),
+                 "error: more than 50 sessions in one script", id="script: many sessions"),
+    pytest.param(parse_note, "unblocks T2" + " " * 100_000 + "x", "unreadable",
+                 id="note: spaces after unblocks"),
+    pytest.param(parse_note, 'prints "ERROR' + " " * 100_000 + 'x"', "read",
+                 id="note: spaces after ERROR"),
+    pytest.param(parse_note, "nothing else to do" + " " * 100_000 + "x", "unreadable",
+                 id="note: spaces after do"),
+    pytest.param(parse_note, "shows 1 => " + "9" * 5000, "unreadable",
+                 id="note: a number of 5000 digits"),
+    pytest.param(parse_spec, '"a" ' * 200_000, "error: expected a session, found 'a'",
+                 id="spec: many quoted names on a line"),
+    pytest.param(parse_spec, "session s1\nstep a { }\nsession s2\nstep b { }\n"
+                             "permutation a b(a notices " + "9" * 5000 + ")",
+                 "error: a number of notices of at most 9 digits, found '" + "9" * 199 + "…'",
+                 id="spec: notices of 5000 digits"),
+    pytest.param(parse_spec, "".join(f"session s{n}\n" + "".join(f"step s{n}_{m} {{ }}\n"
+                                                             for m in range(20))
+                                     for n in range(2)),
+                 "error: no permutation lines, and the sessions' steps interleave in more "
+                 "than 10,000 ways: list the permutations to run", id="spec: 2 x 20 steps"),
+    pytest.param(parse_spec, "session s1\n" + "".join(f"step a{n} {{ }}\n" for n in range(5000)),
+                 "1 permutation(s)", id="spec: one session of 5000 steps"),
+])
+def test_pathological_inputs_end_in_time_proportional_to_them(parse, text, outcome):
+    assert _outcome(parse, text) == outcome
