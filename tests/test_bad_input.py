@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from acid_lab import input_files
+from acid_lab.__main__ import main
 from acid_lab.cli import run_command
 from acid_lab.engine.spec_command import spec_command
 
@@ -101,10 +102,18 @@ def test_a_golden_output_that_cannot_be_read_stops_spec_before_anything_runs(tmp
 
 
 @pytest.mark.parametrize("timeout", ["nan", "inf", "0", "-1", "1e9", "soon"])
-def test_spec_refuses_a_step_timeout_that_is_no_bound(timeout):
-    with pytest.raises(SystemExit) as exited:
-        spec_command(["x.spec", "--timeout", timeout], err=io.StringIO())
-    assert exited.value.code == 2
+def test_spec_refuses_a_step_timeout_that_is_no_bound(timeout, capsys):
+    assert spec_command(["x.spec", "--timeout", timeout]) == 2
+    assert "argument --timeout: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["run", "spec", "check", "report", "play"])
+def test_every_command_answers_bad_usage_with_exit_2_and_no_traceback(command, capsys):
+    """The one prologue: argparse's usage and error line, exit 2, for each command."""
+    assert main([command, "--no-such-option"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: ") and err.splitlines()[-1].startswith(
+        f"python -m acid_lab {command}: error: ") and "Traceback" not in err
 
 
 def test_python_dash_m_acid_lab_says_one_line_for_dev_zero():

@@ -124,7 +124,10 @@ def spec_command(argv: Sequence[str], *, out: TextIO | None = None,
                  err: TextIO | None = None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
-    args = build_parser().parse_args(list(argv))
+    try:
+        args = build_parser().parse_args(list(argv))
+    except SystemExit as exit_:  # argparse has said why (usage, one error line)
+        return EXIT_OK if exit_.code == 0 else EXIT_UNPARSABLE
     try:
         specs = [load_spec(path) for path in args.specs]
     except SpecError as error:
