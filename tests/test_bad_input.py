@@ -45,7 +45,7 @@ BAD_FILES = [
     pytest.param(lambda tmp, kind: Path("/dev/zero"),
                  "{path}: larger than 2 MB; not a file this command reads", id="dev-zero"),
     pytest.param(lambda tmp, kind: _fifo(tmp, f"fifo.{kind}"),
-                 "{path}: nothing arrived for 0.3 s (a pipe or device that never ends?)",
+                 "{path}: nothing arrived for 0.1 s (a pipe or device that never ends?)",
                  id="fifo"),
     pytest.param(lambda tmp, kind: _write(tmp, f"long.{kind}", (
         b"begin; -- T1\nselect 1" + b" x" * 100_000 + b";\n" if kind == "sql" else
@@ -53,8 +53,8 @@ BAD_FILES = [
         {"sql": "{path}:2: statement without a session tag (-- T<n>): select 1 x x",
          "spec": "{path}: undefined step \"abbbb"}, id="long statement"),
     pytest.param(lambda tmp, kind: _write(tmp, f"nested.{kind}", (
-        b"begin; -- T1\n" + b"/*" * 200_000 if kind == "sql" else
-        b"session s1\nstep a { SELECT 1; }\npermutation a" + b"(" * 200_000)),
+        b"begin; -- T1\n" + b"/*" * 20_000 if kind == "sql" else
+        b"session s1\nstep a { SELECT 1; }\npermutation a" + b"(" * 20_000)),
         {"sql": "{path}:2: unterminated /* comment",
          "spec": "{path}:3: expected a blocker step name or *, found '('"}, id="nested"),
 ]
@@ -68,7 +68,7 @@ BAD_FILES = [
 @pytest.mark.parametrize("make, expected", BAD_FILES)
 def test_a_file_that_cannot_be_used_is_one_line_and_exit_2(tmp_path, monkeypatch, command, kind,
                                                             make, expected):
-    monkeypatch.setattr(input_files, "STALL_SECONDS", 0.3)
+    monkeypatch.setattr(input_files, "STALL_SECONDS", 0.1)
     path = make(tmp_path, kind)
     out, err = io.StringIO(), io.StringIO()
     status = command([str(path), "--dsn", NOWHERE], out=out, err=err)

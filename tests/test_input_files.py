@@ -15,7 +15,7 @@ from acid_lab.input_files import QUOTE_LIMIT, InputError, excerpt, read_lines, r
 
 pytestmark = pytest.mark.engine
 
-SHORT_STALL = 0.3  # seconds: STALL_SECONDS in these tests
+SHORT_STALL = 0.1  # seconds: STALL_SECONDS in these tests
 
 
 @pytest.fixture
