@@ -3,6 +3,8 @@
 import importlib
 import sys
 
+from acid_lab.input_files import InputError
+
 USAGE = """usage: python -m acid_lab {run,spec,check,report,play} ...
 
   run FILE.sql|PAGE.md ... [--dsn DSN] [--json] [--check]    run Hermitage scripts and pages
@@ -32,7 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown command {command!r}\n{USAGE}", end="", file=sys.stderr)
         return 2
     module, function = COMMANDS[command]
-    return getattr(importlib.import_module(module), function)(rest)
+    try:
+        return getattr(importlib.import_module(module), function)(rest)
+    except InputError as error:  # each command says it better; this is the net below them
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -157,7 +157,10 @@ def run_command(args: Sequence[str] | argparse.Namespace, *,
     out = out or sys.stdout
     err = err or sys.stderr
     if not isinstance(args, argparse.Namespace):
-        args = build_parser().parse_args(list(args))
+        try:
+            args = build_parser().parse_args(list(args))
+        except SystemExit as exit_:  # argparse has said why (usage, one error line)
+            return EXIT_OK if exit_.code == 0 else EXIT_UNPARSABLE
     try:
         scripts = [script for path in args.scripts for script in load_scripts(path)]
     except ScriptError as error:

@@ -42,6 +42,7 @@ import re
 from typing import Any
 
 from acid_lab.engine.scenario import StepResult
+from acid_lab.input_files import excerpt
 
 _PAIRS = r"-?\d+\s*=>\s*-?\d+(?:\s*,\s*-?\d+\s*=>\s*-?\d+)*"
 _VALUES = r"-?\d+(?:\s*,\s*-?\d+)*(?!\s*=>)(?![\d.])"
@@ -49,12 +50,14 @@ _ROWS = rf"(?P<rows>nothing|{_PAIRS}|{_VALUES})"
 _QUOTED = r"\"(?P<quoted>[^\"]*)\"|\((?P<paren>\"[^\"]*\")\)"
 _SESSION = r"(?P<session>T\d+)"
 
-# (kind, pattern) tried in order at the current position of the note
+# (kind, pattern) tried in order at the current position of the note. Where two runs of
+# spaces meet around an optional part, the first is possessive (*+): a note of many spaces
+# must not be tried every way it can be split (time growing as the square of its length).
 _CLAUSE_TEXT = (
     ("unblocks_colon", _SESSION + r"\s+unblocks\s*:"),
     ("blocks", r"blocks(?:\s*\(\s*eventually\s+(?:shows|returns)\s+" + _ROWS + r"\s*\))?"),
     ("unblocks", r"(?:this\s+)?unblocks\s+" + _SESSION
-     + r"(?:\s*,?\s*(?:which|so\s+it)\s+(?:now\s+)?(?:shows|returns)\s+" + _ROWS + r")?"),
+     + r"(?:\s*+,?\s*+(?:which|so\s+it)\s+(?:now\s+)?(?:shows|returns)\s+" + _ROWS + r")?"),
     ("other_rows", _SESSION + r"\s+now\s+(?:shows|returns)\s+" + _ROWS),
     ("other_error", r"(?:" + _SESSION + r"\s+now\s+prints(?:\s+out)?"
      + r"|causes\s+(?P<session2>T\d+)\s+to\s+print(?:\s+out)?)\s*(?:" + _QUOTED + ")"),
@@ -65,7 +68,7 @@ _CLAUSE_TEXT = (
     ("rows", r"(?:still\s+|now\s+)?(?:shows|returns)\s+" + _ROWS + r"(?:\s+again)?"),
     ("no_change", r"doesn't\s+(?:delete|update)\s+anything"),
     ("error", r"prints(?:\s+out)?\s*(?:" + _QUOTED + ")"),
-    ("failed", r"(?:there's\s+)?nothing\s+else\s+(?:we\s+can\s+|to\s+)do\s*[,:]?\s*"
+    ("failed", r"(?:there's\s+)?nothing\s+else\s+(?:we\s+can\s+|to\s+)do\s*+[,:]?\s*+"
                r"this\s+transaction\s+has\s+failed"),
     ("bare_error", r"(?:then\s+)?ERROR\s+(?P<state>[0-9A-Z]{5})\s+(?P<bare>.+)$"),
     ("command", r"(?-i:(?P<tag>(?:UPDATE|DELETE|SELECT|MERGE|INSERT\s+\d+)\s+\d+))\b"),
@@ -149,7 +152,8 @@ class Note:
 
     def describe(self) -> str:
         if self.unreadable is not None:
-            return f"unreadable note: {self.text!r} (cannot read {self.unreadable!r})"
+            return (f"unreadable note: {excerpt(self.text)!r} "
+                    f"(cannot read {excerpt(self.unreadable)!r})")
         return "; ".join(claim.describe() for claim in self.claims)
 
     def as_json(self) -> dict[str, Any] | None:
@@ -180,7 +184,7 @@ def _error_claim(kind: str, quoted: str, session: str | None = None) -> Claim:
     prefix = text.endswith("...")
     text = text.rstrip(".").rstrip() if prefix else text
     sqlstate = None
-    match = re.match(r"ERROR\s*(?:\d+\s*)?(?:\((?P<state>[0-9A-Z]{5})\))?\s*:\s*(?P<rest>.*)",
+    match = re.match(r"ERROR\s*+(?:\d+\s*+)?(?:\((?P<state>[0-9A-Z]{5})\))?\s*+:\s*(?P<rest>.*)",
                      text, re.S)
     if match:
         sqlstate, text = match.group("state"), match.group("rest")
@@ -199,7 +203,10 @@ def parse_note(text: str) -> Note:
         for kind, pattern in _CLAUSES:
             match = pattern.match(text, pos)
             if match:
-                claim = _claim(kind, match)
+                try:
+                    claim = _claim(kind, match)
+                except ValueError:  # a number of thousands of digits: not a row we show
+                    return Note(text, tuple(claims), unreadable=text[pos:].strip())
                 if kind == "unblocks_colon":
                     unblocked = claim.session
                 else:

@@ -26,7 +26,9 @@ session tags is one script, named after the page, its heading and the sentence
 that introduces it (blocks without tags, such as "to see the current
 isolation level", are not scripts). See :func:`load_page`.
 
-Errors are :class:`ScriptError`, whose text names the file and the line.
+Errors are :class:`ScriptError`, whose text names the file and the line (and quotes
+at most a couple of hundred characters of it). Reading and parsing take time and memory
+in proportion to the text: no step goes back over what was read.
 """
 
 from __future__ import annotations
@@ -36,11 +38,17 @@ import re
 from pathlib import Path
 
 from acid_lab.engine.scenario import Step, anything
+from acid_lab.input_files import MAX_SOURCE_BYTES, InputError, excerpt, read_text, shown_name
 
 _TAG = re.compile(r"\s*(T\d+|(?i:either))(?![\w])[\s,.:;]*(.*)")
 #: The session name of statements tagged ``-- either``.
 EITHER = "either"
+#: Sessions a script may have: Hermitage's have three at most; each is a connection.
+MAX_SESSIONS = 50
 _DOLLAR_QUOTE = re.compile(r"\$([A-Za-z_\u0080-\uffff][\w\u0080-\uffff]*)?\$")
+# a run of characters that neither end a statement nor open a quote or a comment
+_PLAIN = re.compile(r"[^\n;\-/'\"$\\]+")
+_COMMENT_MARK = re.compile(r"/\*|\*/")
 
 
 class ScriptError(ValueError):
@@ -50,7 +58,7 @@ class ScriptError(ValueError):
         self.path = path
         self.line = line
         self.message = message
-        where = f"{path}:{line}" if line is not None else path
+        where = shown_name(path) + (f":{line}" if line is not None else "")
         super().__init__(f"{where}: {message}")
 
 
@@ -88,11 +96,14 @@ class Script:
 
 def load_script(path: str | Path) -> Script:
     """Read and parse a script file."""
+    return parse_script(_read(path), str(path))
+
+
+def _read(path: str | Path) -> str:
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScriptError(str(path), None, f"cannot read the script: {exc}") from None
-    return parse_script(text, str(path))
+        return read_text(path, limit=MAX_SOURCE_BYTES)
+    except InputError as error:
+        raise ScriptError(str(path), None, error.reason) from None
 
 
 def parse_script(text: str, path: str = "<script>") -> Script:
@@ -109,14 +120,11 @@ def load_scripts(path: str | Path) -> list[Script]:
 
 def load_page(path: str | Path) -> list[Script]:
     """Read a Hermitage page and parse its scripts."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScriptError(str(path), None, f"cannot read the page: {exc}") from None
-    return parse_page(text, str(path))
+    return parse_page(_read(path), str(path))
 
 
-_FENCE = re.compile(r"^(```+|~~~+)\s*(\w*)\s*$")
+# possessive (*+): a line of spaces must not be tried every way it can be split
+_FENCE = re.compile(r"^(```+|~~~+)\s*+(\w*)\s*+$")
 _UNDERLINE = re.compile(r"^(=+|-+)\s*$")
 
 
@@ -126,10 +134,10 @@ def parse_page(text: str, path: str = "<page>") -> list[Script]:
     if not blocks:
         raise ScriptError(path, None, "the page has no ```sql block")
     first_line, setup_text, _ = blocks[0]
-    setup = _Parser(_at_line(setup_text, first_line), path).parse(require_tags=False).setup
+    setup = _Parser(setup_text, path, first_line).parse(require_tags=False).setup
     scripts = []
     for line, body, title in blocks[1:]:
-        script = _Parser(_at_line(body, line), path).parse(require_tags=False)
+        script = _Parser(body, path, line).parse(require_tags=False)
         if not script.steps:
             continue  # an example query, not a schedule
         scripts.append(Script(path, setup + script.setup, script.steps,
@@ -138,11 +146,6 @@ def parse_page(text: str, path: str = "<page>") -> list[Script]:
         raise ScriptError(path, None, "no sql block after the first has session tags "
                                       "(-- T1, -- T2, ...)")
     return scripts
-
-
-def _at_line(body: str, line: int) -> str:
-    """``body`` shifted so the parser's line numbers are the page's."""
-    return "\n" * (line - 1) + body
 
 
 def _sql_blocks(text: str) -> list[tuple[int, str, str]]:
@@ -160,7 +163,7 @@ def _sql_blocks(text: str) -> list[tuple[int, str, str]]:
                 end += 1
             if fence.group(2).lower() in ("sql", ""):
                 lead = " ".join(p for p in paragraph if p != "\0").strip().rstrip(":").strip()
-                title = ": ".join(part for part in (heading, lead) if part)
+                title = excerpt(": ".join(part for part in (heading, lead) if part))
                 blocks.append((i + 2, "\n".join(lines[i + 1:end]), title))
             paragraph = []
             i = end + 1
@@ -171,8 +174,8 @@ def _sql_blocks(text: str) -> list[tuple[int, str, str]]:
             heading, paragraph = line.strip(), []
             i += 1
         elif not line.strip():
-            if paragraph:
-                paragraph = [*paragraph, "\0"]  # a paragraph ended; a new one replaces it
+            if paragraph and paragraph[-1] != "\0":
+                paragraph.append("\0")  # a paragraph ended; a new one replaces it
         else:
             if paragraph and paragraph[-1] == "\0":
                 paragraph = []
@@ -189,11 +192,11 @@ class _Parser:
     """A single pass over the text that knows just enough SQL lexing to find
     the statement ends (``;``) and the tag comments."""
 
-    def __init__(self, text: str, path: str):
+    def __init__(self, text: str, path: str, first_line: int = 1):
         self.text = text
         self.path = path
         self.pos = 0
-        self.line = 1
+        self.line = first_line  # a page's block counts the page's lines
         self.current: list[str] = []  # text of the statement being read
         self.has_text = False  # whether it holds more than whitespace yet
         self.current_line = 0  # where it starts
@@ -236,8 +239,9 @@ class _Parser:
             elif char == "\\" and not self.has_text:
                 raise self.error("psql meta-commands (\\...) are not supported in scripts")
             else:
-                self.add(char)
-                self.pos += 1
+                plain = _PLAIN.match(text, self.pos)
+                self.add(plain.group() if plain else char)  # a lone - or /, or a backslash
+                self.pos = plain.end() if plain else self.pos + 1
         self.end_of_line()
         leftover = "".join(self.current).strip()
         if leftover:
@@ -247,6 +251,11 @@ class _Parser:
             self.setup.append(Statement(leftover, self.current_line))
         if not self.steps and require_tags:
             raise self.error("no statement has a session tag (-- T1, -- T2, ...)", 1)
+        sessions: set[str | None] = set()
+        for step in self.steps:  # each session is a connection and a thread
+            sessions.add(step.session)
+            if len(sessions) > MAX_SESSIONS:
+                raise self.error(f"more than {MAX_SESSIONS} sessions in one script", step.line)
         return Script(self.path, self.setup, self.steps)
 
     # -- pieces of text
@@ -266,45 +275,37 @@ class _Parser:
         return chunk
 
     def quoted(self, quote: str, what: str, *, backslash_escapes: bool) -> None:
-        start_line = self.line
+        special = re.compile(f"[{quote}\\\\]" if backslash_escapes else quote)
         text = self.text
         i = self.pos + 1
-        while i < len(text):
-            char = text[i]
-            if backslash_escapes and char == "\\":
+        while True:
+            found = special.search(text, i)
+            if found is None:
+                raise self.error(f"unterminated {what}")
+            i = found.start()
+            if text[i] == "\\":
                 i += 2
-            elif char == quote:
-                if text.startswith(quote * 2, i):
-                    i += 2  # a doubled quote stands for itself
-                else:
-                    self.consume(i + 1)
-                    return
+            elif text.startswith(quote * 2, i):
+                i += 2  # a doubled quote stands for itself
             else:
-                i += 1
-        raise self.error(f"unterminated {what}", start_line)
+                self.consume(i + 1)
+                return
 
     def dollar_quoted(self, delimiter: str) -> None:
         end = self.text.find(delimiter, self.pos + len(delimiter))
         if end < 0:
-            raise self.error(f"unterminated dollar-quoted string ({delimiter})")
+            raise self.error(f"unterminated dollar-quoted string ({excerpt(delimiter, 60)})")
         self.consume(end + len(delimiter))
 
     def block_comment(self) -> None:
-        start_line = self.line
-        text = self.text
         depth, i = 0, self.pos
-        while i < len(text):
-            if text.startswith("/*", i):
-                depth, i = depth + 1, i + 2
-            elif text.startswith("*/", i):
-                depth, i = depth - 1, i + 2
-                if depth == 0:
-                    break
-            else:
-                i += 1
+        for mark in _COMMENT_MARK.finditer(self.text, self.pos):  # comments nest
+            depth, i = depth + (1 if mark.group() == "/*" else -1), mark.end()
+            if depth == 0:
+                break
         if depth:
-            raise self.error("unterminated /* comment", start_line)
-        self.line += text.count("\n", self.pos, i)
+            raise self.error("unterminated /* comment")
+        self.line += self.text.count("\n", self.pos, i)
         self.pos = i
         self.add(" ")  # comments separate tokens; their text is dropped
 
@@ -342,6 +343,7 @@ class _Parser:
             return
         if self.steps:
             sql, line = self.ended[0]
-            raise self.error(f"statement without a session tag (-- T<n>): {sql}", line)
+            raise self.error(f"statement without a session tag (-- T<n>): {excerpt(sql)}",
+                             line)
         self.setup.extend(Statement(sql, line) for sql, line in self.ended)
         self.ended.clear()

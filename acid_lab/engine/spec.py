@@ -19,7 +19,9 @@ A spec is, in this order::
   ``other`` has completed, ``(other notices N)`` until ``other``'s session
   sent N more notices.
 
-Errors are :class:`SpecError` naming ``path:line``.
+Errors are :class:`SpecError` naming ``path:line`` (and quoting at most a couple of hundred
+characters of the spec). A spec without permutations may have at most
+``MAX_INTERLEAVINGS`` interleavings: every one of them is run.
 """
 
 from __future__ import annotations
@@ -28,7 +30,12 @@ import dataclasses
 import re
 from pathlib import Path
 
+from acid_lab.input_files import MAX_SOURCE_BYTES, InputError, excerpt, read_text, shown_name
+
 KEYWORDS = ("setup", "teardown", "session", "step", "permutation", "notices")
+#: Interleavings a spec without permutation lines may ask for (PostgreSQL's own ask for a
+#: few hundred at most); each is run, and listed in memory first.
+MAX_INTERLEAVINGS = 10_000
 
 _TOKEN = re.compile(
     r"""(?P<newline>\n)
@@ -49,7 +56,7 @@ class SpecError(ValueError):
 
     def __init__(self, path: str, line: int | None, message: str):
         self.path, self.line, self.message = path, line, message
-        where = f"{path}:{line}" if line is not None else path
+        where = shown_name(path) + (f":{line}" if line is not None else "")
         super().__init__(f"{where}: {message}")
 
 
@@ -116,29 +123,41 @@ class Spec:
         if self.permutations:
             return self.permutations
         result: list[list[PermutationStep]] = []
-        piles = [0] * len(self.sessions)
-
-        def pick(chosen: list[PermutationStep]) -> None:
-            found = False
-            for index, session in enumerate(self.sessions):
-                if piles[index] < len(session.steps):
-                    step = session.steps[piles[index]]
-                    piles[index] += 1
-                    pick([*chosen, PermutationStep(step.name)])
-                    piles[index] -= 1
-                    found = True
-            if not found:
+        # (steps taken from each session, the permutation so far), depth first, on a stack
+        # of our own: a recursion as deep as the spec has steps would overflow Python's
+        pending: list[tuple[tuple[int, ...], list[PermutationStep]]] = [
+            ((0,) * len(self.sessions), [])]
+        while pending:
+            taken, chosen = pending.pop()
+            following = [(index, session.steps[taken[index]])
+                         for index, session in enumerate(self.sessions)
+                         if taken[index] < len(session.steps)]
+            if not following:
                 result.append(chosen)
-
-        pick([])
+            for index, step in reversed(following):  # popped in the sessions' order
+                more = taken[:index] + (taken[index] + 1,) + taken[index + 1:]
+                pending.append((more, [*chosen, PermutationStep(step.name)]))
         return result
+
+
+def _interleave_in_more_ways(lengths: list[int], limit: int) -> bool:
+    """Whether sequences of these lengths interleave in more than ``limit`` ways (the
+    multinomial coefficient, built a factor at a time and left as soon as it is over)."""
+    ways, total = 1, 0
+    for length in lengths:
+        for taken in range(1, length + 1):
+            total += 1
+            ways = ways * total // taken  # exact: a product of binomial coefficients
+            if ways > limit:
+                return True
+    return False
 
 
 def load_spec(path: str | Path) -> Spec:
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(str(path), None, f"cannot read the spec: {exc}") from None
+        text = read_text(path, limit=MAX_SOURCE_BYTES)
+    except InputError as error:
+        raise SpecError(str(path), None, error.reason) from None
     return parse_spec(text, str(path))
 
 
@@ -174,8 +193,7 @@ def _tokens(text: str, path: str) -> list[tuple[str, str, int]]:
             pos = end + 1
         elif kind == "quoted":
             end = text.find('"', match.end())
-            newline = text.find("\n", match.end())
-            if end < 0 or 0 <= newline < end:
+            if end < 0 or "\n" in text[match.end():end]:
                 raise SpecError(path, line, "unterminated quoted string")
             tokens.append(("quoted", text[match.end():end], line))
             pos = end + 1
@@ -201,7 +219,7 @@ class _Parser:
 
     def error(self, message: str) -> SpecError:
         kind, value, line = self.peek()
-        found = "the end of the file" if kind == "end" else repr(value)
+        found = "the end of the file" if kind == "end" else repr(excerpt(value))
         return SpecError(self.path, line, f"{message}, found {found}")
 
     def take(self, kind: str, what: str) -> str:
@@ -210,6 +228,13 @@ class _Parser:
         value = self.peek()[1]
         self.pos += 1
         return value
+
+    def count(self, what: str) -> int:
+        digits = self.take("integer", what)
+        if len(digits) > 9:  # more notices than a session could ever send
+            self.pos -= 1
+            raise self.error(f"{what} of at most 9 digits")
+        return int(digits)
 
     def identifier(self, what: str) -> str:
         kind, value, _ = self.peek()
@@ -276,7 +301,7 @@ class _Parser:
                         notices = None
                         if self.at_keyword("notices"):
                             self.pos += 1
-                            notices = int(self.take("integer", "a number of notices"))
+                            notices = self.count("a number of notices")
                         blockers.append(Blocker(other, notices))
                     if self.peek()[:2] == ("punct", ","):
                         self.pos += 1
@@ -295,21 +320,28 @@ class _Parser:
         for session in spec.sessions:
             for step in session.steps:
                 if step.name in seen:
-                    raise SpecError(self.path, None, f"duplicate step name: {step.name}")
+                    raise SpecError(self.path, None,
+                                    f"duplicate step name: {excerpt(step.name)}")
                 seen[step.name] = step
         for permutation in spec.permutations:
             names = {pstep.name for pstep in permutation}
             for pstep in permutation:
                 if pstep.name not in seen:
-                    raise SpecError(self.path, None, f'undefined step "{pstep.name}" '
+                    raise SpecError(self.path, None, f'undefined step "{excerpt(pstep.name)}" '
                                                      "specified in permutation")
                 for blocker in pstep.blockers:
                     if blocker.step is None:
                         continue
                     if blocker.step not in names:
                         raise SpecError(self.path, None,
-                                        f'undefined blocking step "{blocker.step}" referenced '
-                                        f'in permutation step "{pstep.name}"')
+                                        f'undefined blocking step "{excerpt(blocker.step)}" '
+                                        f'referenced in permutation step "{excerpt(pstep.name)}"')
                     if seen[blocker.step].session == seen[pstep.name].session:
-                        raise SpecError(self.path, None, f'permutation step "{pstep.name}" '
-                                                         "cannot block on its own session")
+                        raise SpecError(self.path, None,
+                                        f'permutation step "{excerpt(pstep.name)}" '
+                                        "cannot block on its own session")
+        if not spec.permutations and _interleave_in_more_ways(
+                [len(session.steps) for session in spec.sessions], MAX_INTERLEAVINGS):
+            raise SpecError(self.path, None,
+                            f"no permutation lines, and the sessions' steps interleave in "
+                            f"more than {MAX_INTERLEAVINGS:,} ways: list the permutations to run")

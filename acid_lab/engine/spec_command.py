@@ -20,7 +20,8 @@ extension, prepared transactions, a setting only a restart changes) is skipped
 with its reason, not counted as a failure.
 
 Exit status: 0 when everything ran (and matched), 1 on a difference, a stuck
-permutation or no usable server, 2 for a spec that cannot be parsed.
+permutation or no usable server, 2 for a spec that cannot be parsed or a file that
+cannot be read (a golden output included: all are read before anything runs).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import argparse
 import contextlib
 import dataclasses
 import difflib
+import math
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -42,9 +44,11 @@ from psycopg.conninfo import make_conninfo
 from acid_lab.cli import UnusableServer, server_dsn
 from acid_lab.engine.spec import Spec, SpecError, load_spec
 from acid_lab.engine.spec_runner import DEFAULT_STEP_TIMEOUT, SpecOutcome, SpecRunner
+from acid_lab.input_files import InputError, read_text
 
 EXIT_OK, EXIT_FAILED, EXIT_UNPARSABLE = 0, 1, 2
 DATABASE = "isolation_regression"
+MAX_STEP_TIMEOUT = 24 * 3600  # seconds: any wait has a bound
 
 # What the golden outputs assume of the database (ALTER DATABASE ... SET)
 DATABASE_SETTINGS = {
@@ -99,28 +103,46 @@ def build_parser() -> argparse.ArgumentParser:
                                       "default: a temporary server")
     parser.add_argument("--expected", metavar="FILE.out|DIR",
                         help="golden output to compare with: a file (one spec) or a folder")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_STEP_TIMEOUT,
+    parser.add_argument("--timeout", type=_step_timeout, default=DEFAULT_STEP_TIMEOUT,
                         help="seconds one step may run before it is cancelled "
                              f"(stuck after twice that; default {DEFAULT_STEP_TIMEOUT:g})")
     return parser
+
+
+def _step_timeout(text: str) -> float:
+    """--timeout's value: a number of seconds above 0, at most a day (not nan, not inf)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text[:40]!r}") from None
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_STEP_TIMEOUT):
+        raise argparse.ArgumentTypeError(f"seconds above 0 and at most {MAX_STEP_TIMEOUT}")
+    return seconds
 
 
 def spec_command(argv: Sequence[str], *, out: TextIO | None = None,
                  err: TextIO | None = None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
-    args = build_parser().parse_args(list(argv))
+    try:
+        args = build_parser().parse_args(list(argv))
+    except SystemExit as exit_:  # argparse has said why (usage, one error line)
+        return EXIT_OK if exit_.code == 0 else EXIT_UNPARSABLE
     try:
         specs = [load_spec(path) for path in args.specs]
     except SpecError as error:
         print(f"error: {error}", file=err)
         return EXIT_UNPARSABLE
-    if args.expected and Path(args.expected).is_file() and len(specs) > 1:
-        print("error: --expected names one file, but several specs were given", file=err)
+    if args.expected and not Path(args.expected).is_dir() and len(specs) > 1:
+        print("error: --expected is not a folder, but several specs were given "
+              "(a golden file is one spec's)", file=err)
         return EXIT_UNPARSABLE
     try:
         verdicts = run_specs(specs, args.dsn, expected=args.expected, timeout=args.timeout,
                              report=lambda verdict: _report(verdict, bool(args.expected), out))
+    except InputError as error:  # a golden output, read before anything ran
+        print(f"error: {error}", file=err)
+        return EXIT_UNPARSABLE
     except (psycopg2.Error, UnusableServer, OSError) as error:
         print(f"error: {' '.join(str(error).split())}", file=err)
         return EXIT_FAILED
@@ -143,14 +165,17 @@ def run_specs(specs: Sequence[Spec], dsn: str | None, *, expected: str | None = 
               timeout: float = DEFAULT_STEP_TIMEOUT,
               report: Callable[[Verdict], None] | None = None) -> list[Verdict]:
     """Run the specs one after the other in one fresh database (on ``dsn``, or on a
-    temporary server) and compare each output with ``expected`` when given."""
+    temporary server) and compare each output with ``expected`` when given.
+
+    Raises InputError, before anything runs, when a golden output cannot be read."""
+    goldens = [None if expected is None else _golden_outputs(spec, expected) for spec in specs]
     verdicts = []
     with server_dsn(dsn, TEMPORARY_SERVER_SETTINGS) as given, \
             isolation_database(given) as conninfo:
         capabilities = _Capabilities(conninfo)
         runner = SpecRunner(conninfo, timeout=timeout)
-        for spec in specs:
-            verdict = _run_one(spec, runner, capabilities, expected)
+        for spec, golden in zip(specs, goldens, strict=True):
+            verdict = _run_one(spec, runner, capabilities, golden)
             verdicts.append(verdict)
             if report is not None:
                 report(verdict)
@@ -172,21 +197,22 @@ def _report(verdict: Verdict, comparing: bool, out: TextIO) -> None:
 
 
 def _run_one(spec: Spec, runner: SpecRunner, capabilities: _Capabilities,
-             expected: str | None) -> Verdict:
-    """Run one spec (or skip it) and compare its output with the golden ones, if given."""
+             golden: list[tuple[Path, str]] | None) -> Verdict:
+    """Run one spec (or skip it) and compare its output with the golden ones (path, text),
+    if given."""
     missing = capabilities.missing(spec)
     if missing:
         return Verdict(spec, None, "skipped", missing)
     outcome = runner.run(spec)
-    candidates = _expected_files(spec, Path(expected)) if expected is not None else []
-    texts = [path.read_text(encoding="utf-8") for path in candidates]
+    candidates = [path for path, _ in golden or []]
+    texts = [text for _, text in golden or []]
     if outcome.output in texts:
         return Verdict(spec, outcome, "match")
     lacking = _lacking(outcome.output)
     if lacking:
         return Verdict(spec, outcome, "skipped", lacking)
     status, reason = ("stuck", outcome.stopped) if outcome.stopped else ("ran", "")
-    if expected is None:
+    if golden is None:
         return Verdict(spec, outcome, status, reason)
     if not candidates:
         return Verdict(spec, outcome, "differs", f"no expected output for {spec.name}")
@@ -210,11 +236,15 @@ def _lacking(output: str) -> str | None:
     return None
 
 
-def _expected_files(spec: Spec, expected: Path) -> list[Path]:
-    if expected.is_file():
-        return [expected]
+def _golden_outputs(spec: Spec, expected: str) -> list[tuple[Path, str]]:
+    """(path, text) of the spec's golden outputs: ``expected`` itself unless it is a folder,
+    else the folder's NAME.out and NAME_1.out ... NAME_9.out that exist."""
+    given = Path(expected)
+    if not given.is_dir():
+        return [(given, read_text(given))]
     names = [f"{spec.name}.out"] + [f"{spec.name}_{n}.out" for n in range(1, 10)]
-    return [expected / name for name in names if (expected / name).is_file()]
+    return [(given / name, read_text(given / name)) for name in names
+            if (given / name).is_file()]
 
 
 class _Capabilities:
