@@ -22,6 +22,11 @@ Without a cycle:
   key again later in the same transaction;
 * internal inconsistency: a read disagrees with the transaction's own earlier
   appends or reads of that key (at read committed: a non-repeatable read);
+* future read: a read holds a value the same transaction appends only later (Elle's
+  ``future-read``: a cycle of one transaction, so a kind of G1c);
+* dirty update: a committed append came right after a failed transaction's append in a
+  key's version order (Elle's ``dirty-update``: a write built on a write that never
+  committed, a kind of G1a);
 * lost update: two committed transactions read the same list of a key, and both
   appended to it (each read-modify-write started from a state the other changed);
 * duplicate elements: a read holds one value twice (each is appended once);
@@ -52,14 +57,16 @@ from acid_lab.checkers.dependencies import (
     failed_appends,
     intermediate_appends,
 )
-from acid_lab.engine.histories import APPEND, OK, READ
+from acid_lab.engine.histories import APPEND, FAIL, OK, READ
 
 G0, G1A, G1B, G1C = "G0", "G1a", "G1b", "G1c"
 G_SINGLE, G_NONADJACENT, G2_ITEM = "G-single", "G-nonadjacent", "G2-item"
 INTERNAL, LOST_UPDATE = "internal", "lost-update"
 DUPLICATES, INCOMPATIBLE_ORDER = "duplicate-elements", "incompatible-order"
+FUTURE_READ, DIRTY_UPDATE = "future-read", "dirty-update"
 CYCLE_KINDS = (G0, G1C, G_SINGLE, G_NONADJACENT, G2_ITEM)
-OTHER_KINDS = (G1A, G1B, INTERNAL, LOST_UPDATE, DUPLICATES, INCOMPATIBLE_ORDER)
+OTHER_KINDS = (G1A, G1B, INTERNAL, LOST_UPDATE, DUPLICATES, INCOMPATIBLE_ORDER, FUTURE_READ,
+               DIRTY_UPDATE)
 
 #: Seconds spent looking for one kind of cycle in one component before settling for
 #: any cycle of it (a huge component can hold very many).
@@ -438,10 +445,41 @@ def _future_reads(txn: Transaction) -> list[Anomaly]:
             for element in v:
                 seen.setdefault((k, element), v)
         elif f == APPEND and (k, v) in seen:
-            found.append(Anomaly(INTERNAL, [txn.name], (
+            found.append(Anomaly(FUTURE_READ, [txn.name], (
                 f"{txn.name} read key {k} as {show(seen[k, v])}, which holds {v}, before "
-                f"appending {v} itself: it saw its own future write.")))
+                f"appending {v} itself: it saw its own future write (as if it had come "
+                "after itself).")))
     return found
+
+
+def dirty_updates(deps: Dependencies) -> list[Anomaly]:
+    """A committed append right after failed ones in a key's version order (as Elle walks
+    it: appends of unknown outcome in between are passed over)."""
+    found = []
+    for k, order in deps.orders.elements.items():
+        last_known, failed, values = OK, None, []   # the initial state counts as committed
+        for element in order:
+            writer = deps.writer.get((k, element))
+            kind = writer.type if writer is not None else OK
+            if kind == OK:
+                if last_known == FAIL:
+                    found.append(_dirty_update(k, failed, writer, values + [element]))
+                last_known, values = OK, [element]
+            elif kind == FAIL:
+                if last_known != FAIL:
+                    failed, values = writer, []
+                last_known = FAIL
+                values.append(element)
+            elif last_known == FAIL:
+                values.append(element)   # unknown outcome: keep the range open
+    return found
+
+
+def _dirty_update(k: Any, failed: Transaction, writer: Transaction, values: list) -> Anomaly:
+    return Anomaly(DIRTY_UPDATE, [failed.name, writer.name], (
+        f"key {k} went through {show(values)}: {failed.name} appended {values[0]} and failed "
+        f"(was rolled back), yet {writer.name} committed its append of {values[-1]} on top "
+        f"of it, so a committed write was built on a write that never committed."))
 
 
 def lost_updates(txns: Sequence[Transaction]) -> list[Anomaly]:

@@ -31,7 +31,8 @@ from typing import Any, NamedTuple
 
 import networkx as nx
 
-from acid_lab.engine.histories import APPEND, FAIL, INFO, INVOKE, OK, READ, Operation
+from acid_lab.engine.histories import APPEND, FAIL, INFO, INVOKE, OK, READ, HistoryError, Operation
+from acid_lab.input_files import excerpt
 
 WW, WR, RW, PROCESS, REALTIME = "ww", "wr", "rw", "process", "realtime"
 DATA_KINDS = (WW, WR, RW)
@@ -154,6 +155,7 @@ class Dependencies:
     by_id: dict[int, Transaction]
     orders: Orders
     writer: dict[tuple, Transaction]       # (key, element) -> transaction that appended it
+    #                                        (failed ones too)
 
     def kinds(self, a: int, b: int) -> set[str]:
         return {dep.kind for dep in self.graph[a][b]["deps"]}
@@ -170,13 +172,11 @@ def dependency_graph(txns: Sequence[Transaction], *, process: bool = False,
     committed; process and real-time order edges when asked."""
     committed = possibly_committed(txns)
     orders = version_orders(committed)
-    writer: dict[tuple, Transaction] = {}
+    writer = append_writers(txns)
     readers: dict[tuple, list[tuple[int, tuple]]] = defaultdict(list)  # -> (reader, list)
     for txn in committed:
         for f, k, v in txn.mops:
-            if f == APPEND:
-                writer[k, v] = txn
-            elif v is not None and (txn.type == OK or v):  # an info's nil read is unknown
+            if f == READ and v is not None and (txn.type == OK or v):  # info's nil: unknown
                 readers[k, v[-1] if v else INITIAL].append((txn.id, v))
 
     edges: dict[tuple[int, int], list[Dependency]] = defaultdict(list)
@@ -187,7 +187,7 @@ def dependency_graph(txns: Sequence[Transaction], *, process: bool = False,
                 previous = orders.previous(k, v)
                 if WW in kinds and previous is not INITIAL:
                     before = writer.get((k, previous))
-                    if before is not None and before.id != me:
+                    if before is not None and before.id != me and before.type != FAIL:
                         edges[before.id, me].append(
                             Dependency(WW, before.id, me, k, v, previous=previous))
                 if RW in kinds:
@@ -196,7 +196,7 @@ def dependency_graph(txns: Sequence[Transaction], *, process: bool = False,
                             edges[reader, me].append(Dependency(RW, reader, me, k, v, read))
             elif f == READ and v and WR in kinds:
                 before = writer.get((k, v[-1]))
-                if before is not None and before.id != me:
+                if before is not None and before.id != me and before.type != FAIL:
                     edges[before.id, me].append(Dependency(WR, before.id, me, k, v[-1], v))
     by_id = {txn.id: txn for txn in committed}
     if process:
@@ -244,6 +244,26 @@ def _realtime_edges(committed: Sequence[Transaction], edges: dict) -> None:
         if txn.type == OK:  # an info transaction's end is unknown: it precedes nothing
             frontier -= before
             frontier.add(txn.id)
+
+
+def append_writers(txns: Sequence[Transaction]) -> dict[tuple, Transaction]:
+    """(key, element) -> the transaction (ok, info or fail) that appended it. A value
+    appended to a key twice is refused, as Elle refuses it: version orders are inferred
+    from appends that are unique per key."""
+    writer: dict[tuple, Transaction] = {}
+    for txn in txns:
+        for f, k, v in txn.mops:
+            if f == APPEND:
+                other = writer.get((k, v))
+                if other is not None:
+                    twice = "twice by" if other is txn else "by"
+                    names = txn.name if other is txn else f"{other.name} and {txn.name}"
+                    raise HistoryError(
+                        f"value {excerpt(repr(v), 40)} appended to key {excerpt(repr(k), 40)} "
+                        f"{twice} {names}: the checker needs every value appended to a key "
+                        "once (its version orders rest on that, as Elle's do)")
+                writer[k, v] = txn
+    return writer
 
 
 def failed_appends(txns: Sequence[Transaction]) -> dict[tuple, Transaction]:

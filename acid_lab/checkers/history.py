@@ -16,8 +16,10 @@ history is *valid* for a model when none of those was found::
     verdict.valid, verdict.counts(), verdict.anomalies[0].explanation
 
 PostgreSQL's REPEATABLE READ is snapshot isolation: check its histories with
-``snapshot-isolation``. ``repeatable-read`` here is Adya's PL-2.99, which also
-forbids G2-item (write skew) -- a promise PostgreSQL's level of that name does not make.
+``snapshot-isolation``. ``repeatable-read`` here is Adya's PL-2.99, as Elle defines it:
+it forbids G2-item (write skew) -- a promise PostgreSQL's level of that name does not
+make -- but not an internal inconsistency (a non-repeatable read of a list within one
+transaction), which snapshot isolation forbids.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from collections.abc import Iterator, Sequence
 
 from acid_lab.checkers import anomalies as found
 from acid_lab.checkers.anomalies import (
+    DIRTY_UPDATE,
     DUPLICATES,
+    FUTURE_READ,
     G0,
     G1A,
     G1B,
@@ -54,16 +58,22 @@ def _variants(kinds: Sequence[str], *suffixes: str) -> set[str]:
     return {kind + suffix for kind in kinds for suffix in suffixes}
 
 
-# A transaction's read that disagrees with its own earlier read of the key (internal)
-# is a non-repeatable read: read committed allows it, a snapshot does not.
+# As Elle's consistency models say (elle.consistency-model): read committed forbids G1,
+# and what implies it -- a future read is a G1c of one transaction, a dirty update and an
+# incompatible order imply a G1a. A transaction's read that disagrees with its own earlier
+# read of the key (internal) is a non-repeatable read: read committed allows it, snapshot
+# isolation does not, and neither does Elle's repeatable read (Adya's PL-2.99: G1 and
+# G2-item, and what implies G2-item: item G-single, G-nonadjacent, lost update).
 _READ_UNCOMMITTED = {G0, DUPLICATES}
-_READ_COMMITTED = _READ_UNCOMMITTED | {G1A, G1B, G1C, INCOMPATIBLE_ORDER}
+_READ_COMMITTED = _READ_UNCOMMITTED | {G1A, G1B, G1C, INCOMPATIBLE_ORDER, FUTURE_READ,
+                                       DIRTY_UPDATE}
 _SNAPSHOT = _READ_COMMITTED | {INTERNAL, G_SINGLE, G_NONADJACENT, LOST_UPDATE}
-_REPEATABLE_READ = _SNAPSHOT | {G2_ITEM}
-_SERIALIZABLE = _REPEATABLE_READ
+_REPEATABLE_READ = _READ_COMMITTED | {G_SINGLE, G_NONADJACENT, LOST_UPDATE, G2_ITEM}
+_SERIALIZABLE = _SNAPSHOT | _REPEATABLE_READ
 
-#: model -> the anomalies it forbids (with list appends and item reads only, Adya's
-#: repeatable read and serializable forbid the same: they differ on predicates).
+#: model -> the anomalies it forbids (with list appends and item reads only, repeatable
+#: read and serializable differ by internal alone: the rest of the difference is about
+#: predicates, which list append does not have).
 MODELS: dict[str, frozenset[str]] = {
     "read-uncommitted": frozenset(_READ_UNCOMMITTED),
     "read-committed": frozenset(_READ_COMMITTED),
@@ -153,6 +163,7 @@ def _check(operations: Sequence[Operation], model: str, kinds: Sequence[str]) ->
                             realtime=model == "strict-serializable")
     result = (found.incompatible_orders(deps, txns) + found.duplicate_elements(txns)
               + found.internal_inconsistencies(txns) + found.aborted_reads(txns)
+              + found.dirty_updates(deps)
               + found.intermediate_reads(txns) + found.lost_updates(txns)
               + found.cycle_anomalies(deps))
     count = Counter(txn.type for txn in txns)
