@@ -119,9 +119,10 @@ def _meaningful(line: str) -> bool:
     return bool(stripped) and not stripped.startswith(";")
 
 
-def parse_edn(text: str) -> list[Operation]:
-    """Elle's EDN: maps with keyword keys, anywhere in the text (comments allowed)."""
-    return list(_edn_operations(enumerate(text.splitlines(), 1)))
+def parse_edn(text: str, *, fast: bool = True) -> list[Operation]:
+    """Elle's EDN: maps with keyword keys, anywhere in the text (comments allowed).
+    ``fast=False``: every form read by the edn_format library (the reference)."""
+    return list(_edn_operations(enumerate(text.splitlines(), 1), fast=fast))
 
 
 def parse_json(text: str) -> list[Operation]:
@@ -175,39 +176,42 @@ def _json_array(lines: Iterator[tuple[int, str]]) -> list[Operation]:
 # comments inside a form ...) is read by the edn_format library instead.
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _KEYWORD = re.compile(r':([^\s,\[\]{}()"]+)')
-_NIL = re.compile(r'(?<![^\s,\[\]{}()])nil(?![^\s,\[\]{}()])')
-_BETWEEN = re.compile(r'(?<=[^\s,\[{])[\s,]+(?=[^\s,\]}])')   # two values: a comma
-_SPACE = re.compile(r"[\s,]+")
 _BRACKET = re.compile(r"[\[\](){}]")
-_OUTSIDE_FAST = re.compile(r"[#\\;`~^@\x00]|null|NaN|Infinity")
-_TO_JSON = str.maketrans({"{": '{"m":[', "}": "]}", "(": "[", ")": "]"})
+_OUTSIDE_FAST = ("#", "\\", ";", "`", "~", "^", "@", "null", "NaN", "Infinity")
 _PLACEHOLDER = '"\x00"'
 _PLACEHOLDERS = re.compile(_PLACEHOLDER)
 _RECORD = "#jepsen.history.Op{"
 
 
-def _edn_operations(lines: Iterable[tuple[int, str]]) -> Iterator[Operation]:
+def _edn_operations(lines: Iterable[tuple[int, str]], *, fast: bool = True
+                    ) -> Iterator[Operation]:
     position = 0
-    for number, text in _edn_forms(lines):
+    for number, text, opened in _edn_forms(lines):
         where = f"line {number}"
-        for form in _edn_read(text, where):
+        for form in _edn_read(text, where, fast=fast, opened=opened):
             yield _operation(form, position, where)
             position += 1
 
 
-def _edn_forms(lines: Iterable[tuple[int, str]]) -> Iterator[tuple[int, str]]:
-    """Texts of whole top-level forms, with the line each starts on: lines are gathered
-    until their brackets balance (outside strings and comments), within MAX_LINE_BYTES."""
+def _edn_forms(lines: Iterable[tuple[int, str]]) -> Iterator[tuple[int, str, int]]:
+    """Whole top-level forms: (the line each starts on, its text, how many brackets it
+    opens). Lines are gathered until their brackets balance (outside strings and
+    comments), within MAX_LINE_BYTES."""
     pending: list[str] = []
-    started, depth, size = 0, 0, 0
+    started = depth = size = opened = 0
     for number, line in lines:
         if not pending and not _meaningful(line):
             continue
         code = _STRING.sub("", line) if '"' in line else line
         if ";" in code:
             code = code[:code.index(";")]
-        depth += (code.count("[") + code.count("{") + code.count("(")
-                  - code.count("]") - code.count("}") - code.count(")"))
+        opening = code.count("[") + code.count("{")
+        closing = code.count("]") + code.count("}")
+        if "(" in code or ")" in code:
+            opening += code.count("(")
+            closing += code.count(")")
+        depth += opening - closing
+        opened += opening
         if not pending:
             started = number
         pending.append(line)
@@ -219,16 +223,18 @@ def _edn_forms(lines: Iterable[tuple[int, str]]) -> Iterator[tuple[int, str]]:
             raise HistoryError(f"line {started}: a form longer than {MAX_LINE_BYTES} bytes "
                                f"(it starts: {excerpt(pending[0])})")
         if depth == 0:
-            yield started, "\n".join(pending)
-            pending, size = [], 0
-    if pending:
-        yield started, "\n".join(pending)  # unbalanced: the reader says what is wrong
+            yield started, pending[0] if len(pending) == 1 else "\n".join(pending), opened
+            pending, size, opened = [], 0, 0
+    if pending:  # unbalanced: the reader says what is wrong
+        yield started, "\n".join(pending), MAX_DEPTH + 1
 
 
-def _edn_read(text: str, where: str) -> list:
+def _edn_read(text: str, where: str, *, fast: bool = True, opened: int | None = None
+              ) -> list:
     """The forms of ``text`` as plain Python values (keywords as their names)."""
-    _check_depth(text, where)
-    forms = _edn_fast(text)
+    if opened is None or opened > MAX_DEPTH:
+        _check_depth(text, where)
+    forms = _edn_fast(text) if fast else None
     if forms is not None:
         return forms
     try:
@@ -247,17 +253,22 @@ def _edn_fast(text: str) -> list | None:
             return None
         strings = _STRING.findall(code)
         code = _STRING.sub(_PLACEHOLDER, code)
-    if _OUTSIDE_FAST.search(code) or '"' in code.replace(_PLACEHOLDER, ""):
+    if any(mark in code for mark in _OUTSIDE_FAST) or (
+            strings and '"' in code.replace(_PLACEHOLDER, "")):
         return None
-    code = _KEYWORD.sub(r'"\1"', code)
-    if "nil" in code:
-        code = _NIL.sub("null", code)
-    code = _SPACE.sub("", _BETWEEN.sub(",", code.translate(_TO_JSON)))
+    code = '"'.join(_KEYWORD.split(code))  # :name -> "name" (split and join run in C)
+    code = (code.replace("{", '{"m":[').replace("}", "]}").replace("(", "[")
+            .replace(")", "]"))
+    # every run of blanks and commas becomes one comma, then none next to a bracket
+    code = ",".join(("[" + code.replace(",", " ") + "]").split())
+    code = code.replace("[,", "[").replace(",]", "]")
+    if "nil" in code:  # nil stands alone: after "[" or ","; a keyword "nil" is quoted
+        code = code.replace(",nil", ",null").replace("[nil", "[null")
     if strings:
         found = iter(strings)
         code = _PLACEHOLDERS.sub(lambda _: next(found), code)
     try:
-        return _JSON_EDN.decode("[" + code + "]")
+        return _JSON_EDN.decode(code)
     except (ValueError, TypeError):
         return None
 
