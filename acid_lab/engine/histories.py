@@ -186,31 +186,34 @@ _RECORD = "#jepsen.history.Op{"
 def _edn_operations(lines: Iterable[tuple[int, str]], *, fast: bool = True
                     ) -> Iterator[Operation]:
     position = 0
-    for number, text, opened in _edn_forms(lines):
+    for number, forms in _edn_values(lines, fast=fast):
         where = f"line {number}"
-        for form in _edn_read(text, where, fast=fast, opened=opened):
+        for form in forms:
             yield _operation(form, position, where)
             position += 1
 
 
-def _edn_forms(lines: Iterable[tuple[int, str]]) -> Iterator[tuple[int, str, int]]:
-    """Whole top-level forms: (the line each starts on, its text, how many brackets it
-    opens). Lines are gathered until their brackets balance (outside strings and
-    comments), within MAX_LINE_BYTES."""
+def _edn_values(lines: Iterable[tuple[int, str]], *, fast: bool = True
+                ) -> Iterator[tuple[int, list]]:
+    """(line number, the forms that start there). A line that reads as whole forms by
+    itself is taken at once (it is balanced, since it read); other lines are gathered
+    until their brackets balance (outside strings and comments), within MAX_LINE_BYTES."""
     pending: list[str] = []
     started = depth = size = opened = 0
     for number, line in lines:
-        if not pending and not _meaningful(line):
-            continue
+        if not pending:
+            if fast and line.count("[") + line.count("{") <= MAX_DEPTH:
+                forms = _edn_fast(line)
+                if forms is not None:
+                    yield number, forms
+                    continue
+            if not _meaningful(line):
+                continue
         code = _STRING.sub("", line) if '"' in line else line
         if ";" in code:
             code = code[:code.index(";")]
-        opening = code.count("[") + code.count("{")
-        closing = code.count("]") + code.count("}")
-        if "(" in code or ")" in code:
-            opening += code.count("(")
-            closing += code.count(")")
-        depth += opening - closing
+        opening = code.count("[") + code.count("{") + code.count("(")
+        depth += opening - code.count("]") - code.count("}") - code.count(")")
         opened += opening
         if not pending:
             started = number
@@ -223,10 +226,12 @@ def _edn_forms(lines: Iterable[tuple[int, str]]) -> Iterator[tuple[int, str, int
             raise HistoryError(f"line {started}: a form longer than {MAX_LINE_BYTES} bytes "
                                f"(it starts: {excerpt(pending[0])})")
         if depth == 0:
-            yield started, pending[0] if len(pending) == 1 else "\n".join(pending), opened
+            yield started, _edn_read("\n".join(pending), f"line {started}", fast=fast,
+                                     opened=opened)
             pending, size, opened = [], 0, 0
     if pending:  # unbalanced: the reader says what is wrong
-        yield started, "\n".join(pending), MAX_DEPTH + 1
+        yield started, _edn_read("\n".join(pending), f"line {started}", fast=fast,
+                                 opened=MAX_DEPTH + 1)
 
 
 def _edn_read(text: str, where: str, *, fast: bool = True, opened: int | None = None
@@ -269,7 +274,7 @@ def _edn_fast(text: str) -> list | None:
         code = _PLACEHOLDERS.sub(lambda _: next(found), code)
     try:
         return _JSON_EDN.decode(code)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):  # deep nesting: the careful path says so
         return None
 
 
