@@ -181,6 +181,7 @@ _OUTSIDE_FAST = ("#", "\\", ";", "`", "~", "^", "@", "null", "NaN", "Infinity")
 _PLACEHOLDER = '"\x00"'
 _PLACEHOLDERS = re.compile(_PLACEHOLDER)
 _RECORD = "#jepsen.history.Op{"
+edn_format.add_tag("jepsen.history.Op", lambda fields: fields)  # a record: its map
 
 
 def _edn_operations(lines: Iterable[tuple[int, str]], *, fast: bool = True
