@@ -38,7 +38,7 @@ JEPSEN_SHAPES = """; a comment line, as in si-without-g-single.edn
 {:type :invoke, :f :txn, :value [[:append 11 1] [:r 11 nil]], :process 10, :time 14532933, :index 0}
 {:type :ok, :f :txn, :value [[:append 11 1] [:r 11 [1]]], :process 10, :time 31076248, :index 1}
 {:type :info, :f :leave, :value "n1", :process :nemesis, :time 1007302441, :index 2}
-{:type :info, :f :leave, :value ["n1" {"n1" "ERR cannot remove leader"}], :process :nemesis, :index 3}
+{:type :info, :f :leave, :value ["n1" {"n1" "ERR no leader"}], :process :nemesis, :index 3}
 #jepsen.history.Op{:index 4, :time 5, :type :invoke, :process 2, :f :txn, :value [[:r :x nil]]}
 #jepsen.history.Op{:index 5, :time 6, :type :ok, :process 2, :f :txn, :value [[:r :x []]]}
 {:index 6 :type :invoke  :value [[:append 253 1] [:append 253 3]
@@ -47,7 +47,7 @@ JEPSEN_SHAPES = """; a comment line, as in si-without-g-single.edn
                                  [:append 255 2]]}
 {:index 8, :type :info, :f :kill, :process :nemesis, :value #{"n1" "n2"}}
 {:index 9, :type :fail, :f :txn, :process 3, :value [[:append :y -4]], :error [:x "a \\"b\\""]}
-{:index 10, :type :ok, :process 4, :value [[:r :y ()] (:append :z 7)]} {:index 11, :type :ok, :value [[:r :z [7]]]}
+{:index 10 :type :ok :value [[:r :y ()] (:append :z 7)]} {:index 11 :type :ok :value [[:r :z [7]]]}
 {:index 12, :type :ok, :f :txn, :process :a-keyword, :value [[:r [:nested 1] nil]], :time 1.5}
 """
 
