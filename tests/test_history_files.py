@@ -23,10 +23,12 @@ from acid_lab.checkers.check_command import check_command
 from acid_lab.engine.histories import (
     MAX_DEPTH,
     HistoryError,
+    Operation,
     parse_edn,
     parse_json,
     read_history,
     to_jsonl,
+    write_history,
 )
 from acid_lab.input_files import InputError
 
@@ -88,6 +90,31 @@ def test_the_jepsen_shapes_are_read_as_operations(tmp_path):
     assert operations[8].f == "kill"
     assert operations[10].value == (("r", "y", ()), ("append", "z", 7))
     assert operations[12].value == (("r", ("nested", 1), None),)
+
+
+def _many_operations(transactions):
+    """Invocations and completions of ``transactions`` appends and reads over 10 keys."""
+    operations = []
+    for n in range(transactions):
+        mops = (("append", n % 10, n), ("r", (n + 1) % 10, None))
+        operations.append(Operation("invoke", mops, process=n % 5, index=2 * n))
+        done = (mops[0], ("r", mops[1][1], tuple(range((n + 1) % 10, n, 10))))
+        operations.append(Operation("ok", done, process=n % 5, time=n, index=2 * n + 1))
+    return operations
+
+
+@pytest.mark.parametrize("name", [pytest.param("many.edn", id="EDN"),
+                                  pytest.param("many.jsonl", id="JSON lines")])
+def test_every_operation_of_a_long_history_is_read_back(tmp_path, name):
+    """Scenario: 3,000 operations written to a file, then read back as ``check`` reads it.
+    Outcome: the same 3,000 operations, in order -- none dropped, none changed."""
+    operations = _many_operations(1500)
+    write_history(operations, tmp_path / name)
+
+    read = read_history(tmp_path / name)
+
+    assert len(read) == 3000
+    assert read == operations
 
 
 def run_check(*argv):
