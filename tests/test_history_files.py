@@ -216,7 +216,7 @@ def test_check_convert_bad_use_gets_one_line_and_exit_2(tmp_path, argv, message)
 
 # -- fuzzing: mutated and random histories give a result or one clean error ------------
 
-_FUZZ = settings(max_examples=60, deadline=2000,
+_FUZZ = settings(max_examples=60, deadline=5000,
                  suppress_health_check=[HealthCheck.too_slow])
 EDN_SEEDS = [line for line in JEPSEN_SHAPES.splitlines() if line.startswith(("{", "#"))]
 JSON_SEEDS = to_jsonl(parse_edn(JEPSEN_SHAPES)).splitlines()

@@ -68,7 +68,7 @@ def check_command(argv: Sequence[str], *, out: TextIO | None = None,
             write_history(operations, args.convert)
         except OSError as error:
             print(f"error: --convert {excerpt(args.convert)}: cannot write it "
-                  f"({error.strerror})", file=err)
+                  f"({error.strerror or type(error).__name__})", file=err)
             return EXIT_USAGE
     if args.json:
         json.dump({"history": args.history, **verdict.as_json()}, out)
