@@ -24,12 +24,10 @@ transaction), which snapshot isolation forbids.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from acid_lab.checkers import anomalies as found
 from acid_lab.checkers.anomalies import (
@@ -49,7 +47,7 @@ from acid_lab.checkers.anomalies import (
     Anomaly,
 )
 from acid_lab.checkers.dependencies import DATA_KINDS, dependency_graph, transactions
-from acid_lab.engine.histories import FAIL, INFO, OK, Operation
+from acid_lab.engine.histories import FAIL, INFO, OK, Operation, no_cyclic_gc
 
 _CYCLES = (G0, G1C, G_SINGLE, G_NONADJACENT, G2_ITEM)
 
@@ -136,24 +134,10 @@ def check(operations: Sequence[Operation], model: str = DEFAULT_MODEL, *,
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
     began = time.perf_counter()
-    with _no_cyclic_gc():
+    with no_cyclic_gc():
         verdict = _check(operations, model, kinds)
     verdict.seconds = time.perf_counter() - began
     return verdict
-
-
-@contextlib.contextmanager
-def _no_cyclic_gc() -> Iterator[None]:
-    """Pause Python's cycle collector: a big history makes hundreds of thousands of small
-    objects that all live until the verdict, and repeated full collections over them
-    would make checking grow faster than the history."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _check(operations: Sequence[Operation], model: str, kinds: Sequence[str]) -> Verdict:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import itertools
 import json
 import random
@@ -91,6 +92,20 @@ MAX_DEPTH = 100
 MAX_ARRAY_BYTES = 32 * 1024 * 1024
 
 
+@contextlib.contextmanager
+def no_cyclic_gc() -> Iterator[None]:
+    """Pause Python's cycle collector: a big history makes millions of small objects that
+    all live on (while it is read, and until the verdict), and repeated full collections
+    over them would only cost time -- none of them is garbage."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def read_history(path: str | Path) -> list[Operation]:
     """A history file, read as a stream: EDN (``.edn``) or JSON lines (``.json``,
     ``.jsonl``); any other name is recognised by its first line (``{"`` or ``[`` is
@@ -106,12 +121,13 @@ def read_history(path: str | Path) -> list[Operation]:
         return []
     lines = itertools.chain([first], lines)
     stripped = first[1].lstrip()
-    if suffix in (".json", ".jsonl") or (suffix != ".edn" and (
-            stripped.startswith(("{\"", "[")) or stripped.rstrip() == "{")):
-        if stripped.startswith("["):
-            return _json_array(lines)
-        return list(_json_lines(lines))
-    return list(_edn_operations(lines))
+    with no_cyclic_gc():
+        if suffix in (".json", ".jsonl") or (suffix != ".edn" and (
+                stripped.startswith(("{\"", "[")) or stripped.rstrip() == "{")):
+            if stripped.startswith("["):
+                return _json_array(lines)
+            return list(_json_lines(lines))
+        return list(_edn_operations(lines))
 
 
 def _meaningful(line: str) -> bool:
