@@ -12,8 +12,9 @@ known: ``["r", k, None]``) and when it ends -- ``ok`` (committed, with what it r
 ``fail`` (certainly not committed: the server aborted it) or ``info`` (unknown: the
 connection was lost around COMMIT). This module
 
-* reads and writes histories in Elle's format, as EDN (one map a line, parsed with
-  the ``edn_format`` library) or as JSON (one object a line, same fields)::
+* reads histories in Elle's format as a stream of lines, as EDN (the EDN Jepsen writes
+  is rewritten into JSON for the ``json`` module; anything else goes to the ``edn_format``
+  library) or as JSON (one object a line, same fields), and writes them either way::
 
       {:type :ok, :f :txn, :process 3, :time 2251, :index 7, :value [[:append 9 2] [:r 9 [1 2]]]}
       {"type": "ok", "f": "txn", "process": 3, "value": [["append", 9, 2], ["r", 9, [1, 2]]]}
