@@ -144,6 +144,9 @@ def _deep(opening, closing, depth=MAX_DEPTH * 50):
     pytest.param("twice.jsonl", json.dumps({"type": "ok", "value": [
         ["append", "x", 1], ["append", "x", 1]]}) + "\n", "appended to key 'x' twice",
                  id="one value appended twice"),
+    pytest.param("same-index.edn", "{:type :ok, :index 1, :value [[:append :x 1]]}\n"
+                 "{:type :ok, :index 1, :value [[:r :x [1]]]}\n", "index 1 names two",
+                 id="two transactions with one index"),
 ])
 def test_a_bad_history_file_gets_one_line_and_exit_2(tmp_path, name, content, message):
     """Scenario: ``check`` on a file that is not a history we can read.

@@ -231,6 +231,10 @@ def dependency_graph(txns: Sequence[Transaction], *, process: bool = False,
                     out = succ[before.id]
                     out[me] = out.get(me, 0) | wr
     by_id = {txn.id: txn for txn in committed}
+    if len(by_id) != len(committed):
+        twice = next(txn.id for txn in committed if by_id[txn.id] is not txn)
+        raise HistoryError(f"the index {excerpt(repr(twice), 40)} names two completed "
+                           "transactions: each completion needs an index of its own")
     if process:
         _process_edges(committed, succ)
     if realtime:

@@ -362,22 +362,26 @@ def _operation(line: Any, position: int, where: str | None = None) -> Operation:
             raise HistoryError(f"{where}: {excerpt(repr(mop))} is neither [append k v] nor "
                                "[r k values]")
         key = mop[1]
-        if type(key) is list:
-            key = _hashable(key)
+        if type(key) is not int and type(key) is not str:
+            key = _hashable_or_text(_hashable(key))
         if mop[0] == READ:
             element = mop[2] if len(mop) == 3 else None  # Elle's [r k]: not known yet
             if element is not None:
                 if type(element) is not list:
                     raise HistoryError(f"{where}: a read's value must be a list or nil: "
                                        f"{excerpt(repr(mop))}")
-                element = tuple(_hashable(e) if type(e) is list else e for e in element)
+                element = tuple(element)
+                try:
+                    hash(element)  # integers, mostly: checked in C
+                except TypeError:
+                    element = tuple(_hashable_or_text(_hashable(e)) for e in element)
             mops.append((READ, key, element))
         else:
             if len(mop) != 3:
                 raise HistoryError(f"{where}: {excerpt(repr(mop))} appends nothing")
             element = mop[2]
-            if type(element) is list:
-                element = _hashable(element)
+            if type(element) is not int and type(element) is not str:
+                element = _hashable_or_text(_hashable(element))
             mops.append((APPEND, key, element))
     return Operation(kind, tuple(mops), process, time_, index)
 
@@ -390,10 +394,11 @@ def _hashable(value: Any) -> Any:
 
 
 def _hashable_or_text(value: Any) -> Any:
+    """``value`` if it can be a key of a dict, else its text (a map read as a value)."""
     try:
         hash(value)
     except TypeError:
-        return repr(value)
+        return excerpt(repr(value))
     return value
 
 
