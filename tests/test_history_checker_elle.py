@@ -155,7 +155,7 @@ ELLE_VERDICTS = [
                  id="duplicated elements: also a G1c (and the G-single Elle's comment notes)"),
     pytest.param(completed("ax1ax2ax4", "ax3rx1234"), "read-uncommitted",
                  {"internal": 1, "G0": 1}, False,
-                 id="internal consistency violation (and the G0 Elle's comment notes)"),
+                 id="internal violation (and the G0 Elle's comment notes)"),
     # unobserved-write-test
     pytest.param(UNOBSERVED_WRITE, "serializable", {"G0": 1, "G-single": 1}, False,
                  id="unobserved write: G-single and G0"),
@@ -166,7 +166,7 @@ ELLE_VERDICTS = [
                  id="repeatable read test: repeatable-read does not"),
     # G-nonadjacent-test
     pytest.param(paired("ax1", "rx1ry", "ay1", "ry1rx"), "snapshot-isolation",
-                 {"G-nonadjacent": 1}, False, id="G-nonadjacent: not snapshot-isolation"),
+                 {"G-nonadjacent": 1}, False, id="G-nonadjacent: not SI"),
     pytest.param(paired("rx5ay1", "ryaz2", "rzat3", "rt3au4", "ruax5"), "snapshot-isolation",
                  {}, True,
                  id="rw rw wr rw wr (Elle: not G-nonadjacent): no cycle at all; SI allows it"),
@@ -233,7 +233,7 @@ ELLE_VERDICTS = [
     pytest.param(paired("ax1rx01ax0ax3"), "read-committed", {"future-read": 1}, False,
                  id="future read, internal"),
     pytest.param(completed("rx12ax3rx12"), "repeatable-read", {"internal": 1}, True,
-                 id="internal: Elle's repeatable-read allows it (snapshot isolation not)"),
+                 id="internal: Elle's repeatable-read allows it (SI does not)"),
 ]
 
 
