@@ -22,6 +22,11 @@ Without a cycle:
   key again later in the same transaction;
 * internal inconsistency: a read disagrees with the transaction's own earlier
   appends or reads of that key (at read committed: a non-repeatable read);
+* future read: a read holds a value the same transaction appends only later (Elle's
+  ``future-read``: a cycle of one transaction, so a kind of G1c);
+* dirty update: a committed append came right after a failed transaction's append in a
+  key's version order (Elle's ``dirty-update``: a write built on a write that never
+  committed, a kind of G1a);
 * lost update: two committed transactions read the same list of a key, and both
   appended to it (each read-modify-write started from a state the other changed);
 * duplicate elements: a read holds one value twice (each is appended once);
@@ -33,13 +38,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import networkx as nx
 
 from acid_lab.checkers.dependencies import (
     INITIAL,
+    KINDS_OF,
     ORDER_KINDS,
     PROCESS,
     REALTIME,
@@ -52,20 +58,24 @@ from acid_lab.checkers.dependencies import (
     failed_appends,
     intermediate_appends,
 )
-from acid_lab.engine.histories import APPEND, OK, READ
+from acid_lab.engine.histories import APPEND, FAIL, OK, READ
 
 G0, G1A, G1B, G1C = "G0", "G1a", "G1b", "G1c"
 G_SINGLE, G_NONADJACENT, G2_ITEM = "G-single", "G-nonadjacent", "G2-item"
 INTERNAL, LOST_UPDATE = "internal", "lost-update"
 DUPLICATES, INCOMPATIBLE_ORDER = "duplicate-elements", "incompatible-order"
+FUTURE_READ, DIRTY_UPDATE = "future-read", "dirty-update"
 CYCLE_KINDS = (G0, G1C, G_SINGLE, G_NONADJACENT, G2_ITEM)
-OTHER_KINDS = (G1A, G1B, INTERNAL, LOST_UPDATE, DUPLICATES, INCOMPATIBLE_ORDER)
+OTHER_KINDS = (G1A, G1B, INTERNAL, LOST_UPDATE, DUPLICATES, INCOMPATIBLE_ORDER, FUTURE_READ,
+               DIRTY_UPDATE)
 
 #: Seconds spent looking for one kind of cycle in one component before settling for
 #: any cycle of it (a huge component can hold very many).
 SEARCH_BUDGET = 1.0
 #: Edges tried per kind and component when looking for the shortest cycle.
 TRIES = 64
+#: Components up to this size are searched without first computing what reaches what.
+SMALL = 64
 
 
 @dataclasses.dataclass
@@ -183,16 +193,14 @@ class _Component:
 
 def cycle_anomalies(deps: Dependencies, *, budget: float = SEARCH_BUDGET) -> list[Anomaly]:
     """One cycle per kind and strongly connected component, shortest found first."""
-    graph = deps.graph
+    succ = deps.succ
     names = {txn_id: txn.name for txn_id, txn in deps.by_id.items()}
     found = []
-    for nodes in nx.strongly_connected_components(graph):
-        if len(nodes) < 2:
-            continue
+    for nodes in strongly_connected(succ):
         members = sorted(nodes)
         inside = set(nodes)
-        edges = [(a, b, frozenset(dep.kind for dep in graph[a][b]["deps"]))
-                 for a in members for b in graph.successors(a) if b in inside]
+        edges = [(a, b, KINDS_OF[bits]) for a in members for b, bits in succ[a].items()
+                 if b in inside]
         component = _Component(members, edges)
         data = {WW, WR, RW}
         cycles = _search(component, data, budget)
@@ -206,6 +214,47 @@ def cycle_anomalies(deps: Dependencies, *, budget: float = SEARCH_BUDGET) -> lis
         for cycle, kinds in cycles:
             found.append(_explain_cycle(deps, cycle, kinds, names))
     return found
+
+
+def strongly_connected(succ: dict[int, dict[int, int]]) -> Iterator[list[int]]:
+    """The strongly connected components of more than one node (Tarjan's algorithm,
+    without recursion: a history's graph can hold a million transactions)."""
+    index: dict[int, int] = {}
+    low: dict[int, int] = {}
+    stack: list[int] = []
+    on_stack: set[int] = set()
+    for root, out in succ.items():
+        if not out or root in index:
+            continue  # a node without successors is in no cycle (nor counted: none needs it)
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        work = [(root, iter(succ[root]))]
+        while work:
+            node, children = work[-1]
+            for child in children:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(succ[child])))
+                    break
+                if child in on_stack and index[child] < low[node]:
+                    low[node] = index[child]
+            else:
+                work.pop()
+                if work and low[node] < low[work[-1][0]]:
+                    low[work[-1][0]] = low[node]
+                if low[node] == index[node]:
+                    component = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.append(member)
+                        if member == node:
+                            break
+                    if len(component) > 1:
+                        yield component
 
 
 def _search(component: _Component, allowed: set[str], budget: float
@@ -284,15 +333,21 @@ def _shortest_paths_back(graph: nx.DiGraph, pairs: list[tuple[Any, Any]], budget
     pairs = [(start, end) for start, end in pairs if start in graph and end in graph]
     if not pairs:
         return None
-    reachable = _reachable(graph)
-    candidates = [(start, end) for start, end in pairs if reachable(start, end)]
+    if len(pairs) <= TRIES and len(graph) <= SMALL:
+        candidates = pairs  # few: a search that finds no path costs little
+    else:
+        reachable = _reachable(graph)
+        candidates = [(start, end) for start, end in pairs if reachable(start, end)]
     best = None
     deadline = time.monotonic() + budget
     for tries, (start, end) in enumerate(candidates):
         if best is not None and (tries >= TRIES or time.monotonic() > deadline
                                  or len(best) == 2):
             break
-        path = nx.bidirectional_shortest_path(graph, start, end)
+        try:
+            path = nx.bidirectional_shortest_path(graph, start, end)
+        except nx.NetworkXNoPath:
+            continue
         if best is None or len(path) < len(best):
             best = path
     return best
@@ -343,7 +398,7 @@ def _explain_cycle(deps: Dependencies, cycle: list[int], kinds: list[str],
                    names: dict[int, str]) -> Anomaly:
     steps = []
     for (a, b), kind in zip(_edges_of(cycle), kinds, strict=True):
-        dep = next(d for d in deps.graph[a][b]["deps"] if d.kind == kind)
+        dep = deps.dependency(a, b, kind)
         steps.append(Step(names[a], names[b], dep, dependency_words(dep, names)))
     return Anomaly(classify(kinds), [names[n] for n in cycle], cycle_words(steps), steps)
 
@@ -352,16 +407,18 @@ def _explain_cycle(deps: Dependencies, cycle: list[int], kinds: list[str],
 
 def aborted_reads(txns: Sequence[Transaction]) -> list[Anomaly]:
     """G1a: a committed read holds a value that only a failed transaction appended."""
-    failed = failed_appends(txns)
+    failed: dict[Any, dict[Any, Transaction]] = defaultdict(dict)  # key -> element -> txn
+    for (k, element), writer in failed_appends(txns).items():
+        failed[k][element] = writer
     found = []
     for txn in txns:
         if txn.type != OK:
             continue
         for f, k, v in txn.mops:
-            if f != READ or not v:
+            if f != READ or not v or k not in failed or failed[k].keys().isdisjoint(v):
                 continue
             for element in v:
-                writer = failed.get((k, element))
+                writer = failed[k].get(element)
                 if writer is not None:
                     found.append(Anomaly(G1A, [txn.name, writer.name], (
                         f"{txn.name} read key {k} as {show(v)}, which holds {element}; "
@@ -431,17 +488,50 @@ def internal_inconsistencies(txns: Sequence[Transaction]) -> list[Anomaly]:
 
 def _future_reads(txn: Transaction) -> list[Anomaly]:
     """A read holding a value the same transaction appends only later."""
-    seen: dict[tuple, tuple] = {}
+    reads: dict[Any, list[tuple]] = {}  # key -> the lists read so far
     found = []
     for f, k, v in txn.mops:
-        if f == READ and v:
-            for element in v:
-                seen.setdefault((k, element), v)
-        elif f == APPEND and (k, v) in seen:
-            found.append(Anomaly(INTERNAL, [txn.name], (
-                f"{txn.name} read key {k} as {show(seen[k, v])}, which holds {v}, before "
-                f"appending {v} itself: it saw its own future write.")))
+        if f == READ:
+            if v:
+                reads.setdefault(k, []).append(v)
+            continue
+        read = next((seen for seen in reads.get(k, ()) if v in seen), None) if reads else None
+        if read is not None:
+            found.append(Anomaly(FUTURE_READ, [txn.name], (
+                f"{txn.name} read key {k} as {show(read)}, which holds {v}, before "
+                f"appending {v} itself: it saw its own future write (as if it had come "
+                "after itself).")))
     return found
+
+
+def dirty_updates(deps: Dependencies) -> list[Anomaly]:
+    """A committed append right after failed ones in a key's version order (as Elle walks
+    it: appends of unknown outcome in between are passed over)."""
+    found = []
+    for k, order in deps.orders.elements.items():
+        last_known, failed, values = OK, None, []   # the initial state counts as committed
+        for element in order:
+            writer = deps.writer.get((k, element))
+            kind = writer.type if writer is not None else OK
+            if kind == OK:
+                if last_known == FAIL:
+                    found.append(_dirty_update(k, failed, writer, values + [element]))
+                last_known, values = OK, [element]
+            elif kind == FAIL:
+                if last_known != FAIL:
+                    failed, values = writer, []
+                last_known = FAIL
+                values.append(element)
+            elif last_known == FAIL:
+                values.append(element)   # unknown outcome: keep the range open
+    return found
+
+
+def _dirty_update(k: Any, failed: Transaction, writer: Transaction, values: list) -> Anomaly:
+    return Anomaly(DIRTY_UPDATE, [failed.name, writer.name], (
+        f"key {k} went through {show(values)}: {failed.name} appended {values[0]} and failed "
+        f"(was rolled back), yet {writer.name} committed its append of {values[-1]} on top "
+        f"of it, so a committed write was built on a write that never committed."))
 
 
 def lost_updates(txns: Sequence[Transaction]) -> list[Anomaly]:

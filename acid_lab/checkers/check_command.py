@@ -1,8 +1,9 @@
-"""``python -m acid_lab check HISTORY [--model MODEL] [--json]``: find the anomalies of a
-list-append history (EDN or JSON lines) and say whether the model allows them.
+"""``python -m acid_lab check HISTORY [--model MODEL] [--json] [--convert OUT]``: find the
+anomalies of a list-append history (EDN or JSON lines) and say whether the model allows them;
+with ``--convert OUT.jsonl`` or ``OUT.edn``, also write the history in that format.
 
 Exit status: 0 when the model allows everything found, 1 when it forbids something
-found, 2 for bad usage or a history that cannot be read.
+found, 2 for bad usage or a history that cannot be read (or written).
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from acid_lab.checkers.history import DEFAULT_MODEL, MODELS, Verdict, check
-from acid_lab.engine.histories import HistoryError, read_history
+from acid_lab.engine.histories import HistoryError, read_history, write_history
+from acid_lab.input_files import InputError, excerpt
 
 EXIT_VALID, EXIT_FORBIDDEN, EXIT_USAGE = 0, 1, 2
+CONVERT_SUFFIXES = (".jsonl", ".json", ".edn")
 #: Anomalies of one kind explained in full in the text output; the rest are counted.
 SHOWN_PER_KIND = 3
 
@@ -32,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                              f"(default {DEFAULT_MODEL}; PostgreSQL's repeatable read is "
                              "snapshot-isolation)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--convert", metavar="OUT",
+                        help="also write the history to OUT: EDN when it ends in .edn, JSON "
+                             "lines when in .jsonl or .json (an existing file is replaced)")
     return parser
 
 
@@ -44,17 +50,33 @@ def check_command(argv: Sequence[str], *, out: TextIO | None = None,
         args = build_parser().parse_args(list(argv))
     except SystemExit as exit_:
         return EXIT_VALID if exit_.code == 0 else EXIT_USAGE
+    if args.convert is not None and not args.convert.lower().endswith(CONVERT_SUFFIXES):
+        print(f"error: --convert {excerpt(args.convert)}: the name must end in .jsonl, .json "
+              "or .edn (the format to write)", file=err)
+        return EXIT_USAGE
     try:
         operations = read_history(args.history)
-    except HistoryError as error:
-        print(f"error: {args.history}: {error}", file=err)
+        verdict = check(operations, args.model)
+    except InputError as error:
+        print(f"error: {error}", file=err)
         return EXIT_USAGE
-    verdict = check(operations, args.model)
+    except HistoryError as error:
+        print(f"error: {excerpt(args.history)}: {error}", file=err)
+        return EXIT_USAGE
+    if args.convert is not None:
+        try:
+            write_history(operations, args.convert)
+        except OSError as error:
+            print(f"error: --convert {excerpt(args.convert)}: cannot write it "
+                  f"({error.strerror or type(error).__name__})", file=err)
+            return EXIT_USAGE
     if args.json:
         json.dump({"history": args.history, **verdict.as_json()}, out)
         out.write("\n")
     else:
         out.write(text(verdict, args.history))
+        if args.convert is not None:
+            out.write(f"converted: {len(operations)} operations written to {args.convert}\n")
     return EXIT_VALID if verdict.valid else EXIT_FORBIDDEN
 
 

@@ -29,13 +29,16 @@ from collections.abc import Sequence
 from itertools import pairwise
 from typing import Any, NamedTuple
 
-import networkx as nx
-
-from acid_lab.engine.histories import APPEND, FAIL, INFO, INVOKE, OK, READ, Operation
+from acid_lab.engine.histories import APPEND, FAIL, INFO, INVOKE, OK, READ, HistoryError, Operation
+from acid_lab.input_files import excerpt
 
 WW, WR, RW, PROCESS, REALTIME = "ww", "wr", "rw", "process", "realtime"
 DATA_KINDS = (WW, WR, RW)
 ORDER_KINDS = (PROCESS, REALTIME)
+#: An edge's kinds are kept as bits of one small int (a big history has millions of edges);
+#: KINDS_OF[bits] is the set of names.
+BIT = {WW: 1, WR: 2, RW: 4, PROCESS: 8, REALTIME: 16}
+KINDS_OF = [frozenset(kind for kind, bit in BIT.items() if bits & bit) for bits in range(32)]
 
 
 class _Initial:
@@ -48,7 +51,7 @@ class _Initial:
 INITIAL = _Initial()
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Transaction:
     """A completed transaction: its completion operation, and when it was invoked."""
 
@@ -95,7 +98,8 @@ def transactions(operations: Sequence[Operation]) -> list[Transaction]:
         mops = op.value
         if op.type == INFO and invoked is not None and not mops:
             mops = operations[invoked].value
-        if op.type == OK:  # a committed read of nil saw the empty list (Clojure's nil)
+        if op.type == OK and any(v is None for _, _, v in mops):
+            # a committed read of nil saw the empty list (Clojure's nil)
             mops = tuple((f, k, () if f == READ and v is None else v) for f, k, v in mops)
         done.append(Transaction(id=op.index, type=op.type, mops=mops, process=op.process,
                                 invoked=invoked, completed=position))
@@ -147,16 +151,41 @@ def version_orders(committed: Sequence[Transaction]) -> Orders:
 
 @dataclasses.dataclass
 class Dependencies:
-    """The graph (networkx DiGraph of transaction ids; each edge's ``deps`` lists the
-    Dependency objects behind it) and the indexes the anomaly checks share."""
+    """The graph -- ``succ[a][b]``: the kinds (bits, see KINDS_OF) of the edges a -> b --
+    and the indexes the anomaly checks share. The Dependency behind an edge is found
+    again when a cycle is explained (:meth:`dependency`): keeping one per edge would cost
+    gigabytes on a history of a million transactions."""
 
-    graph: nx.DiGraph
+    succ: dict[int, dict[int, int]]
     by_id: dict[int, Transaction]
     orders: Orders
     writer: dict[tuple, Transaction]       # (key, element) -> transaction that appended it
+    #                                        (failed ones too)
 
-    def kinds(self, a: int, b: int) -> set[str]:
-        return {dep.kind for dep in self.graph[a][b]["deps"]}
+    def kinds(self, a: int, b: int) -> frozenset[str]:
+        return KINDS_OF[self.succ[a][b]]
+
+    def dependency(self, a: int, b: int, kind: str) -> Dependency:
+        """The first reason of ``kind`` why ``a`` precedes ``b`` (in ``b``'s operations)."""
+        if kind in ORDER_KINDS:
+            return Dependency(kind, a, b)
+        first, second = self.by_id[a], self.by_id[b]
+        for f, k, v in second.mops:
+            if kind == WR and f == READ and v and self.writer.get((k, v[-1])) is first:
+                return Dependency(WR, a, b, k, v[-1], v)
+            if f != APPEND:
+                continue
+            previous = self.orders.previous(k, v)
+            if kind == WW and previous is not INITIAL and \
+                    self.writer.get((k, previous)) is first:
+                return Dependency(WW, a, b, k, v, previous=previous)
+            if kind == RW:
+                for g, key, read in first.mops:
+                    if g == READ and key == k and read is not None and (
+                            first.type == OK or read) and \
+                            (read[-1] if read else INITIAL) == previous:
+                        return Dependency(RW, a, b, k, v, read)
+        raise LookupError(f"no {kind} edge from T{a} to T{b}")
 
 
 def possibly_committed(txns: Sequence[Transaction]) -> list[Transaction]:
@@ -170,46 +199,56 @@ def dependency_graph(txns: Sequence[Transaction], *, process: bool = False,
     committed; process and real-time order edges when asked."""
     committed = possibly_committed(txns)
     orders = version_orders(committed)
-    writer: dict[tuple, Transaction] = {}
-    readers: dict[tuple, list[tuple[int, tuple]]] = defaultdict(list)  # -> (reader, list)
+    writer = append_writers(txns)
+    readers: dict[tuple, list[int]] = defaultdict(list)  # (key, last element) -> readers
     for txn in committed:
         for f, k, v in txn.mops:
-            if f == APPEND:
-                writer[k, v] = txn
-            elif v is not None and (txn.type == OK or v):  # an info's nil read is unknown
-                readers[k, v[-1] if v else INITIAL].append((txn.id, v))
+            if f == READ and v is not None and (txn.type == OK or v):  # info's nil: unknown
+                readers[k, v[-1] if v else INITIAL].append(txn.id)
 
-    edges: dict[tuple[int, int], list[Dependency]] = defaultdict(list)
+    succ: dict[int, dict[int, int]] = {txn.id: {} for txn in committed}
+    ww, wr, rw = (BIT[WW] if WW in kinds else 0, BIT[WR] if WR in kinds else 0,
+                  BIT[RW] if RW in kinds else 0)
+    no_readers: list[int] = []
     for txn in committed:
         me = txn.id
         for f, k, v in txn.mops:
             if f == APPEND:
                 previous = orders.previous(k, v)
-                if WW in kinds and previous is not INITIAL:
+                if ww and previous is not INITIAL:
                     before = writer.get((k, previous))
-                    if before is not None and before.id != me:
-                        edges[before.id, me].append(
-                            Dependency(WW, before.id, me, k, v, previous=previous))
-                if RW in kinds:
-                    for reader, read in readers.get((k, previous), ()):
+                    if before is not None and before.id != me and before.type != FAIL:
+                        out = succ[before.id]
+                        out[me] = out.get(me, 0) | ww
+                if rw:
+                    for reader in readers.get((k, previous), no_readers):
                         if reader != me:
-                            edges[reader, me].append(Dependency(RW, reader, me, k, v, read))
-            elif f == READ and v and WR in kinds:
+                            out = succ[reader]
+                            out[me] = out.get(me, 0) | rw
+            elif wr and v:
                 before = writer.get((k, v[-1]))
-                if before is not None and before.id != me:
-                    edges[before.id, me].append(Dependency(WR, before.id, me, k, v[-1], v))
+                if before is not None and before.id != me and before.type != FAIL:
+                    out = succ[before.id]
+                    out[me] = out.get(me, 0) | wr
     by_id = {txn.id: txn for txn in committed}
+    if len(by_id) != len(committed):
+        twice = next(txn.id for txn in committed if by_id[txn.id] is not txn)
+        raise HistoryError(f"the index {excerpt(repr(twice), 40)} names two completed "
+                           "transactions: each completion needs an index of its own")
     if process:
-        _process_edges(committed, edges)
+        _process_edges(committed, succ)
     if realtime:
-        _realtime_edges(committed, edges)
-    graph = nx.DiGraph()
-    graph.add_nodes_from(by_id)
-    graph.add_edges_from((a, b, {"deps": deps}) for (a, b), deps in edges.items())
-    return Dependencies(graph, by_id, orders, writer)
+        _realtime_edges(committed, succ)
+    return Dependencies(succ, by_id, orders, writer)
 
 
-def _process_edges(committed: Sequence[Transaction], edges: dict) -> None:
+def _add(succ: dict[int, dict[int, int]], a: int, b: int, kind: str) -> None:
+    out = succ[a]
+    out[b] = out.get(b, 0) | BIT[kind]
+
+
+def _process_edges(committed: Sequence[Transaction], edges: dict[int, dict[int, int]]
+                   ) -> None:
     """T1 -> T2 when T2 is the next transaction on T1's process. An ``info`` transaction
     has no known end (it may take effect later), so nothing follows it."""
     last: dict[Any, Transaction] = {}
@@ -218,12 +257,13 @@ def _process_edges(committed: Sequence[Transaction], edges: dict) -> None:
             continue
         before = last.pop(txn.process, None)
         if before is not None:
-            edges[before.id, txn.id].append(Dependency(PROCESS, before.id, txn.id))
+            _add(edges, before.id, txn.id, PROCESS)
         if txn.type == OK:
             last[txn.process] = txn
 
 
-def _realtime_edges(committed: Sequence[Transaction], edges: dict) -> None:
+def _realtime_edges(committed: Sequence[Transaction], edges: dict[int, dict[int, int]]
+                    ) -> None:
     """T1 -> T2 when T1 committed before T2 was invoked; only the latest such T1s
     (the others reach T2 through them), so the edges stay few."""
     events = []
@@ -240,10 +280,30 @@ def _realtime_edges(committed: Sequence[Transaction], edges: dict) -> None:
             continue
         before = seen_at_invoke.get(txn.id, frozenset())
         for source in before:
-            edges[source, txn.id].append(Dependency(REALTIME, source, txn.id))
+            _add(edges, source, txn.id, REALTIME)
         if txn.type == OK:  # an info transaction's end is unknown: it precedes nothing
             frontier -= before
             frontier.add(txn.id)
+
+
+def append_writers(txns: Sequence[Transaction]) -> dict[tuple, Transaction]:
+    """(key, element) -> the transaction (ok, info or fail) that appended it. A value
+    appended to a key twice is refused, as Elle refuses it: version orders are inferred
+    from appends that are unique per key."""
+    writer: dict[tuple, Transaction] = {}
+    for txn in txns:
+        for f, k, v in txn.mops:
+            if f == APPEND:
+                other = writer.get((k, v))
+                if other is not None:
+                    twice = "twice by" if other is txn else "by"
+                    names = txn.name if other is txn else f"{other.name} and {txn.name}"
+                    raise HistoryError(
+                        f"value {excerpt(repr(v), 40)} appended to key {excerpt(repr(k), 40)} "
+                        f"{twice} {names}: the checker needs every value appended to a key "
+                        "once (its version orders rest on that, as Elle's do)")
+                writer[k, v] = txn
+    return writer
 
 
 def failed_appends(txns: Sequence[Transaction]) -> dict[tuple, Transaction]:
