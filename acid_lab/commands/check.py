@@ -14,8 +14,9 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from acid_lab.checkers.history import DEFAULT_MODEL, MODELS, Verdict, check
 from acid_lab.engine.histories import HistoryError, read_history, write_history
+
+from acid_lab.checkers.history import DEFAULT_MODEL, MODELS, Verdict, check
 from acid_lab.input_files import InputError, excerpt
 
 EXIT_VALID, EXIT_FORBIDDEN, EXIT_USAGE = 0, 1, 2

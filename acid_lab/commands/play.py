@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import signal
 import sys
-import threading
 from collections.abc import Iterator, Sequence
 
 import psycopg2
-from werkzeug.serving import make_server
 
 from acid_lab.engine.scenario import ScenarioError, require_blocked_check
-from acid_lab.play.app import HOST, create_app, entry_url
+from acid_lab.play.app import HOST
+from acid_lab.play.http import serve
 from acid_lab.play.sessions import Playground
 from acid_lab.servers.server import ServerError
 from acid_lab.servers.target import open_target
@@ -56,7 +54,7 @@ def play_command(argv: Sequence[str]) -> int:
                 if args.dsn:
                     warning = dsn_warning(playground, target.description)
                     print(f"warning: {warning}", file=sys.stderr)
-                _serve(playground, args.port, target.description, warning)
+                serve(playground, args.port, target.description, warning)
     except KeyboardInterrupt:
         pass
     except (ServerError, ScenarioError, psycopg2.Error) as error:
@@ -90,36 +88,6 @@ def _check(info) -> None:
         require_blocked_check(conn)
     finally:
         conn.close()
-
-
-def _serve(playground: Playground, port: int, where: str, warning: str | None) -> None:
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
-    app = create_app(playground, warning=warning)
-    server = make_server(HOST, port, app, threaded=True)
-    app.config["PLAY_PORT"] = server.server_port
-    try:
-        print(f"ACID Lab playground on {where}\n"
-              f"open {entry_url(app)}  (Ctrl-C stops it)", flush=True)
-        server.serve_forever()
-    finally:
-        server.server_close()
-
-
-@contextlib.contextmanager
-def serving(app, port: int = 0) -> Iterator[str]:
-    """Serve ``app`` on 127.0.0.1 from a thread of this process; yields its URL (tests, bench),
-    without the key: ``entry_url(app)`` is the one to open."""
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
-    server = make_server(HOST, port, app, threaded=True)
-    app.config["PLAY_PORT"] = server.server_port
-    thread = threading.Thread(target=server.serve_forever, name="play-http", daemon=True)
-    thread.start()
-    try:
-        yield f"http://{HOST}:{server.server_port}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @contextlib.contextmanager

@@ -15,6 +15,8 @@ and (2, 20). Other demo schemas are created by the tests that need them, with
 ``acid_lab.lessons.models`` maps the same tables for SQLAlchemy's ORM.
 """
 
+from acid_lab.servers.queries import rows
+
 HERMITAGE = """
 create table test (id int primary key, value int);
 insert into test (id, value) values (1, 10), (2, 20);
@@ -113,3 +115,8 @@ def create(conn, *schemas: str) -> None:
         cur.execute("\n".join(schemas))
     if not conn.autocommit:
         conn.commit()
+
+
+def demo_rows(conn) -> list[tuple]:
+    """Hermitage's table ``test`` as (id, value) pairs, by id."""
+    return rows(conn, "select id, value from test order by id")

@@ -17,6 +17,9 @@ from acid_lab.servers.server import ConnectionInfo
 if TYPE_CHECKING:  # imported where used: 0.3 s, which runs that only need psycopg2 save
     from sqlalchemy import URL, Engine
 
+#: The one login bound, in seconds, of every connection the package opens itself.
+CONNECT_TIMEOUT = 10
+
 
 def search_path_option(schema: str | None) -> dict:
     """libpq ``options`` that make ``schema`` the session's search_path."""

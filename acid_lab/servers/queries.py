@@ -19,8 +19,3 @@ def rows(conn, query: str, params=None) -> list[tuple]:
     with conn.cursor() as cur:
         cur.execute(query, params)
         return cur.fetchall()
-
-
-def demo_rows(conn) -> list[tuple]:
-    """Hermitage's table ``test`` as (id, value) pairs, by id."""
-    return rows(conn, "select id, value from test order by id")
