@@ -36,19 +36,19 @@ from pathlib import Path
 
 import psycopg2
 
-from acid_lab.checkers.history import check
-from acid_lab.engine.histories import (
+from acid_lab.checkers.histories import (
     APPEND,
     FAIL,
     INVOKE,
     OK,
     READ,
     Operation,
-    list_append_history,
     read_history,
     write_history,
 )
+from acid_lab.checkers.history import check
 from acid_lab.engine.scenario import READ_COMMITTED, REPEATABLE_READ, SERIALIZABLE
+from acid_lab.lessons.list_append import list_append_history
 from acid_lab.servers.places import PlaceKeeper
 from acid_lab.servers.target import open_target
 

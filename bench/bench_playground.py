@@ -29,7 +29,7 @@ import urllib.request
 
 from acid_lab.play import browser
 from acid_lab.play.app import create_app, entry_url
-from acid_lab.play.command import serving
+from acid_lab.play.http import serving
 from acid_lab.play.sessions import MAX_HISTORY, Playground
 from acid_lab.servers.target import open_target
 

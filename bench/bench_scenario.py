@@ -29,16 +29,8 @@ import time
 import psycopg2
 from psycopg2 import sql
 
-from acid_lab.engine.scenario import (
-    REPEATABLE_READ,
-    T1,
-    T2,
-    ScenarioRunner,
-    aborts,
-    blocks,
-    run_scenario,
-    sees,
-)
+from acid_lab.engine.expectations import aborts, blocks, sees
+from acid_lab.engine.scenario import REPEATABLE_READ, T1, T2, ScenarioRunner, run_scenario
 from acid_lab.servers.places import new_schema_name
 
 TARGET_MS = 15.0

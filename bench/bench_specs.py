@@ -23,8 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from acid_lab.commands.spec import run_specs
 from acid_lab.engine.spec import SpecError, load_spec
-from acid_lab.engine.spec_command import run_specs
 from acid_lab.engine.spec_runner import DEFAULT_STEP_TIMEOUT
 
 

@@ -53,22 +53,13 @@ from sqlalchemy import insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from acid_lab.engine.scenario import (
-    OBSERVER,
-    READ_COMMITTED,
-    T1,
-    T2,
-    aborts,
-    blocks,
-    commits,
-    rolls_back,
-    sees,
-    succeeds,
-)
+from acid_lab.engine.expectations import aborts, blocks, commits, rolls_back, sees, succeeds
+from acid_lab.engine.scenario import OBSERVER, READ_COMMITTED, T1, T2
 from acid_lab.lessons.bank import balances, execute_each, seen_by_everyone, transfer_statements
 from acid_lab.lessons.faults import InjectedFailure
 from acid_lab.lessons.models import Account, AuditEntry
-from acid_lab.lessons.queries import demo_rows, execute
+from acid_lab.lessons.schema import demo_rows
+from acid_lab.servers.queries import execute
 
 pytestmark = pytest.mark.atomicity
 

@@ -46,7 +46,7 @@ from acid_lab.lessons.faults import (
     wait_for_backend_exit,
     wait_until_blocked,
 )
-from acid_lab.lessons.queries import execute, rows
+from acid_lab.servers.queries import execute, rows
 
 pytestmark = pytest.mark.atomicity
 

@@ -27,8 +27,9 @@ from acid_lab.lessons.faults import (
     terminate_backend,
     wait_for_backend_exit,
 )
-from acid_lab.lessons.queries import demo_rows, execute, one
+from acid_lab.lessons.schema import demo_rows
 from acid_lab.servers.connections import make_engine
+from acid_lab.servers.queries import execute, one
 
 pytestmark = pytest.mark.atomicity
 

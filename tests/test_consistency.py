@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session
 
 from acid_lab.lessons.bank import balances, fleet_rows, one_transaction, snapshot
 from acid_lab.lessons.models import Account, Base, Driver, Vehicle
-from acid_lab.lessons.queries import execute, one, rows
+from acid_lab.servers.queries import execute, one, rows
 
 pytestmark = pytest.mark.consistency
 

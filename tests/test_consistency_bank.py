@@ -38,7 +38,7 @@ from psycopg2 import errors
 
 from acid_lab.lessons.bank import Bank, audit_sums, balances, snapshot
 from acid_lab.lessons.faults import InjectedFailure
-from acid_lab.lessons.queries import execute
+from acid_lab.servers.queries import execute
 
 pytestmark = pytest.mark.consistency
 

@@ -33,23 +33,18 @@ import pytest
 from psycopg2 import IntegrityError as Psycopg2IntegrityError
 from psycopg2 import errors
 
-from acid_lab.engine.scenario import (
-    OBSERVER,
-    READ_COMMITTED,
-    REPEATABLE_READ,
+from acid_lab.engine.expectations import (
     RW_DEPENDENCIES,
-    SERIALIZABLE,
-    T1,
-    T2,
     aborts,
     commits,
     rolls_back,
     sees,
     succeeds,
 )
+from acid_lab.engine.scenario import OBSERVER, READ_COMMITTED, REPEATABLE_READ, SERIALIZABLE, T1, T2
 from acid_lab.lessons.bank import balances, fleet_rows, one_transaction
-from acid_lab.lessons.queries import execute, rows
 from acid_lab.lessons.schema import create
+from acid_lab.servers.queries import execute, rows
 
 pytestmark = pytest.mark.consistency
 

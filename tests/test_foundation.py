@@ -21,7 +21,8 @@ import subprocess
 import pytest
 from psycopg2 import errors
 
-from acid_lab.lessons.queries import demo_rows, one, rows
+from acid_lab.lessons.schema import demo_rows
+from acid_lab.servers.queries import one, rows
 from acid_lab.servers.server import ServerError, find_binaries
 
 pytestmark = pytest.mark.foundation

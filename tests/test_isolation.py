@@ -59,6 +59,7 @@ from pathlib import Path
 import pytest
 from psycopg2.errors import InFailedSqlTransaction, SerializationFailure
 
+from acid_lab.engine.expectations import aborts, blocks, commits, rolls_back, sees, succeeds
 from acid_lab.engine.scenario import (
     OBSERVER,
     READ_COMMITTED,
@@ -68,12 +69,6 @@ from acid_lab.engine.scenario import (
     T1,
     T2,
     T3,
-    aborts,
-    blocks,
-    commits,
-    rolls_back,
-    sees,
-    succeeds,
 )
 from acid_lab.lessons.catalog import (
     DIRTY_READ,
@@ -86,7 +81,7 @@ from acid_lab.lessons.catalog import (
     SERIALIZATION_ANOMALY,
     Anomaly,
 )
-from acid_lab.lessons.queries import rows
+from acid_lab.servers.queries import rows
 
 pytestmark = pytest.mark.isolation
 

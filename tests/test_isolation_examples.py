@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from acid_lab.cli import run_command
+from acid_lab.commands.run import run_command
 
 pytestmark = pytest.mark.isolation
 

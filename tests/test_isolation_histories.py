@@ -40,8 +40,8 @@ Run with ``-s`` to see each history's counts and one explained cycle.
 import pytest
 
 from acid_lab.checkers.history import LEVEL_MODELS, check
-from acid_lab.engine.histories import list_append_history
-from acid_lab.engine.workloads import READ_COMMITTED, REPEATABLE_READ, SERIALIZABLE
+from acid_lab.engine.scenario import READ_COMMITTED, REPEATABLE_READ, SERIALIZABLE
+from acid_lab.lessons.list_append import list_append_history
 
 pytestmark = pytest.mark.isolation
 

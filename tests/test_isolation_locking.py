@@ -31,18 +31,8 @@ import pytest
 from psycopg2 import errors
 
 from acid_lab.engine import workloads
-from acid_lab.engine.scenario import (
-    OBSERVER,
-    READ_COMMITTED,
-    T1,
-    T2,
-    aborts,
-    blocks,
-    commits,
-    rolls_back,
-    sees,
-    succeeds,
-)
+from acid_lab.engine.expectations import aborts, blocks, commits, rolls_back, sees, succeeds
+from acid_lab.engine.scenario import OBSERVER, READ_COMMITTED, T1, T2
 
 pytestmark = pytest.mark.isolation
 

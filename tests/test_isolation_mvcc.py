@@ -42,13 +42,7 @@ import re
 import pytest
 from psycopg2 import errors
 
-from acid_lab.engine.scenario import (
-    OBSERVER,
-    RAW,
-    READ_COMMITTED,
-    REPEATABLE_READ,
-    T1,
-    T2,
+from acid_lab.engine.expectations import (
     aborts,
     anything,
     blocks,
@@ -57,7 +51,8 @@ from acid_lab.engine.scenario import (
     sees,
     succeeds,
 )
-from acid_lab.lessons.queries import execute, rows
+from acid_lab.engine.scenario import OBSERVER, RAW, READ_COMMITTED, REPEATABLE_READ, T1, T2
+from acid_lab.servers.queries import execute, rows
 
 pytestmark = pytest.mark.isolation
 

@@ -28,12 +28,7 @@ to see them.
 import pytest
 
 from acid_lab.engine import workloads
-from acid_lab.engine.workloads import (
-    READ_COMMITTED,
-    READ_UNCOMMITTED,
-    REPEATABLE_READ,
-    SERIALIZABLE,
-)
+from acid_lab.engine.scenario import READ_COMMITTED, READ_UNCOMMITTED, REPEATABLE_READ, SERIALIZABLE
 
 pytestmark = pytest.mark.isolation
 

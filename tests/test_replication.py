@@ -51,10 +51,10 @@ import pytest
 from psycopg2 import errors
 
 from acid_lab.lessons.faults import AcknowledgedWriters
-from acid_lab.lessons.queries import execute, one, rows
 from acid_lab.servers.connections import ConnectionFactory
 from acid_lab.servers.places import PlaceKeeper
 from acid_lab.servers.powercut import fuse_missing
+from acid_lab.servers.queries import execute, one, rows
 from acid_lab.servers.replication import (
     STANDBY_NAME,
     Commit,

@@ -59,7 +59,6 @@ from sqlalchemy import NullPool
 from werkzeug.serving import make_server
 
 from acid_lab.lessons.faults import terminate_backend
-from acid_lab.lessons.queries import execute, rows
 from acid_lab.lessons.webapp import (
     HOOK_TIMEOUT,
     Parking,
@@ -70,6 +69,7 @@ from acid_lab.lessons.webapp import (
     dispose_engines,
 )
 from acid_lab.servers.connections import sqlalchemy_url
+from acid_lab.servers.queries import execute, rows
 
 pytestmark = pytest.mark.webapp
 

@@ -58,7 +58,7 @@ from acid_lab.checkers.dependencies import (
     failed_appends,
     intermediate_appends,
 )
-from acid_lab.engine.histories import APPEND, FAIL, OK, READ
+from acid_lab.checkers.histories import APPEND, FAIL, OK, READ
 
 G0, G1A, G1B, G1C = "G0", "G1a", "G1b", "G1c"
 G_SINGLE, G_NONADJACENT, G2_ITEM = "G-single", "G-nonadjacent", "G2-item"

@@ -29,7 +29,16 @@ from collections.abc import Sequence
 from itertools import pairwise
 from typing import Any, NamedTuple
 
-from acid_lab.engine.histories import APPEND, FAIL, INFO, INVOKE, OK, READ, HistoryError, Operation
+from acid_lab.checkers.histories import (
+    APPEND,
+    FAIL,
+    INFO,
+    INVOKE,
+    OK,
+    READ,
+    HistoryError,
+    Operation,
+)
 from acid_lab.input_files import excerpt
 
 WW, WR, RW, PROCESS, REALTIME = "ww", "wr", "rw", "process", "realtime"

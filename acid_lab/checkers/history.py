@@ -1,6 +1,6 @@
 """The history checker: is there a serial order that explains what the clients saw?
 
-Given a list-append history (:mod:`acid_lab.engine.histories`), :func:`check`
+Given a list-append history (:mod:`acid_lab.checkers.histories`), :func:`check`
 infers each key's version order from the reads, builds the dependency graph
 (:mod:`acid_lab.checkers.dependencies`), and finds and names the anomalies
 (:mod:`acid_lab.checkers.anomalies`) -- each explained in words, with the
@@ -47,7 +47,7 @@ from acid_lab.checkers.anomalies import (
     Anomaly,
 )
 from acid_lab.checkers.dependencies import DATA_KINDS, dependency_graph, transactions
-from acid_lab.engine.histories import FAIL, INFO, OK, Operation, no_cyclic_gc
+from acid_lab.checkers.histories import FAIL, INFO, OK, Operation, no_cyclic_gc
 
 _CYCLES = (G0, G1C, G_SINGLE, G_NONADJACENT, G2_ITEM)
 

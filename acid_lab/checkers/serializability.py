@@ -16,15 +16,9 @@ import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from acid_lab.engine.expectations import anything
 from acid_lab.engine.interleavings import Interleaver, Interleaving
-from acid_lab.engine.scenario import (
-    OBSERVER,
-    ScenarioResult,
-    ScenarioRunner,
-    Step,
-    StepResult,
-    anything,
-)
+from acid_lab.engine.scenario import OBSERVER, ScenarioResult, ScenarioRunner, Step, StepResult
 
 #: What the oracle compares at the end of every run.
 FINAL_STATE = Step(OBSERVER, "select * from test order by id", anything)

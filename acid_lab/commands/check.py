@@ -14,8 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from acid_lab.engine.histories import HistoryError, read_history, write_history
-
+from acid_lab.checkers.histories import HistoryError, read_history, write_history
 from acid_lab.checkers.history import DEFAULT_MODEL, MODELS, Verdict, check
 from acid_lab.input_files import InputError, excerpt
 

@@ -100,7 +100,7 @@ def _emit(report: Report, as_json: bool, out: TextIO) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry point: ``python -m acid_lab.report.console ...``."""
+    """Stand-alone entry point: ``python -m acid_lab.commands.report ...``."""
     return report_command(sys.argv[1:] if argv is None else argv)
 
 

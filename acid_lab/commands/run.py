@@ -224,7 +224,7 @@ def _check_server(dsn: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry point: ``python -m acid_lab.cli FILE.sql ...``."""
+    """Stand-alone entry point: ``python -m acid_lab.commands.run FILE.sql ...``."""
     return run_command(sys.argv[1:] if argv is None else argv)
 
 

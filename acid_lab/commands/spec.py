@@ -39,9 +39,9 @@ from typing import TextIO
 
 import psycopg2
 import psycopg2.extensions
-from acid_lab.cli import UnusableServer, server_dsn
 from psycopg.conninfo import make_conninfo
 
+from acid_lab.commands.run import UnusableServer, server_dsn
 from acid_lab.engine.spec import Spec, SpecError, load_spec
 from acid_lab.engine.spec_runner import DEFAULT_STEP_TIMEOUT, SpecOutcome, SpecRunner
 from acid_lab.input_files import InputError, read_text

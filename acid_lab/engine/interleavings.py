@@ -43,7 +43,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 
-from acid_lab.engine.scenario import ScenarioResult, ScenarioRunner, Step, StepResult, anything
+from acid_lab.engine.expectations import anything
+from acid_lab.engine.scenario import ScenarioResult, ScenarioRunner, Step, StepResult
 
 Order = tuple[str, ...]  # the session of each step, in the order the steps are sent
 

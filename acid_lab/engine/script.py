@@ -37,7 +37,8 @@ import dataclasses
 import re
 from pathlib import Path
 
-from acid_lab.engine.scenario import Step, anything
+from acid_lab.engine.expectations import anything
+from acid_lab.engine.scenario import Step
 from acid_lab.input_files import MAX_SOURCE_BYTES, InputError, excerpt, read_text, shown_name
 
 _TAG = re.compile(r"\s*(T\d+|(?i:either))(?![\w])[\s,.:;]*(.*)")

@@ -45,12 +45,8 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import errors
 
-from acid_lab.engine.scenario import (  # noqa: F401 - the levels are part of this module's vocabulary
-    LEVELS,
+from acid_lab.engine.scenario import (
     READ_COMMITTED,
-    READ_UNCOMMITTED,
-    REPEATABLE_READ,
-    SERIALIZABLE,
     begin_sql,
 )
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from psycopg2 import sql
 
-from acid_lab.lessons.queries import execute
 from acid_lab.lessons.schema import FLEET_TABLES
+from acid_lab.servers.queries import execute
 
 TRANSFER = (
     "update accounts set balance = balance - %(amount)s where id = %(source)s",

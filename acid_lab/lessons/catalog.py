@@ -35,15 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from acid_lab.engine.scenario import (
-    Expectation,
-    ScenarioResult,
-    ScenarioRunner,
-    Step,
-    StepResult,
-    anything,
-    succeeds,
-)
+from acid_lab.engine.expectations import Expectation, anything, succeeds
+from acid_lab.engine.scenario import ScenarioResult, ScenarioRunner, Step, StepResult
 
 #: A cell of the matrix: the anomaly was observed at that level ...
 POSSIBLE = "possible"

@@ -1,7 +1,7 @@
 """The report's histories section: random transactions recorded live, then checked.
 
 At read committed, repeatable read and serializable, one small list-append history
-(:func:`acid_lab.engine.histories.list_append_history`: 4 threads, seeded random
+(:func:`acid_lab.lessons.list_append.list_append_history`: 4 threads, seeded random
 transactions, retries off) is recorded on the report's server and checked
 (:func:`acid_lab.checkers.history.check`) against the model that level promises.
 A row per level: transactions checked, anomalies found by kind, one cycle explained
@@ -19,8 +19,8 @@ import psycopg2
 
 from acid_lab.checkers.anomalies import Anomaly
 from acid_lab.checkers.history import LEVEL_MODELS, check
-from acid_lab.engine.histories import list_append_history
 from acid_lab.engine.scenario import READ_COMMITTED, REPEATABLE_READ, SERIALIZABLE
+from acid_lab.lessons.list_append import list_append_history
 from acid_lab.servers.places import PlaceKeeper
 from acid_lab.servers.server import ConnectionInfo
 

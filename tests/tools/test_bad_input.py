@@ -15,8 +15,8 @@ import pytest
 
 from acid_lab import input_files
 from acid_lab.__main__ import main
-from acid_lab.cli import run_command
-from acid_lab.engine.spec_command import spec_command
+from acid_lab.commands.run import run_command
+from acid_lab.commands.spec import spec_command
 
 pytestmark = pytest.mark.engine
 

@@ -11,7 +11,7 @@ nothing a test creates outlives it.
 import psycopg2
 import pytest
 
-from acid_lab.lessons.queries import execute, one, rows
+from acid_lab.servers.queries import execute, one, rows
 from acid_lab.servers.target import own_database
 
 pytestmark = pytest.mark.harness

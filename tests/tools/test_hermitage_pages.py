@@ -19,7 +19,7 @@ import textwrap
 
 import pytest
 
-from acid_lab.cli import run_command
+from acid_lab.commands.run import run_command
 from acid_lab.engine.notes import parse_note
 from acid_lab.engine.script import ScriptError, parse_page
 

@@ -26,9 +26,7 @@ import json
 
 import pytest
 
-from acid_lab.checkers.check_command import check_command
-from acid_lab.checkers.history import MODELS, check
-from acid_lab.engine.histories import (
+from acid_lab.checkers.histories import (
     HistoryError,
     Operation,
     parse_edn,
@@ -38,6 +36,8 @@ from acid_lab.engine.histories import (
     to_jsonl,
     write_history,
 )
+from acid_lab.checkers.history import MODELS, check
+from acid_lab.commands.check import check_command
 
 pytestmark = pytest.mark.engine
 

@@ -17,9 +17,9 @@ import re
 
 import pytest
 
-from acid_lab.checkers.check_command import check_command
+from acid_lab.checkers.histories import HistoryError, parse_edn
 from acid_lab.checkers.history import check
-from acid_lab.engine.histories import HistoryError, parse_edn
+from acid_lab.commands.check import check_command
 
 pytestmark = pytest.mark.engine
 

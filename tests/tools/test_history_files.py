@@ -17,10 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import tests.test_history_checker as checker_tests
-import tests.test_history_checker_elle as elle_tests
-from acid_lab.checkers.check_command import check_command
-from acid_lab.engine.histories import (
+import tests.tools.test_history_checker as checker_tests
+import tests.tools.test_history_checker_elle as elle_tests
+from acid_lab.checkers.histories import (
     MAX_DEPTH,
     HistoryError,
     Operation,
@@ -30,6 +29,7 @@ from acid_lab.engine.histories import (
     to_jsonl,
     write_history,
 )
+from acid_lab.commands.check import check_command
 from acid_lab.input_files import InputError
 
 pytestmark = pytest.mark.engine

@@ -35,12 +35,12 @@ import psycopg2
 import pytest
 from psycopg2 import errors
 
+from acid_lab.commands.play import play_command
 from acid_lab.engine.scenario import READ_COMMITTED, REPEATABLE_READ, SERIALIZABLE
-from acid_lab.lessons.queries import rows
 from acid_lab.play.app import create_app, keyed_client
-from acid_lab.play.command import play_command
 from acid_lab.play.scenarios import find
 from acid_lab.play.sessions import MAX_SESSIONS, Playground
+from acid_lab.servers.queries import rows
 
 pytestmark = pytest.mark.webapp
 

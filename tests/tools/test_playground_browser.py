@@ -26,7 +26,7 @@ from selenium.webdriver.support.ui import Select
 from acid_lab.engine.scenario import READ_COMMITTED, REPEATABLE_READ
 from acid_lab.play import browser
 from acid_lab.play.app import create_app, entry_url
-from acid_lab.play.command import serving
+from acid_lab.play.http import serving
 from acid_lab.play.sessions import Playground
 
 pytestmark = [pytest.mark.webapp, pytest.mark.isolation]

@@ -32,9 +32,9 @@ from hypothesis import strategies as st
 from markupsafe import escape
 from psycopg2 import errors
 
-from acid_lab.lessons.queries import rows
+from acid_lab.commands.play import dsn_warning
 from acid_lab.play.app import MAX_REQUEST_BYTES, bounds_text, create_app, keyed_client
-from acid_lab.play.command import dsn_warning, serving
+from acid_lab.play.http import serving
 from acid_lab.play.sessions import (
     ANSWER_BOUND,
     MAX_CELL_CHARS,
@@ -43,6 +43,7 @@ from acid_lab.play.sessions import (
     MAX_RESULT_ROWS,
     Playground,
 )
+from acid_lab.servers.queries import rows
 
 pytestmark = pytest.mark.webapp
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import port_for
 import pytest
 
-from acid_lab.report.console import report_command
+from acid_lab.commands.report import report_command
 from acid_lab.report.files import HTML_NAME, MARKDOWN_NAME
 from acid_lab.servers.powercut import fuse_missing
 

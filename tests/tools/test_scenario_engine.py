@@ -25,26 +25,28 @@ from pathlib import Path
 import pytest
 from psycopg2 import errors
 
-from acid_lab.cli import run_command
-from acid_lab.engine.scenario import (
+from acid_lab.commands.run import run_command
+from acid_lab.engine.expectations import (
     CONCURRENT_UPDATE,
-    OBSERVER,
-    RAW,
-    READ_COMMITTED,
-    REPEATABLE_READ,
     RW_DEPENDENCIES,
-    SERIALIZABLE,
-    T1,
-    T2,
-    ExpectationFailed,
-    ScenarioRunner,
-    ScheduleStuck,
     aborts,
     blocks,
     commits,
     rolls_back,
     sees,
     succeeds,
+)
+from acid_lab.engine.scenario import (
+    OBSERVER,
+    RAW,
+    READ_COMMITTED,
+    REPEATABLE_READ,
+    SERIALIZABLE,
+    T1,
+    T2,
+    ExpectationFailed,
+    ScenarioRunner,
+    ScheduleStuck,
 )
 from acid_lab.engine.script import ScriptError, parse_script
 

@@ -22,12 +22,12 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from acid_lab.cli import run_command
-from acid_lab.engine.spec_command import spec_command
-from acid_lab.lessons.queries import one
-from acid_lab.play.command import play_command
-from acid_lab.report.console import report_command
+from acid_lab.commands.play import play_command
+from acid_lab.commands.report import report_command
+from acid_lab.commands.run import run_command
+from acid_lab.commands.spec import spec_command
 from acid_lab.servers.connections import ConnectionFactory
+from acid_lab.servers.queries import one
 from acid_lab.servers.server import ServerError
 from acid_lab.servers.target import check_reachable, open_target, parse_dsn
 from acid_lab.servers.templates import PASSWORD_FILE, run_templates

@@ -22,8 +22,8 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from acid_lab.lessons.queries import one
 from acid_lab.servers import server
+from acid_lab.servers.queries import one
 from acid_lab.servers.replication import Primary
 from acid_lab.servers.server import Cluster, ServerError, find_binaries
 from acid_lab.servers.templates import ENVIRONMENT, PASSWORD_FILE

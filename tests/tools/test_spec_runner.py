@@ -21,8 +21,8 @@ import textwrap
 
 import pytest
 
+from acid_lab.commands.spec import isolation_database, spec_command
 from acid_lab.engine.spec import SpecError, parse_spec
-from acid_lab.engine.spec_command import isolation_database, spec_command
 from acid_lab.engine.spec_runner import SpecRunner
 
 pytestmark = pytest.mark.engine
