@@ -22,7 +22,7 @@ import pytest
 
 from acid_lab.engine.scenario import ScenarioRunner
 from acid_lab.lessons.bank import fleet_rows
-from acid_lab.lessons.schema import BANK, BANK_ACCOUNTS, DRIVERS, DRIVERS_ROWS, create
+from acid_lab.lessons.schema import BANK, BANK_ACCOUNTS, DRIVERS, DRIVERS_ROWS, HERMITAGE, create
 from acid_lab.servers.connections import make_engine
 from acid_lab.servers.places import PlaceKeeper
 from acid_lab.servers.server import ServerError, find_binaries, server_account
@@ -166,7 +166,7 @@ def place_keeper(target):
 @pytest.fixture
 def connect(target, place_keeper):
     """Factory of psycopg2 connections to this test's place; all closed at teardown."""
-    with place_keeper.place(target.info) as factory:
+    with place_keeper.place(target.info, HERMITAGE) as factory:
         yield factory
 
 

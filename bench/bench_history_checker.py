@@ -49,6 +49,7 @@ from acid_lab.checkers.histories import (
 from acid_lab.checkers.history import check
 from acid_lab.engine.scenario import READ_COMMITTED, REPEATABLE_READ, SERIALIZABLE
 from acid_lab.lessons.list_append import list_append_history
+from acid_lab.lessons.schema import HERMITAGE
 from acid_lab.servers.places import PlaceKeeper
 from acid_lab.servers.target import open_target
 
@@ -193,7 +194,7 @@ def bench_live(dsn: str | None, runs: int) -> None:
         target = stack.enter_context(open_target(dsn))
         keeper = PlaceKeeper(psycopg2.connect(**target.info.params()))
         stack.callback(keeper.close)
-        connect = stack.enter_context(keeper.place(target.info))
+        connect = stack.enter_context(keeper.place(target.info, HERMITAGE))
         for level in (READ_COMMITTED, REPEATABLE_READ, SERIALIZABLE):
             seconds, counts = [], None
             for seed in range(runs):

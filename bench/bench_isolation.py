@@ -30,6 +30,7 @@ from acid_lab.checkers.serializability import FINAL_STATE, Transaction
 from acid_lab.engine.interleavings import Interleaver
 from acid_lab.engine.scenario import SERIALIZABLE, T1, T2, ScenarioRunner
 from acid_lab.lessons.catalog import RESTORE_HERMITAGE
+from acid_lab.lessons.schema import HERMITAGE
 from acid_lab.servers.connections import search_path_option
 from acid_lab.servers.places import PlaceKeeper
 
@@ -64,7 +65,7 @@ def hermitage_place(dsn: str | None):
             dsn = stack.enter_context(Cluster()).dsn
         keeper = PlaceKeeper(psycopg2.connect(dsn))
         stack.callback(keeper.close)
-        schema = keeper.create()
+        schema = keeper.create(HERMITAGE)
         stack.callback(keeper.drop, schema)
         params = psycopg2.extensions.parse_dsn(dsn)
         params.update(search_path_option(schema))

@@ -48,7 +48,7 @@ def time_places(cluster: Cluster, count: int) -> list[float]:
         durations = []
         for _ in range(count):
             began = time.perf_counter()
-            name = keeper.create()
+            name = keeper.create(HERMITAGE)
             keeper.drop(name)
             durations.append(time.perf_counter() - began)
         return durations

@@ -59,7 +59,7 @@ import psycopg2
 import pytest
 
 from acid_lab.lessons.faults import AcknowledgedWriters, wait_until_wal_writer_sleeps
-from acid_lab.lessons.schema import demo_rows
+from acid_lab.lessons.schema import HERMITAGE, demo_rows
 from acid_lab.servers.connections import ConnectionFactory
 from acid_lab.servers.places import PlaceKeeper
 from acid_lab.servers.queries import execute, one
@@ -132,7 +132,7 @@ def crash_place(crash_server):
     keeper = PlaceKeeper(psycopg2.connect(**crash_server.info.params()))
     try:
         assert one(keeper.admin, "show fsync") == "on", "no durability claims without fsync"
-        schema = keeper.create()
+        schema = keeper.create(HERMITAGE)
     finally:
         keeper.close()
     connect = ConnectionFactory(crash_server.info, schema)

@@ -42,6 +42,7 @@ import pytest
 from acid_lab.checkers.history import LEVEL_MODELS, check
 from acid_lab.engine.scenario import READ_COMMITTED, REPEATABLE_READ, SERIALIZABLE
 from acid_lab.lessons.list_append import list_append_history
+from acid_lab.lessons.schema import HERMITAGE
 
 pytestmark = pytest.mark.isolation
 
@@ -58,7 +59,7 @@ EVERYTHING = DIRTY | BROKEN_BOOKKEEPING | {"G-single", "G-nonadjacent", "G2-item
 def histories(target, place_keeper):
     """``histories(level)``: the SEEDS' histories at ``level``, recorded once per module."""
     recorded = {}
-    with place_keeper.place(target.info) as connect:
+    with place_keeper.place(target.info, HERMITAGE) as connect:
         def record(level):
             if level not in recorded:
                 recorded[level] = [

@@ -51,6 +51,7 @@ import pytest
 from psycopg2 import errors
 
 from acid_lab.lessons.faults import AcknowledgedWriters
+from acid_lab.lessons.schema import HERMITAGE
 from acid_lab.servers.connections import ConnectionFactory
 from acid_lab.servers.places import PlaceKeeper
 from acid_lab.servers.powercut import fuse_missing
@@ -154,7 +155,7 @@ def replica(request, pytestconfig):
         return
     servers = request.getfixturevalue("streaming_pair")
     keeper = PlaceKeeper(admin_connection(servers.primary.info))
-    schema = keeper.create()
+    schema = keeper.create(HERMITAGE)
     made = Replica(ConnectionFactory(servers.primary.info, schema),
                    ConnectionFactory(servers.standby.info, schema), pair=servers)
     try:

@@ -26,6 +26,7 @@ from acid_lab.engine.scenario import ScenarioError, require_blocked_check
 from acid_lab.play.app import HOST
 from acid_lab.play.http import serve
 from acid_lab.play.sessions import Playground
+from acid_lab.servers.connections import CONNECT_TIMEOUT
 from acid_lab.servers.server import ServerError
 from acid_lab.servers.target import open_target
 
@@ -83,7 +84,7 @@ def dsn_warning(playground: Playground, where: str) -> str:
 
 def _check(info) -> None:
     """The server must be able to say whether a session is blocked (PostgreSQL 10+)."""
-    conn = psycopg2.connect(**info.params(connect_timeout=5))
+    conn = psycopg2.connect(**info.params(connect_timeout=CONNECT_TIMEOUT))
     try:
         require_blocked_check(conn)
     finally:

@@ -45,6 +45,7 @@ from acid_lab.commands.run import UnusableServer, server_dsn
 from acid_lab.engine.spec import Spec, SpecError, load_spec
 from acid_lab.engine.spec_runner import DEFAULT_STEP_TIMEOUT, SpecOutcome, SpecRunner
 from acid_lab.input_files import InputError, read_text
+from acid_lab.servers.connections import CONNECT_TIMEOUT
 
 EXIT_OK, EXIT_FAILED, EXIT_UNPARSABLE = 0, 1, 2
 DATABASE = "isolation_regression"
@@ -284,7 +285,7 @@ def _all_sql(spec: Spec) -> Iterator[str]:
 @contextlib.contextmanager
 def isolation_database(dsn: str) -> Iterator[str]:
     """A fresh ``isolation_regression`` database set up as the golden outputs assume."""
-    admin = psycopg2.connect(dsn, connect_timeout=10)
+    admin = psycopg2.connect(dsn, connect_timeout=CONNECT_TIMEOUT)
     admin.autocommit = True
     name = DATABASE
     try:

@@ -51,6 +51,7 @@ import psycopg2.errors
 import psycopg2.extensions
 
 from acid_lab.engine.expectations import Expectation, format_rows, succeeds
+from acid_lab.servers.connections import CONNECT_TIMEOUT
 
 # -- vocabulary ---------------------------------------------------------------
 
@@ -88,8 +89,6 @@ _FAST_PATH_SECONDS = 0.001
 _POLL_SECONDS = 0.001
 # How long a cancelled or terminated backend gets to give its worker back.
 _CANCEL_GRACE_SECONDS = 2.0
-# Login bound for DSN sources that do not set their own connect_timeout.
-_CONNECT_TIMEOUT_SECONDS = 10
 
 _IS_BLOCKED_SQL = (
     "select pg_catalog.pg_isolation_test_session_is_blocked(%s, %s::int[])"
@@ -249,7 +248,7 @@ def _connect(source: ConnectionSource) -> psycopg2.extensions.connection:
     if isinstance(source, str):
         # libpq would otherwise wait for the operating system's TCP timeout
         limit = {} if "connect_timeout" in psycopg2.extensions.parse_dsn(source) else {
-            "connect_timeout": _CONNECT_TIMEOUT_SECONDS}
+            "connect_timeout": CONNECT_TIMEOUT}
         conn = psycopg2.connect(source, **limit)
     else:
         conn = source()

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import psycopg2
 from psycopg2 import errors, sql
 
+from acid_lab.servers.connections import CONNECT_TIMEOUT
+
 WAIT_TIMEOUT = 10.0   # seconds; every wait below is bounded by this unless told otherwise
 POLL_INTERVAL = 0.002  # seconds between two looks inside the server-side wait loop
 
@@ -298,8 +300,6 @@ class AcknowledgedWriters:
     ``running()`` may be entered again after a restart; row ids never repeat.
     """
 
-    CONNECT_TIMEOUT = 5
-
     def __init__(self, dsn: str, table: str, threads: int = 4, timeout: float = WAIT_TIMEOUT):
         self.dsn = dsn
         self.threads = threads
@@ -382,7 +382,7 @@ class AcknowledgedWriters:
             self._finish(failure)
 
     def _write_until_stopped(self) -> None:
-        conn = psycopg2.connect(self.dsn, connect_timeout=self.CONNECT_TIMEOUT)
+        conn = psycopg2.connect(self.dsn, connect_timeout=CONNECT_TIMEOUT)
         with self._changed:
             self._connected += 1
             self._changed.notify_all()

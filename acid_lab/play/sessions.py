@@ -45,6 +45,7 @@ from psycopg2 import sql as pgsql
 from acid_lab.engine.scenario import StepResult, begin_sql
 from acid_lab.lessons.schema import HERMITAGE
 from acid_lab.play import scenarios as catalog
+from acid_lab.servers.connections import CONNECT_TIMEOUT
 from acid_lab.servers.places import PlaceKeeper, new_schema_name
 from acid_lab.servers.server import ConnectionInfo
 
@@ -54,7 +55,6 @@ STEP_BOUND = 2.0             # seconds a request waits for its statement to fini
 POLL_BOUND = 1.0             # seconds a poll waits for a waiting statement to finish
 LOCK_BOUND = STEP_BOUND + 1  # seconds a request waits for another request of its page
 IDLE_TIMEOUT = 600.0         # seconds without a request before a page's sessions are closed
-CONNECT_TIMEOUT = 5
 STATEMENT_TIMEOUT = 60.0     # seconds a statement may run (a wait for a lock included)
 IDLE_IN_TRANSACTION_TIMEOUT = 600.0  # seconds a session may sit idle inside a transaction
 MAX_RESULT_ROWS = 100        # rows a result keeps

@@ -45,6 +45,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from acid_lab.engine.scenario import LEVELS, ScenarioError, ScenarioRunner
 from acid_lab.engine.workloads import WorkloadError
 from acid_lab.lessons.catalog import MATRIX, POSSIBLE, PREVENTED, Anomaly, Observation, observe
+from acid_lab.lessons.schema import HERMITAGE
 from acid_lab.report import demonstrations, power_cuts, replication
 from acid_lab.report.demonstrations import Shown
 from acid_lab.report.histories import HISTORY_LEVELS, HistoryRow, check_histories
@@ -276,7 +277,7 @@ class _Worker:
         self.runner = ScenarioRunner(self.connect)
 
     def observe(self, anomaly: Anomaly, level: str) -> Observation:
-        place = self.keeper.create()
+        place = self.keeper.create(HERMITAGE)
         self.runner.reset(search_path=place)
         try:
             return observe(anomaly, level, self.runner)

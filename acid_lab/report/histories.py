@@ -21,6 +21,7 @@ from acid_lab.checkers.anomalies import Anomaly
 from acid_lab.checkers.history import LEVEL_MODELS, check
 from acid_lab.engine.scenario import READ_COMMITTED, REPEATABLE_READ, SERIALIZABLE
 from acid_lab.lessons.list_append import list_append_history
+from acid_lab.lessons.schema import HERMITAGE
 from acid_lab.servers.places import PlaceKeeper
 from acid_lab.servers.server import ConnectionInfo
 
@@ -55,7 +56,7 @@ def check_histories(info: ConnectionInfo,
     keeper = PlaceKeeper(psycopg2.connect(**info.params()))
     rows = []
     try:
-        with keeper.place(info) as connect:
+        with keeper.place(info, HERMITAGE) as connect:
             for level in HISTORY_LEVELS:
                 rows.append(_row(level, list_append_history(
                     connect, level=level, workers=WORKERS, rounds=ROUNDS, keys=KEYS,

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 import psycopg2
 from psycopg2 import sql
 
-from acid_lab.lessons.schema import HERMITAGE
 from acid_lab.servers.connections import ConnectionFactory
 from acid_lab.servers.server import ConnectionInfo
 
@@ -37,7 +36,7 @@ class PlaceKeeper:
         admin.autocommit = True
         self.admin = admin
 
-    def create(self, setup_sql: str = HERMITAGE) -> str:
+    def create(self, setup_sql: str) -> str:
         """A new schema holding ``setup_sql``'s tables; one round trip."""
         name = new_schema_name()
         ident = sql.Identifier(name)
@@ -65,7 +64,7 @@ class PlaceKeeper:
 
     @contextlib.contextmanager
     def place(self, info: ConnectionInfo,
-              setup_sql: str = HERMITAGE) -> Iterator[ConnectionFactory]:
+              setup_sql: str) -> Iterator[ConnectionFactory]:
         """Sessions to a new place; afterwards they are closed and the place dropped."""
         name = self.create(setup_sql)
         connect = ConnectionFactory(info, name)

@@ -49,6 +49,7 @@ import port_for
 import psycopg2
 import psycopg2.extensions
 
+from acid_lab.servers.connections import CONNECT_TIMEOUT
 from acid_lab.servers.lossy_disk import NOTHING, Writeback
 from acid_lab.servers.powercut import PowerCutCluster
 from acid_lab.servers.server import (
@@ -82,7 +83,7 @@ class ReplicationTimeout(AssertionError):
 
 def admin_connection(info: ConnectionInfo, **params) -> psycopg2.extensions.connection:
     """An autocommit session: each statement reads the views afresh."""
-    conn = psycopg2.connect(**info.params(connect_timeout=5, **params))
+    conn = psycopg2.connect(**info.params(connect_timeout=CONNECT_TIMEOUT, **params))
     conn.autocommit = True
     return conn
 

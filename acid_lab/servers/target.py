@@ -19,9 +19,8 @@ import psycopg
 import psycopg2
 from pytest_postgresql.janitor import DatabaseJanitor
 
+from acid_lab.servers.connections import CONNECT_TIMEOUT
 from acid_lab.servers.server import Cluster, ConnectionInfo, ServerError, server_version
-
-CONNECT_TIMEOUT = 5
 
 
 @dataclass
