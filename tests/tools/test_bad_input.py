@@ -20,7 +20,7 @@ from acid_lab.commands.spec import spec_command
 
 pytestmark = pytest.mark.engine
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NOWHERE = "host=127.0.0.1 port=1 connect_timeout=1"  # never reached: parsing fails first
 GOOD_SPEC = "session s1\nstep a { SELECT 1; }\n"
 

@@ -17,7 +17,7 @@ from _pytest.mark.expression import Expression
 
 pytestmark = pytest.mark.harness
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CHAPTERS = ["atomicity", "consistency", "isolation", "durability", "replication"]
 
 # Collects the suite with the pytest arguments given, and prints every test's node id

@@ -22,7 +22,7 @@ from acid_lab.engine.spec import SpecError, parse_spec
 
 pytestmark = pytest.mark.engine
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SCRIPTS = [path.read_text(encoding="utf-8") for path in sorted(EXAMPLES.glob("*.sql"))]
 PAGES = [path.read_text(encoding="utf-8") for path in sorted(EXAMPLES.glob("*.md"))]
 SPECS = [

@@ -50,7 +50,7 @@ from acid_lab.servers.templates import in_memory
 
 pytestmark = [pytest.mark.harness, pytest.mark.own_server]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BOUND = 60  # seconds any single wait may take
 # Probe runs at once: mostly waiting, but each starts a pytest and a server; more than
 # this only queue for the CPU (and a loaded machine would stretch every bound).

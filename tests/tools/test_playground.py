@@ -44,7 +44,7 @@ from acid_lab.servers.queries import rows
 
 pytestmark = pytest.mark.webapp
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 COMMAND_BOUND = 30  # seconds the play command may take to start or to stop
 
 

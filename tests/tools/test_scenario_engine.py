@@ -52,7 +52,7 @@ from acid_lab.engine.script import ScriptError, parse_script
 
 pytestmark = pytest.mark.engine
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 SHORT_BOUND = 0.5  # seconds; a stuck schedule must fail about this fast
 

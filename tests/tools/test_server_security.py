@@ -270,7 +270,7 @@ def _try_play(dsn: str, capsys) -> tuple[int, str]:
     return status, capsys.readouterr().err
 
 
-SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "dirty_write.sql"
+SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "dirty_write.sql"
 SPEC_TEXT = 'setup { create table t (x int); }\nteardown { drop table t; }\n' \
             'session s1\nstep r { select 1; }\npermutation r\n'
 

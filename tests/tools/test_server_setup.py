@@ -30,7 +30,7 @@ from acid_lab.servers.templates import ENVIRONMENT, PASSWORD_FILE
 
 pytestmark = pytest.mark.harness
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _pytest(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -66,7 +66,7 @@ def runs(target, databases_before) -> dict[str, subprocess.CompletedProcess]:
         }
         if target.cluster is not None:  # a server the suite started: point a run at it
             started["existing server"] = pool.submit(
-                _pytest, "tests/test_fixtures.py", "-rs", "--dsn", target.cluster.info.dsn())
+                _pytest, "tests/tools/test_fixtures.py", "-rs", "--dsn", target.cluster.info.dsn())
         return {name: run.result() for name, run in started.items()}
 
 
@@ -143,7 +143,7 @@ def test_an_unreachable_dsn_stops_the_run_with_one_clear_line(runs):
 @pytest.mark.own_server
 def test_the_suite_runs_against_an_existing_server(runs, databases_before, observer):
     """Scenario: run the fixtures' tests with --dsn pointing at this run's own server
-    (``pytest tests/test_fixtures.py -rs --dsn DSN``).
+    (``pytest tests/tools/test_fixtures.py -rs --dsn DSN``).
 
     Outcome: they pass; the test that needs a server the suite started is skipped
     with a reason; and the database the run created there is gone afterwards.
