@@ -26,7 +26,7 @@ from pathlib import Path
 
 import psycopg2
 
-from acid_lab.checkers.serializability import FINAL_STATE, Transaction
+from acid_lab.checkers.serializability import FINAL_STATE, TransactionScript
 from acid_lab.engine.interleavings import Interleaver
 from acid_lab.engine.scenario import SERIALIZABLE, T1, T2, ScenarioRunner
 from acid_lab.lessons.catalog import RESTORE_HERMITAGE
@@ -41,16 +41,16 @@ CHAPTER_BUDGET_S = 15.0
 # one does (both write row 1).
 RACES = {
     "write skew": (
-        Transaction(T1, ("select sum(value) from test",
+        TransactionScript(T1, ("select sum(value) from test",
                          "update test set value = (select sum(value) from test) where id = 1",
                          "commit")),
-        Transaction(T2, ("select sum(value) from test",
+        TransactionScript(T2, ("select sum(value) from test",
                          "update test set value = (select sum(value) from test) where id = 2",
                          "commit"))),
     "lost update": (
-        Transaction(T1, ("select value from test where id = 1",
+        TransactionScript(T1, ("select value from test where id = 1",
                          "update test set value = 11 where id = 1", "commit")),
-        Transaction(T2, ("select value from test where id = 1",
+        TransactionScript(T2, ("select value from test where id = 1",
                          "update test set value = 12 where id = 1", "commit"))),
 }
 

@@ -27,7 +27,7 @@ import pytest
 from hypothesis import Phase, find, given, settings
 from hypothesis import strategies as st
 
-from acid_lab.checkers.serializability import Referee, Transaction
+from acid_lab.checkers.serializability import Referee, TransactionScript
 from acid_lab.engine.scenario import (
     READ_COMMITTED,
     REPEATABLE_READ,
@@ -59,29 +59,29 @@ def obeys_the_law(judged) -> bool:
 # Each reads the total, then writes it into its own row: no row is written by
 # both, yet each overwrites a row the other's total included (write skew).
 WRITE_SKEW = (
-    Transaction(T1, ("select sum(value) from test",
+    TransactionScript(T1, ("select sum(value) from test",
                      "update test set value = (select sum(value) from test) where id = 1",
                      "commit")),
-    Transaction(T2, ("select sum(value) from test",
+    TransactionScript(T2, ("select sum(value) from test",
                      "update test set value = (select sum(value) from test) where id = 2",
                      "commit")),
 )
 # Each reads row 1 (10) and writes back what it read plus its own amount: T1 10 + 1,
 # T2 10 + 2. Both read 10 and both commit: one write is lost (11 or 12, never 13).
 LOST_UPDATE = (
-    Transaction(T1, ("select value from test where id = 1",
+    TransactionScript(T1, ("select value from test where id = 1",
                      "update test set value = 11 where id = 1",
                      "commit")),
-    Transaction(T2, ("select value from test where id = 1",
+    TransactionScript(T2, ("select value from test where id = 1",
                      "update test set value = 12 where id = 1",
                      "commit")),
 )
 # Each counts the big rows, then inserts one that the other's count missed.
 PHANTOM = (
-    Transaction(T1, ("select count(*) from test where value > 15",
+    TransactionScript(T1, ("select count(*) from test where value > 15",
                      "insert into test (id, value) values (3, 30)",
                      "commit")),
-    Transaction(T2, ("select count(*) from test where value > 15",
+    TransactionScript(T2, ("select count(*) from test where value > 15",
                      "insert into test (id, value) values (4, 40)",
                      "commit")),
 )
@@ -154,7 +154,7 @@ def transactions(session):
     """A read or none, one write, a read or none, commit. (One write only: two writes
     each could deadlock, which costs a deadlock_timeout; read-only pairs never clash.)"""
     return st.builds(
-        lambda before, write, after: Transaction(session, (*before, write, *after, "commit")),
+        lambda before, write, after: TransactionScript(session, (*before, write, *after, "commit")),
         st.lists(READ, max_size=1), WRITE, st.lists(READ, max_size=1))
 
 

@@ -79,7 +79,7 @@ SMALL = 64
 
 
 @dataclasses.dataclass
-class Step:
+class CycleEdge:
     """One edge of a cycle: ``source`` must precede ``target`` because of ``dependency``."""
 
     source: str
@@ -98,13 +98,13 @@ class Step:
 
 
 @dataclasses.dataclass
-class Anomaly:
+class Finding:
     """One anomaly: its kind, the transactions in it, and why, in words."""
 
     kind: str
     transactions: list[str]
     explanation: str
-    steps: list[Step] = dataclasses.field(default_factory=list)  # a cycle's edges
+    steps: list[CycleEdge] = dataclasses.field(default_factory=list)  # a cycle's edges
 
     def as_json(self) -> dict:
         found = {"type": self.kind, "transactions": self.transactions,
@@ -144,7 +144,7 @@ def dependency_words(dep: Dependency, names: dict[int, str]) -> str:
     return f"{a} ended before {b} began (real time)"
 
 
-def cycle_words(steps: Sequence[Step]) -> str:
+def cycle_words(steps: Sequence[CycleEdge]) -> str:
     loop = " -> ".join([step.source for step in steps] + [steps[0].source])
     return (f"{loop}: " + "; ".join(step.words for step in steps)
             + f". So {steps[0].source} would have to come before itself: "
@@ -191,7 +191,7 @@ class _Component:
         return [(a, b) for a, b, kinds in self.edges if kind in kinds]
 
 
-def cycle_anomalies(deps: Dependencies, *, budget: float = SEARCH_BUDGET) -> list[Anomaly]:
+def cycle_anomalies(deps: Dependencies, *, budget: float = SEARCH_BUDGET) -> list[Finding]:
     """One cycle per kind and strongly connected component, shortest found first."""
     succ = deps.succ
     names = {txn_id: txn.name for txn_id, txn in deps.by_id.items()}
@@ -395,17 +395,17 @@ def _edges_of(cycle: list[int]) -> list[tuple[int, int]]:
 
 
 def _explain_cycle(deps: Dependencies, cycle: list[int], kinds: list[str],
-                   names: dict[int, str]) -> Anomaly:
+                   names: dict[int, str]) -> Finding:
     steps = []
     for (a, b), kind in zip(_edges_of(cycle), kinds, strict=True):
         dep = deps.dependency(a, b, kind)
-        steps.append(Step(names[a], names[b], dep, dependency_words(dep, names)))
-    return Anomaly(classify(kinds), [names[n] for n in cycle], cycle_words(steps), steps)
+        steps.append(CycleEdge(names[a], names[b], dep, dependency_words(dep, names)))
+    return Finding(classify(kinds), [names[n] for n in cycle], cycle_words(steps), steps)
 
 
 # -- without a cycle ------------------------------------------------------------------
 
-def aborted_reads(txns: Sequence[Transaction]) -> list[Anomaly]:
+def aborted_reads(txns: Sequence[Transaction]) -> list[Finding]:
     """G1a: a committed read holds a value that only a failed transaction appended."""
     failed: dict[Any, dict[Any, Transaction]] = defaultdict(dict)  # key -> element -> txn
     for (k, element), writer in failed_appends(txns).items():
@@ -420,14 +420,14 @@ def aborted_reads(txns: Sequence[Transaction]) -> list[Anomaly]:
             for element in v:
                 writer = failed[k].get(element)
                 if writer is not None:
-                    found.append(Anomaly(G1A, [txn.name, writer.name], (
+                    found.append(Finding(G1A, [txn.name, writer.name], (
                         f"{txn.name} read key {k} as {show(v)}, which holds {element}; "
                         f"{writer.name} appended {element} and failed (was rolled back), "
                         f"so {txn.name} read a write that never committed.")))
     return found
 
 
-def intermediate_reads(txns: Sequence[Transaction]) -> list[Anomaly]:
+def intermediate_reads(txns: Sequence[Transaction]) -> list[Finding]:
     """G1b: a read ends with a value its writer followed with another append to that key."""
     intermediate = intermediate_appends(txns)
     found = []
@@ -439,7 +439,7 @@ def intermediate_reads(txns: Sequence[Transaction]) -> list[Anomaly]:
                 writer = intermediate.get((k, v[-1]))
                 if writer is not None and writer.id != txn.id:
                     later = _appended_after(writer, k, v[-1])
-                    found.append(Anomaly(G1B, [txn.name, writer.name], (
+                    found.append(Finding(G1B, [txn.name, writer.name], (
                         f"{txn.name} read key {k} as {show(v)}, ending with {v[-1]}; but "
                         f"{writer.name} appended {later} after {v[-1]} to key {k} in the same "
                         f"transaction, so {txn.name} saw a state {writer.name} never "
@@ -457,7 +457,7 @@ def _appended_after(txn: Transaction, key: Any, element: Any) -> Any:
     return "?"
 
 
-def internal_inconsistencies(txns: Sequence[Transaction]) -> list[Anomaly]:
+def internal_inconsistencies(txns: Sequence[Transaction]) -> list[Finding]:
     """A committed transaction's read that disagrees with its own earlier operations."""
     found = []
     for txn in txns:
@@ -477,7 +477,7 @@ def internal_inconsistencies(txns: Sequence[Transaction]) -> list[Anomaly]:
                     and len(v) >= len(values)
                 if not agrees:
                     expected = show(values) if whole else "a list ending in " + show(values)
-                    found.append(Anomaly(INTERNAL, [txn.name], (
+                    found.append(Finding(INTERNAL, [txn.name], (
                         f"{txn.name} read key {k} as {show(v)}, but after its own earlier "
                         f"operations on key {k} it should have read {expected}.")))
             known[k] = (True, v)
@@ -486,7 +486,7 @@ def internal_inconsistencies(txns: Sequence[Transaction]) -> list[Anomaly]:
     return found
 
 
-def _future_reads(txn: Transaction) -> list[Anomaly]:
+def _future_reads(txn: Transaction) -> list[Finding]:
     """A read holding a value the same transaction appends only later."""
     reads: dict[Any, list[tuple]] = {}  # key -> the lists read so far
     found = []
@@ -497,14 +497,14 @@ def _future_reads(txn: Transaction) -> list[Anomaly]:
             continue
         read = next((seen for seen in reads.get(k, ()) if v in seen), None) if reads else None
         if read is not None:
-            found.append(Anomaly(FUTURE_READ, [txn.name], (
+            found.append(Finding(FUTURE_READ, [txn.name], (
                 f"{txn.name} read key {k} as {show(read)}, which holds {v}, before "
                 f"appending {v} itself: it saw its own future write (as if it had come "
                 "after itself).")))
     return found
 
 
-def dirty_updates(deps: Dependencies) -> list[Anomaly]:
+def dirty_updates(deps: Dependencies) -> list[Finding]:
     """A committed append right after failed ones in a key's version order (as Elle walks
     it: appends of unknown outcome in between are passed over)."""
     found = []
@@ -527,14 +527,14 @@ def dirty_updates(deps: Dependencies) -> list[Anomaly]:
     return found
 
 
-def _dirty_update(k: Any, failed: Transaction, writer: Transaction, values: list) -> Anomaly:
-    return Anomaly(DIRTY_UPDATE, [failed.name, writer.name], (
+def _dirty_update(k: Any, failed: Transaction, writer: Transaction, values: list) -> Finding:
+    return Finding(DIRTY_UPDATE, [failed.name, writer.name], (
         f"key {k} went through {show(values)}: {failed.name} appended {values[0]} and failed "
         f"(was rolled back), yet {writer.name} committed its append of {values[-1]} on top "
         f"of it, so a committed write was built on a write that never committed."))
 
 
-def lost_updates(txns: Sequence[Transaction]) -> list[Anomaly]:
+def lost_updates(txns: Sequence[Transaction]) -> list[Finding]:
     """Committed transactions that read the same list of a key and then appended to it."""
     groups: dict[tuple, list[tuple[Transaction, Any]]] = defaultdict(list)
     for txn in txns:
@@ -555,7 +555,7 @@ def lost_updates(txns: Sequence[Transaction]) -> list[Anomaly]:
         names = [txn.name for txn, _ in group]
         appends = ", ".join(f"{txn.name} appended {element}" for txn, element in group)
         state = f"as {show(v)}" if v else "empty"
-        found.append(Anomaly(LOST_UPDATE, names, (
+        found.append(Finding(LOST_UPDATE, names, (
             f"{_and(names)} all read key {k} {state} and then appended to it ({appends}): "
             f"each read-modify-write started from a state another one changed, so one of "
             f"the updates is based on a value that was already out of date.")))
@@ -566,7 +566,7 @@ def _and(names: list[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
-def duplicate_elements(txns: Sequence[Transaction]) -> list[Anomaly]:
+def duplicate_elements(txns: Sequence[Transaction]) -> list[Finding]:
     found = []
     for txn in txns:
         if txn.type == OK or txn.type == "info":
@@ -574,18 +574,18 @@ def duplicate_elements(txns: Sequence[Transaction]) -> list[Anomaly]:
                 if f == READ and v and len(set(v)) != len(v):
                     twice = sorted({str(e) for e in v if v.count(e) > 1})
                     verb = "appears" if len(twice) == 1 else "appear"
-                    found.append(Anomaly(DUPLICATES, [txn.name], (
+                    found.append(Finding(DUPLICATES, [txn.name], (
                         f"{txn.name} read key {k} as {show(v)}: {_and(twice)} {verb} more "
                         "than once, but every value is appended only once.")))
     return found
 
 
-def incompatible_orders(deps: Dependencies, txns: Sequence[Transaction]) -> list[Anomaly]:
+def incompatible_orders(deps: Dependencies, txns: Sequence[Transaction]) -> list[Finding]:
     found = []
     for k, shorter, longer in deps.orders.incompatible:
         readers = [txn.name for txn in txns if txn.type == OK and any(
             f == READ and key == k and v in (shorter, longer) for f, key, v in txn.mops)]
-        found.append(Anomaly(INCOMPATIBLE_ORDER, readers[:2], (
+        found.append(Finding(INCOMPATIBLE_ORDER, readers[:2], (
             f"key {k} was read as {show(shorter)} and as {show(longer)} ({_and(readers[:2])}): "
             "neither is a prefix of the other, so no single order of appends explains "
             "both reads.")))

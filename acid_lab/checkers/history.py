@@ -44,7 +44,7 @@ from acid_lab.checkers.anomalies import (
     INCOMPATIBLE_ORDER,
     INTERNAL,
     LOST_UPDATE,
-    Anomaly,
+    Finding,
 )
 from acid_lab.checkers.dependencies import DATA_KINDS, dependency_graph, transactions
 from acid_lab.checkers.histories import FAIL, INFO, OK, Operation, no_cyclic_gc
@@ -99,7 +99,7 @@ class Verdict:
     committed: int
     failed: int
     unknown: int
-    anomalies: list[Anomaly]
+    anomalies: list[Finding]
     seconds: float = 0.0
 
     def counts(self) -> dict[str, int]:
@@ -114,7 +114,7 @@ class Verdict:
     def valid(self) -> bool:
         return not self.forbidden
 
-    def first(self, kind: str) -> Anomaly | None:
+    def first(self, kind: str) -> Finding | None:
         return next((anomaly for anomaly in self.anomalies if anomaly.kind == kind), None)
 
     def as_json(self) -> dict:

@@ -25,7 +25,7 @@ FINAL_STATE = Step(OBSERVER, "select * from test order by id", anything)
 
 
 @dataclasses.dataclass(frozen=True)
-class Transaction:
+class TransactionScript:
     """One session's transaction: its statements, the last one ``commit``."""
 
     session: str
@@ -72,7 +72,7 @@ def _rows(step: StepResult) -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
-class Verdict:
+class OracleVerdict:
     """The oracle's answer for one run."""
 
     observed: Outcome
@@ -97,22 +97,22 @@ class SerialOracle:
     """
 
     def __init__(self, runner: ScenarioRunner, level: str | None,
-                 transactions: Sequence[Transaction], *, reset: Callable[[], None]):
+                 transactions: Sequence[TransactionScript], *, reset: Callable[[], None]):
         self.runner = runner
         self.level = level
         self.transactions = {t.session: t for t in transactions}
         self.reset = reset
         self._serial: dict[tuple[str, ...], Outcome] = {}
 
-    def judge(self, result: ScenarioResult) -> Verdict:
+    def judge(self, result: ScenarioResult) -> OracleVerdict:
         """Compare a concurrent run (ending with FINAL_STATE) with every serial order."""
         observed = outcome(result, list(self.transactions))
         serial: dict[tuple[str, ...], Outcome] = {}
         for order in itertools.permutations(sorted(observed.committed)):
             serial[order] = self._serial_outcome(order)
             if serial[order] == observed:
-                return Verdict(observed, serial, order)
-        return Verdict(observed, serial, None)
+                return OracleVerdict(observed, serial, order)
+        return OracleVerdict(observed, serial, None)
 
     def _serial_outcome(self, order: tuple[str, ...]) -> Outcome:
         if order not in self._serial:
@@ -128,7 +128,7 @@ class Judged:
     """One interleaving that was run, and the oracle's verdict on it."""
 
     interleaving: Interleaving
-    verdict: Verdict
+    verdict: OracleVerdict
 
     def explain(self) -> str:
         return f"{self.interleaving.transcript}\n\n{self.verdict.explain()}"
@@ -141,7 +141,7 @@ class Referee:
     """
 
     def __init__(self, runner: ScenarioRunner, level: str | None,
-                 first: Transaction, second: Transaction, *, reset: Callable[[], None]):
+                 first: TransactionScript, second: TransactionScript, *, reset: Callable[[], None]):
         self.interleaver = Interleaver(runner, level, first.steps(), second.steps(),
                                        reset=reset, final=FINAL_STATE)
         self.oracle = SerialOracle(runner, level, [first, second], reset=reset)

@@ -86,7 +86,7 @@ _PREPARE = re.compile(r"\bprepare\s+transaction\b", re.I)
 
 
 @dataclasses.dataclass
-class Verdict:
+class SpecComparison:
     spec: Spec
     outcome: SpecOutcome | None
     status: str  # "ran", "match", "differs", "stuck", "skipped"
@@ -164,7 +164,7 @@ def spec_command(argv: Sequence[str], *, out: TextIO | None = None,
 
 def run_specs(specs: Sequence[Spec], dsn: str | None, *, expected: str | None = None,
               timeout: float = DEFAULT_STEP_TIMEOUT,
-              report: Callable[[Verdict], None] | None = None) -> list[Verdict]:
+              report: Callable[[SpecComparison], None] | None = None) -> list[SpecComparison]:
     """Run the specs one after the other in one fresh database (on ``dsn``, or on a
     temporary server) and compare each output with ``expected`` when given.
 
@@ -183,7 +183,7 @@ def run_specs(specs: Sequence[Spec], dsn: str | None, *, expected: str | None = 
     return verdicts
 
 
-def _report(verdict: Verdict, comparing: bool, out: TextIO) -> None:
+def _report(verdict: SpecComparison, comparing: bool, out: TextIO) -> None:
     name = verdict.spec.path
     if verdict.status == "skipped":
         print(f"skipped {name}: {verdict.reason}", file=out)
@@ -198,32 +198,32 @@ def _report(verdict: Verdict, comparing: bool, out: TextIO) -> None:
 
 
 def _run_one(spec: Spec, runner: SpecRunner, capabilities: _Capabilities,
-             golden: list[tuple[Path, str]] | None) -> Verdict:
+             golden: list[tuple[Path, str]] | None) -> SpecComparison:
     """Run one spec (or skip it) and compare its output with the golden ones (path, text),
     if given."""
     missing = capabilities.missing(spec)
     if missing:
-        return Verdict(spec, None, "skipped", missing)
+        return SpecComparison(spec, None, "skipped", missing)
     outcome = runner.run(spec)
     candidates = [path for path, _ in golden or []]
     texts = [text for _, text in golden or []]
     if outcome.output in texts:
-        return Verdict(spec, outcome, "match")
+        return SpecComparison(spec, outcome, "match")
     lacking = _lacking(outcome.output)
     if lacking:
-        return Verdict(spec, outcome, "skipped", lacking)
+        return SpecComparison(spec, outcome, "skipped", lacking)
     status, reason = ("stuck", outcome.stopped) if outcome.stopped else ("ran", "")
     if golden is None:
-        return Verdict(spec, outcome, status, reason)
+        return SpecComparison(spec, outcome, status, reason)
     if not candidates:
-        return Verdict(spec, outcome, "differs", f"no expected output for {spec.name}")
+        return SpecComparison(spec, outcome, "differs", f"no expected output for {spec.name}")
     diff = "".join(difflib.unified_diff(
         texts[0].splitlines(keepends=True), outcome.output.splitlines(keepends=True),
         fromfile=str(candidates[0]), tofile=f"{spec.name} (this run)"))
     first = next((line[1:].rstrip("\n") for line in diff.splitlines(keepends=True)[2:]
                   if line[:1] in "+-"), "")
     why = reason or f"differs from {candidates[0].name}: first difference `{first}`"
-    return Verdict(spec, outcome, "stuck" if reason else "differs", why, diff)
+    return SpecComparison(spec, outcome, "stuck" if reason else "differs", why, diff)
 
 
 def _lacking(output: str) -> str | None:

@@ -259,7 +259,7 @@ def _claim(kind: str, match: re.Match[str]) -> Claim:
 # -- checking -------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
-class Verdict:
+class NoteCheck:
     """How one step's note compares with what happened: agrees is None for no claim."""
 
     agrees: bool | None
@@ -300,23 +300,23 @@ def unblocked_by(lines: list[str], steps: list[StepResult]) -> dict[int, int]:
 
 
 def check_steps(steps: list[StepResult], notes: list[Note],
-                lines: list[str]) -> list[Verdict]:
+                lines: list[str]) -> list[NoteCheck]:
     """One verdict per step: compare each step's note with what happened."""
     released = unblocked_by(lines, steps)
     return [_check(step, note, steps, released) for step, note in zip(steps, notes, strict=True)]
 
 
 def _check(step: StepResult, note: Note, steps: list[StepResult],
-           released: dict[int, int]) -> Verdict:
+           released: dict[int, int]) -> NoteCheck:
     if not note.makes_claims:
-        return Verdict(None)
+        return NoteCheck(None)
     if note.unreadable is not None:
-        return Verdict(False, note.describe(), "(not compared: the note cannot be read)")
+        return NoteCheck(False, note.describe(), "(not compared: the note cannot be read)")
     for claim in note.claims:
         problem = _mismatch(claim, step, steps, released)
         if problem is not None:
-            return Verdict(False, claim.describe(), problem)
-    return Verdict(True, note.describe())
+            return NoteCheck(False, claim.describe(), problem)
+    return NoteCheck(True, note.describe())
 
 
 def _happened(step: StepResult) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
-from acid_lab.engine.notes import Note, Verdict, check_steps, parse_note
+from acid_lab.engine.notes import Note, NoteCheck, check_steps, parse_note
 from acid_lab.engine.scenario import DEFAULT_TIMEOUT, RAW, ScenarioRunner, ScheduleStuck, StepResult
 from acid_lab.engine.script import Script
 from acid_lab.servers.connections import CONNECT_TIMEOUT
@@ -27,15 +27,15 @@ class ScriptRun:
     transcript: str
     stuck: str | None = None  # the error, when the schedule could not finish
     lines: list[str] = dataclasses.field(default_factory=list)  # the steps' transcript
-    verdicts: list[Verdict] | None = None  # with --check: one per step that ran
+    verdicts: list[NoteCheck] | None = None  # with --check: one per step that ran
 
     def check(self) -> None:
         """Compare every step's note with what the step did."""
         notes = step_notes(self.script)
         ran = len(self.steps)
         self.verdicts = check_steps(self.steps, notes[:ran], self.lines)
-        self.verdicts += [Verdict(False, notes[i].describe(), "never ran (the schedule stopped)")
-                          if notes[i].makes_claims else Verdict(None)
+        self.verdicts += [NoteCheck(False, notes[i].describe(), "never ran (the schedule stopped)")
+                          if notes[i].makes_claims else NoteCheck(None)
                           for i in range(ran, len(notes))]
 
     def counts(self) -> dict[str, int]:

@@ -80,17 +80,17 @@ class PermutationStep:
 
 
 @dataclasses.dataclass
-class Step:
+class SpecStep:
     name: str
     sql: str
     session: int  # index into Spec.sessions
 
 
 @dataclasses.dataclass
-class Session:
+class SpecSession:
     name: str
     setup: str | None
-    steps: list[Step]
+    steps: list[SpecStep]
     teardown: str | None
 
 
@@ -99,7 +99,7 @@ class Spec:
     path: str
     setup: list[str]
     teardown: str | None
-    sessions: list[Session]
+    sessions: list[SpecSession]
     permutations: list[list[PermutationStep]]
 
     @property
@@ -108,7 +108,7 @@ class Spec:
         name = Path(self.path).name
         return name[:-5] if name.endswith(".spec") else name
 
-    def steps(self) -> dict[str, Step]:
+    def steps(self) -> dict[str, SpecStep]:
         return {step.name: step for session in self.sessions for step in session.steps}
 
     def unused_steps(self) -> list[str]:
@@ -249,7 +249,7 @@ class _Parser:
             self.pos += 1
             setup.append(self.take("sql", "{ sql } after setup"))
         teardown = self.optional_block("teardown")
-        sessions: list[Session] = []
+        sessions: list[SpecSession] = []
         while self.at_keyword("session"):
             sessions.append(self.session(len(sessions)))
         if not sessions:
@@ -270,7 +270,7 @@ class _Parser:
         self.pos += 1
         return self.take("sql", f"{{ sql }} after {keyword}")
 
-    def session(self, index: int) -> Session:
+    def session(self, index: int) -> SpecSession:
         self.pos += 1
         name = self.identifier("a session name")
         setup = self.optional_block("setup")
@@ -278,11 +278,12 @@ class _Parser:
         while self.at_keyword("step"):
             self.pos += 1
             step_name = self.identifier("a step name")
-            steps.append(Step(step_name, self.take("sql", "{ sql } after the step name"), index))
+            sql = self.take("sql", "{ sql } after the step name")
+            steps.append(SpecStep(step_name, sql, index))
         if not steps:
             raise self.error(f"session {name} needs at least one step")
         teardown = self.optional_block("teardown")
-        return Session(name, setup, steps, teardown)
+        return SpecSession(name, setup, steps, teardown)
 
     def permutation(self) -> list[PermutationStep]:
         steps = []
@@ -316,7 +317,7 @@ class _Parser:
         return steps
 
     def check(self, spec: Spec) -> None:
-        seen: dict[str, Step] = {}
+        seen: dict[str, SpecStep] = {}
         for session in spec.sessions:
             for step in session.steps:
                 if step.name in seen:

@@ -39,7 +39,7 @@ from psycopg import pq
 from psycopg.conninfo import make_conninfo
 
 from acid_lab.engine.scenario import _Monitor
-from acid_lab.engine.spec import PermutationStep, Spec, Step
+from acid_lab.engine.spec import PermutationStep, Spec, SpecStep
 
 #: Default bound, in seconds, on one step (cancelled after it, stuck after twice it).
 DEFAULT_STEP_TIMEOUT = 60.0
@@ -355,7 +355,7 @@ class _SpecRun:
 
     def try_complete(self, pstep: PermutationStep, flags: int) -> bool:
         """True while the step is not reported complete (blocked, or held by a mark)."""
-        step: Step = self.steps[pstep.name]
+        step: SpecStep = self.steps[pstep.name]
         conn = self.conns[step.session + 1]
         pgconn = conn.conn
         out = self.out

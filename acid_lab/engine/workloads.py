@@ -177,7 +177,7 @@ class Turn:
             self.wait_for_others()
 
 
-Transaction = Callable[[Any, Turn], Any]  # (cursor, turn) -> outcome, or STOP
+TransactionBody = Callable[[Any, Turn], Any]  # (cursor, turn) -> outcome, or STOP
 
 
 # -- results ------------------------------------------------------------------
@@ -294,7 +294,7 @@ class QueueResult(Tally):
 
 # -- the driver ---------------------------------------------------------------
 
-def run_workers(sessions: list, *, level: str, transaction: Transaction,
+def run_workers(sessions: list, *, level: str, transaction: TransactionBody,
                 rounds: int | None = None, retry: bool = True, lockstep: bool = True,
                 timeout: float = DEFAULT_TIMEOUT) -> tuple[Tally, list[list[Any]]]:
     """Run ``transaction`` on one thread per session (see :func:`worker_sessions`), once
@@ -496,7 +496,7 @@ def blocked_or_done(observer, pid: int, done: Callable[[], bool],
 # must meet (for a read-modify-write: after the read, before the write).
 
 
-def increments(connect: ConnectionSource, transaction: Transaction, *, level: str,
+def increments(connect: ConnectionSource, transaction: TransactionBody, *, level: str,
                threads: int, increments: int, retry: bool = True, lockstep: bool = True,
                timeout: float = DEFAULT_TIMEOUT) -> CounterResult:
     """``threads`` workers each run ``transaction`` -- meant to add 1 to the counter in
@@ -511,7 +511,7 @@ def increments(connect: ConnectionSource, transaction: Transaction, *, level: st
     return CounterResult(**_fields(tally), final=final)
 
 
-def bank_transfers(connect: ConnectionSource, transfer: Transaction, *, level: str,
+def bank_transfers(connect: ConnectionSource, transfer: TransactionBody, *, level: str,
                    tellers: int, transfers: int, opening: int = 1000, retry: bool = True,
                    lockstep: bool = True, timeout: float = DEFAULT_TIMEOUT) -> BankResult:
     """Table ``accounts (id, balance)``: the shared account 0 holds ``opening``, customer
@@ -528,7 +528,7 @@ def bank_transfers(connect: ConnectionSource, transfer: Transaction, *, level: s
     return BankResult(**_fields(tally), balances=balances)
 
 
-def on_call_doctors(connect: ConnectionSource, go_off_call: Transaction, *, level: str,
+def on_call_doctors(connect: ConnectionSource, go_off_call: TransactionBody, *, level: str,
                     shifts: int, doctors: tuple[str, ...], retry: bool = True,
                     lockstep: bool = True, timeout: float = DEFAULT_TIMEOUT) -> OnCallResult:
     """Table ``doctors (shift, name, on_call)``: in every shift 0 .. ``shifts - 1`` all
@@ -547,7 +547,7 @@ def on_call_doctors(connect: ConnectionSource, go_off_call: Transaction, *, leve
     return OnCallResult(**_fields(tally), on_call=[n for _, n in rows])
 
 
-def job_queue(connect: ConnectionSource, take_job: Transaction, *, workers: int, jobs: int,
+def job_queue(connect: ConnectionSource, take_job: TransactionBody, *, workers: int, jobs: int,
               level: str = READ_COMMITTED, lockstep: bool = True,
               timeout: float = DEFAULT_TIMEOUT) -> QueueResult:
     """Tables ``jobs (id, done)`` with jobs 1 .. ``jobs`` not done, and ``job_runs (job_id,

@@ -36,7 +36,7 @@ from typing import Any
 from flask import Flask, jsonify, redirect, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from acid_lab.play import scenarios as catalog
+from acid_lab.play import scenarios
 from acid_lab.play import sessions as bounds
 from acid_lab.play.sessions import (
     MAX_SESSIONS,
@@ -113,16 +113,17 @@ def create_app(playground: Playground, *, warning: str | None = None,
 
     @app.get("/")
     def index():
-        return render_template("play.html", scenarios=catalog.scenarios(), levels=catalog.LEVELS,
+        return render_template("play.html", scenarios=scenarios.scenarios(),
+                               levels=scenarios.LEVELS,
                                sessions=free_sessions()[:2], max_sessions=MAX_SESSIONS,
                                warning=warning, bounds=bounds_text(playground))
 
     @app.get("/api/scenarios")
     def scenario_list():
-        return jsonify(levels=list(catalog.LEVELS), scenarios=[
+        return jsonify(levels=list(scenarios.LEVELS), scenarios=[
             {"code": s.code, "name": s.name, "legend": s.legend,
              "steps": [{"session": session, "sql": sql} for session, sql in s.steps]}
-            for s in catalog.scenarios()])
+            for s in scenarios.scenarios()])
 
     @app.post("/api/pages")
     def open_page():

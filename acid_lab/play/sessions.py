@@ -44,7 +44,7 @@ from psycopg2 import sql as pgsql
 
 from acid_lab.engine.scenario import StepResult, begin_sql
 from acid_lab.lessons.schema import HERMITAGE
-from acid_lab.play import scenarios as catalog
+from acid_lab.play import scenarios
 from acid_lab.servers.connections import CONNECT_TIMEOUT
 from acid_lab.servers.places import PlaceKeeper, new_schema_name
 from acid_lab.servers.server import ConnectionInfo
@@ -256,7 +256,7 @@ class Setup:
 
     mode: str
     level: str | None = None               # None: the SQL does its own transaction control
-    scenario: catalog.Scenario | None = None
+    scenario: scenarios.Scenario | None = None
     script_setup: list[str] = field(default_factory=list)
     schedule: list[tuple[str, str]] = field(default_factory=list)
     parts: list[str] = field(default_factory=list)  # a pasted page's scripts, by name
@@ -266,12 +266,12 @@ class Setup:
 def make_setup(mode: str, *, code: str | None = None, level: str | None = None,
                text: str | None = None, part: int = 0) -> Setup:
     """Check what a page asked for; PlaygroundError(400) says what is wrong."""
-    if level is not None and level not in catalog.LEVELS:
-        raise PlaygroundError(400, f"level must be one of {', '.join(catalog.LEVELS)}")
+    if level is not None and level not in scenarios.LEVELS:
+        raise PlaygroundError(400, f"level must be one of {', '.join(scenarios.LEVELS)}")
     if mode == FREE:
         return Setup(FREE, level)
     if mode == SCENARIO:
-        scenario = catalog.find(code or "")
+        scenario = scenarios.find(code or "")
         if scenario is None:
             raise PlaygroundError(400, f"no scenario {code!r} in the catalog")
         if level is None:
@@ -279,7 +279,7 @@ def make_setup(mode: str, *, code: str | None = None, level: str | None = None,
         return Setup(SCENARIO, level, scenario, schedule=list(scenario.steps))
     if mode == SCRIPT:
         try:
-            setup, steps, parts = catalog.parse_pasted(text or "", part)
+            setup, steps, parts = scenarios.parse_pasted(text or "", part)
         except ValueError as error:
             raise PlaygroundError(400, str(error)) from None
         return Setup(SCRIPT, None, None, setup, steps, parts, part)
@@ -464,7 +464,7 @@ class Page:
                                        f"`{session.pending.result.sql}`; a step of {name} can "
                                        "go only once it finishes (or cancel it)")
         begin = None
-        if (self.setup.level is not None and name != catalog.OBSERVER
+        if (self.setup.level is not None and name != scenarios.OBSERVER
                 and not session.in_transaction):
             begin = _begin(self.setup.level)
         number = next(self._ids)
@@ -575,7 +575,7 @@ class Page:
             "level": setup.level,
             "scenario": None if scenario is None else {
                 "code": scenario.code, "name": scenario.name, "legend": scenario.legend},
-            "sessions": sorted(names, key=lambda n: (n == catalog.OBSERVER, n)),
+            "sessions": sorted(names, key=lambda n: (n == scenarios.OBSERVER, n)),
             "schedule": [{"session": s, "sql": sql} for s, sql in setup.schedule],
             "parts": setup.parts, "part": setup.part,
             "next_step": self.next_step,

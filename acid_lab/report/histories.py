@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import psycopg2
 
-from acid_lab.checkers.anomalies import Anomaly
+from acid_lab.checkers.anomalies import Finding
 from acid_lab.checkers.history import LEVEL_MODELS, check
 from acid_lab.engine.scenario import READ_COMMITTED, REPEATABLE_READ, SERIALIZABLE
 from acid_lab.lessons.list_append import list_append_history
@@ -39,7 +39,7 @@ class HistoryRow:
     committed: int
     counts: dict[str, int]            # anomaly kind -> how many
     valid: bool                       # does the level keep its model's promise?
-    cycle: Anomaly | None             # one explained cycle, the shortest found
+    cycle: Finding | None             # one explained cycle, the shortest found
 
     def found(self) -> str:
         if not self.counts:
@@ -81,7 +81,7 @@ def _row(level: str, recorded) -> HistoryRow:
 EDGE_COLOURS = {"ww": "#0969da", "wr": "#1a7f37", "rw": "#cf222e"}
 
 
-def cycle_svg(anomaly: Anomaly) -> str:
+def cycle_svg(anomaly: Finding) -> str:
     """The cycle as a ring of transactions, one arrow per dependency, labelled ww/wr/rw
     (rw dashed: what a transaction did *not* see)."""
     count = len(anomaly.steps)

@@ -25,12 +25,12 @@ from dataclasses import dataclass
 
 import psycopg2
 
+from acid_lab.servers.queries import one
 from acid_lab.servers.replication import (
     STANDBY_NAME,
     Commit,
     ReplicationPair,
     pause_replay,
-    query_value,
     resume_replay,
 )
 
@@ -73,18 +73,18 @@ def _session(pair: ReplicationPair, synchronous_commit: str):
 def stale_read(pair: ReplicationPair, synchronous_commit: str) -> bool:
     """Replay paused; update a row and commit on the primary; read it on the standby."""
     primary, standby = pair.admin(pair.primary), pair.admin(pair.standby)
-    query_value(primary, "drop table if exists reading; create table reading (value int); "
+    one(primary, "drop table if exists reading; create table reading (value int); "
                          "insert into reading values (10)")
     pair.wait_caught_up()
     pause_replay(standby)
     writer = _session(pair, synchronous_commit)
     try:
-        query_value(writer, "update reading set value = 11")
+        one(writer, "update reading set value = 11")
         pending = Commit(writer)
         if pending.settle(primary) == Commit.WAITING:
             resume_replay(standby)
         pending.finish()
-        return query_value(standby, "select value from reading") != 11
+        return one(standby, "select value from reading") != 11
     finally:
         resume_replay(standby)
         writer.close()
@@ -95,7 +95,7 @@ def lost_at_failover(pair: ReplicationPair, synchronous_commits: list[str]
     """{synchronous_commit: (acknowledged, lost)}: for each setting, its own sessions commit
     rows before and after the standby is cut off; then one failover for them all."""
     primary = pair.admin(pair.primary)
-    query_value(primary, "drop table if exists ledger; create table ledger (setting text, id int)")
+    one(primary, "drop table if exists ledger; create table ledger (setting text, id int)")
     sessions, pending = [], {}
     try:
         for row in range(1, BEFORE_CUT_OFF + AFTER_CUT_OFF + 1):
@@ -104,7 +104,7 @@ def lost_at_failover(pair: ReplicationPair, synchronous_commits: list[str]
                 pair.cut_off_standby()
             for setting in synchronous_commits:
                 sessions.append(_session(pair, setting))
-                query_value(sessions[-1], "insert into ledger values (%s, %s)", (setting, row))
+                one(sessions[-1], "insert into ledger values (%s, %s)", (setting, row))
                 pending[setting, row] = Commit(sessions[-1])
                 if row <= BEFORE_CUT_OFF:
                     pending[setting, row].finish()

@@ -8,10 +8,11 @@ def execute(conn, query: str, params=None) -> None:
 
 
 def one(conn, query: str, params=None):
-    """The first column of the first row."""
+    """The first column of the first row; None when there is no row (or no result set)."""
     with conn.cursor() as cur:
         cur.execute(query, params)
-        return cur.fetchone()[0]
+        row = cur.fetchone() if cur.description else None
+        return None if row is None else row[0]
 
 
 def rows(conn, query: str, params=None) -> list[tuple]:

@@ -52,6 +52,7 @@ import psycopg2.extensions
 from acid_lab.servers.connections import CONNECT_TIMEOUT
 from acid_lab.servers.lossy_disk import NOTHING, Writeback
 from acid_lab.servers.powercut import PowerCutCluster
+from acid_lab.servers.queries import one
 from acid_lab.servers.server import (
     PIDFILE_STATUS_LINE,
     START_TIMEOUT,
@@ -88,13 +89,6 @@ def admin_connection(info: ConnectionInfo, **params) -> psycopg2.extensions.conn
     return conn
 
 
-def query_value(conn, query: str, params=None):
-    with conn.cursor() as cur:
-        cur.execute(query, params)
-        row = cur.fetchone() if cur.description else None
-        return None if row is None else row[0]
-
-
 def wait_for(check, what: str, timeout: float = WAIT_TIMEOUT, state=None):
     """Call ``check()`` until it returns something truthy; return that (bounded).
 
@@ -117,11 +111,11 @@ def wait_replayed(primary, standby, timeout: float = WAIT_TIMEOUT) -> str:
     Compares the primary's pg_current_wal_lsn() with the standby's
     pg_last_wal_replay_lsn(); returns that LSN.
     """
-    target = query_value(primary, "select pg_current_wal_lsn()::text")
-    wait_for(lambda: query_value(
+    target = one(primary, "select pg_current_wal_lsn()::text")
+    wait_for(lambda: one(
         standby, "select pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,)),
         f"the standby to replay the primary's WAL up to {target}", timeout,
-        lambda: query_value(standby, "select pg_last_wal_replay_lsn()::text"))
+        lambda: one(standby, "select pg_last_wal_replay_lsn()::text"))
     return target
 
 
@@ -130,18 +124,18 @@ def pause_replay(standby, timeout: float = WAIT_TIMEOUT) -> None:
 
     WAL keeps arriving and being flushed; it is only not applied.
     """
-    query_value(standby, "select pg_wal_replay_pause()")
-    wait_for(lambda: query_value(standby, "select pg_get_wal_replay_pause_state() = 'paused'"),
+    one(standby, "select pg_wal_replay_pause()")
+    wait_for(lambda: one(standby, "select pg_get_wal_replay_pause_state() = 'paused'"),
              "WAL replay to pause on the standby", timeout)
 
 
 def resume_replay(standby) -> None:
-    query_value(standby, "select pg_wal_replay_resume()")
+    one(standby, "select pg_wal_replay_resume()")
 
 
 def backend_wait_event(primary, pid: int) -> str | None:
     """What server process ``pid`` waits for right now (pg_stat_activity.wait_event)."""
-    return query_value(primary, "select wait_event from pg_stat_activity where pid = %s", (pid,))
+    return one(primary, "select wait_event from pg_stat_activity where pid = %s", (pid,))
 
 
 class Commit:
@@ -205,7 +199,7 @@ class Commit:
                 return self.WAITING
             if flushed_all < connected:
                 return None
-            query_value(primary, self.PROBE)
+            one(primary, self.PROBE)
             if self.done.is_set() or backend_wait_event(primary, self.pid) != "SyncRep":
                 return None  # it was being released: the next look finds it committed
             return self.WAITING
@@ -219,7 +213,7 @@ class Commit:
         """
         if not self.done.is_set():
             with contextlib.suppress(psycopg2.Error):
-                query_value(primary, "select pg_terminate_backend(%s)", (self.pid,))
+                one(primary, "select pg_terminate_backend(%s)", (self.pid,))
             self.finish(timeout)
         with contextlib.suppress(psycopg2.Error):
             self.conn.close()
@@ -255,7 +249,7 @@ class Member(CrashableCluster):
 
     def read_primary_conninfo(self) -> None:
         with contextlib.closing(admin_connection(self.info)) as conn:
-            self.primary_conninfo = query_value(conn, "show primary_conninfo")
+            self.primary_conninfo = one(conn, "show primary_conninfo")
 
     def as_account(self, command: list[str], env: dict[str, str]) -> None:
         """Run one of the PostgreSQL programs on this server's folder, as the server's account."""
@@ -442,9 +436,9 @@ class ReplicationPair:
     def cut_off_standby(self) -> None:
         """Stop the standby's WAL receiver; return once neither server shows the stream."""
         standby = self.admin(self.standby)
-        query_value(standby, "alter system set primary_conninfo = ''")
-        query_value(standby, "select pg_reload_conf()")
-        wait_for(lambda: query_value(standby, "select count(*) = 0 from pg_stat_wal_receiver"),
+        one(standby, "alter system set primary_conninfo = ''")
+        one(standby, "select pg_reload_conf()")
+        wait_for(lambda: one(standby, "select count(*) = 0 from pg_stat_wal_receiver"),
                  "the standby's WAL receiver to stop")
         wait_for(lambda: self.replication_row() is None,
                  "the primary's WAL sender for the standby to end", state=self.replication_row)
@@ -459,7 +453,7 @@ class ReplicationPair:
 
     def receiving(self) -> bool:
         """The standby's WAL receiver is connected (pg_stat_wal_receiver has its row)."""
-        return bool(query_value(self.admin(self.standby),
+        return bool(one(self.admin(self.standby),
                                 "select count(*) > 0 from pg_stat_wal_receiver"))
 
     def set_synchronous(self, names: str) -> None:
@@ -473,7 +467,7 @@ class ReplicationPair:
         tells committing sessions whether any synchronous standby is named.
         """
         primary = self.admin(self.primary)
-        if query_value(primary, "show synchronous_standby_names") == names:
+        if one(primary, "show synchronous_standby_names") == names:
             return  # set (and waited for) before: a new standby reads it as it connects
         with primary.cursor() as cur:
             cur.execute("alter system set synchronous_standby_names = %s", (names,))
@@ -481,13 +475,13 @@ class ReplicationPair:
 
         def new_session_sees() -> bool:
             with contextlib.closing(admin_connection(self.primary.info)) as fresh:
-                return query_value(fresh, "show synchronous_standby_names") == names
+                return one(fresh, "show synchronous_standby_names") == names
         wait_for(new_session_sees, f"synchronous_standby_names = {names!r} to take effect")
         if self.standby is not None and self.replication_row() is not None:
             expected = "sync" if names else "async"
             wait_for(lambda: (self.replication_row() or {}).get("sync_state") == expected,
                      f"the standby's sync_state to become {expected}", state=self.replication_row)
-        query_value(primary, "checkpoint")
+        one(primary, "checkpoint")
 
     def lose_primary(self, *, keep_folder: bool = False) -> None:
         """The primary's machine is gone: SIGKILL all its processes, remove its folder.
@@ -541,7 +535,7 @@ class ReplicationPair:
             old.stop()
         # pg_rewind reads the new timeline from the source's control file, which a
         # promoted server updates at its first checkpoint
-        query_value(self.admin(self.primary), "checkpoint")
+        one(self.admin(self.primary), "checkpoint")
         source = self.primary.info
         old.as_account(
             [str(old.bindir / "pg_rewind"), "-D", str(old.workdir.data), "-R",
@@ -552,7 +546,7 @@ class ReplicationPair:
         # pg_rewind copied the configuration of the source, whose slot name was for a
         # standby of the old primary: the old primary streams through a slot of its own
         slot = f"acid_lab_rewound_{os.getpid()}_{next(_slots)}"
-        query_value(self.admin(self.primary),
+        one(self.admin(self.primary),
                     "select pg_create_physical_replication_slot(%s, true)", (slot,))
         old.restart(**STANDBY_SETTINGS, primary_slot_name=slot)
         old.read_primary_conninfo()
@@ -567,12 +561,12 @@ class ReplicationPair:
         emptied: it has no standby to wait for yet.
         """
         standby = self.admin(self.standby)
-        query_value(standby, "select pg_promote(wait => false)")
-        wait_for(lambda: not query_value(standby, "select pg_is_in_recovery()"),
+        one(standby, "select pg_promote(wait => false)")
+        wait_for(lambda: not one(standby, "select pg_is_in_recovery()"),
                  "the standby to finish its promotion", START_TIMEOUT,
                  lambda: self.standby.log_tail(5))
         self.primary, self.standby = self.standby, None
-        if query_value(standby, "show synchronous_standby_names"):
+        if one(standby, "show synchronous_standby_names"):
             self.set_synchronous("")
 
     def fail_over(self) -> None:
@@ -587,7 +581,7 @@ class ReplicationPair:
         elif not self.receiving():
             self.reconnect_standby()
         resume_replay(self.admin(self.standby))
-        if query_value(self.admin(self.primary), "show synchronous_standby_names"):
+        if one(self.admin(self.primary), "show synchronous_standby_names"):
             self.set_synchronous("")
         self.wait_streaming()
 
