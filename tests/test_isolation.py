@@ -863,4 +863,3 @@ MATRIX = (G0, G1A, G1B, G1C, OTV, PMP, P4, G_SINGLE, G2_ITEM, G2)
 #: More scenarios of the catalog, not columns of the matrix.
 VARIANTS = (PMP_WRITE, G_SINGLE_PREDICATE, G_SINGLE_WRITE_PREDICATE, READ_ONLY,
             READ_ONLY_DEFERRABLE)
-
