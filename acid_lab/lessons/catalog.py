@@ -36,7 +36,15 @@ from types import ModuleType
 from typing import Any
 
 from acid_lab.engine.expectations import Expectation, anything, succeeds
-from acid_lab.engine.scenario import ScenarioResult, ScenarioRunner, Step, StepResult
+from acid_lab.engine.scenario import (
+    READ_COMMITTED,
+    READ_UNCOMMITTED,
+    REPEATABLE_READ,
+    ScenarioResult,
+    ScenarioRunner,
+    Step,
+    StepResult,
+)
 
 #: A cell of the matrix: the anomaly was observed at that level ...
 POSSIBLE = "possible"
@@ -55,9 +63,9 @@ SERIALIZATION_ANOMALY = "serialization anomaly"
 POSTGRESQL_ALLOWS: dict[str, tuple[str, ...]] = {
     DIRTY_WRITE: (),
     DIRTY_READ: (),
-    NONREPEATABLE_READ: ("read uncommitted", "read committed"),
-    PHANTOM_READ: ("read uncommitted", "read committed"),
-    SERIALIZATION_ANOMALY: ("read uncommitted", "read committed", "repeatable read"),
+    NONREPEATABLE_READ: (READ_UNCOMMITTED, READ_COMMITTED),
+    PHANTOM_READ: (READ_UNCOMMITTED, READ_COMMITTED),
+    SERIALIZATION_ANOMALY: (READ_UNCOMMITTED, READ_COMMITTED, REPEATABLE_READ),
 }
 
 #: Puts Hermitage's table back as it starts, for running several schedules in one place.
