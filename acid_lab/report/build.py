@@ -163,7 +163,10 @@ def make_report(dsn: str | None = None, *, workers: int = WORKERS,
     Raises ReportError when there is no usable server or a scenario cannot finish.
     """
     began = time.perf_counter()
-    matrix = load_schedules().matrix
+    try:
+        matrix = load_schedules().matrix
+    except ImportError as error:  # not a checkout: the chapter holding the schedules is absent
+        raise ReportError(str(error)) from None
     server_task = SERVER_TASK if dsn is None else "reaching the server"
     with _progress_display(progress_console) as progress, \
             ThreadPoolExecutor(max_workers=5, thread_name_prefix="report-demo") as side:
