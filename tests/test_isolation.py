@@ -47,10 +47,11 @@ at which levels each may occur. Each anomaly below names the phenomenon it is
 happens the test checks that PostgreSQL's documentation allows that phenomenon
 at that level (``acid_lab.lessons.catalog.POSTGRESQL_ALLOWS``).
 
-These schedules are the ACID report's too: ``acid_lab.lessons.catalog``
-collects ``MATRIX`` and ``VARIANTS`` at the end of this file, and the report
+These schedules are the ACID report's too: ``acid_lab.lessons.catalog.load_schedules``
+imports this file and takes ``MATRIX`` and ``VARIANTS`` at its end, and the report
 (and the playground) run exactly these lines and judge them with the same
-``occurred`` rule.
+``occurred`` rule; ``tests/tools/test_report.py`` checks that the report's matrix
+shows the verdicts written in this file's tables.
 """
 
 import os
@@ -862,25 +863,3 @@ MATRIX = (G0, G1A, G1B, G1C, OTV, PMP, P4, G_SINGLE, G2_ITEM, G2)
 #: More scenarios of the catalog, not columns of the matrix.
 VARIANTS = (PMP_WRITE, G_SINGLE_PREDICATE, G_SINGLE_WRITE_PREDICATE, READ_ONLY,
             READ_ONLY_DEFERRABLE)
-
-
-def test_the_report_runs_these_schedules():
-    """The report's matrix is this chapter's schedules, not a copy of them.
-
-    Scenario: ask the catalog (what the report and the playground use) for
-    its anomalies.
-    Outcome: the same codes, in Hermitage's order, with the same statements
-    for the same sessions as the schedules above.
-    """
-    from acid_lab.lessons import catalog
-
-    def statements(anomalies):
-        return [(a.code, [(line.session, line.sql) for line in a.schedule]) for a in anomalies]
-
-    assert [a.code for a in catalog.MATRIX] == [
-        "G0", "G1a", "G1b", "G1c", "OTV", "PMP", "P4", "G-single", "G2-item", "G2"], (
-        "the report's matrix columns are out of Hermitage's order")
-    assert statements(catalog.MATRIX) == statements(MATRIX), (
-        "the report runs other schedules than the isolation chapter")
-    assert statements(catalog.VARIANTS) == statements(VARIANTS), (
-        "the catalog's variants are not the isolation chapter's")

@@ -50,6 +50,7 @@ import psycopg2
 import pytest
 from psycopg2 import errors
 
+from acid_lab.lessons.failover import AFTER_CUT_OFF, lost_at_failover
 from acid_lab.lessons.faults import AcknowledgedWriters
 from acid_lab.lessons.schema import HERMITAGE
 from acid_lab.servers.connections import ConnectionFactory
@@ -71,8 +72,6 @@ from acid_lab.servers.target import parse_dsn
 COMMITTED, WAITS = Commit.COMMITTED, Commit.WAITING
 ASYNCHRONOUS = ""            # synchronous_standby_names: nobody to wait for
 SYNCHRONOUS = STANDBY_NAME   # synchronous_standby_names: the pair's standby
-BEFORE_CUT_OFF = 2           # commits made while the standby streams
-AFTER_CUT_OFF = 3            # commits attempted once the standby is cut off
 FAILOVER_ROUNDS = 2          # failovers under load per setting
 WRITERS = 2                  # writer threads under load
 LOAD_BEFORE_CUT_OFF = 5      # acknowledged commits per round before the cut-off
@@ -431,60 +430,32 @@ def test_failover_after_the_primary_is_lost(streaming_pair, names, synchronous_c
                                              after_cut_off, lost):
     """A lost machine: the primary gone for good, the standby promoted.
 
-    Scenario: with ``synchronous_standby_names`` and ``synchronous_commit`` as
-    the id says, rows 1 and 2 are committed (one session each) while the
-    standby streams, and the standby replays them. The standby is cut off
-    (``primary_conninfo = ''``). Three more sessions insert rows 3, 4, 5 and
-    commit; each COMMIT either returns or waits (wait event SyncRep). The
-    primary's machine is lost (SIGKILL of every primary process, its folder
-    removed); the standby is promoted (``select pg_promote()``) and the rows
-    it has are counted against the COMMITs that returned.
+    Scenario (``acid_lab.lessons.failover.lost_at_failover``, which the ACID report
+    runs too): with ``synchronous_standby_names`` and ``synchronous_commit`` as the
+    id says, on the primary::
+
+        drop table if exists ledger; create table ledger (setting text, id int);
+
+    rows 1 and 2 are committed, each by a session of its own (``-c
+    synchronous_commit=...``), ``insert into ledger values ('on', 1); commit``, while
+    the standby streams, and the standby replays them. The standby is cut off
+    (``alter system set primary_conninfo = ''; select pg_reload_conf()`` on it).
+    Three more sessions insert rows 3, 4, 5 and commit; each COMMIT either returns
+    or waits (wait event SyncRep). The primary's machine is lost (SIGKILL of every
+    primary process, its folder removed); the standby is promoted (``select
+    pg_promote()``) and the rows it has (``select setting, id from ledger``) are
+    counted against the COMMITs that returned.
     Outcome: asynchronously all five COMMITs returned and rows 3, 4, 5 are gone
     -- three acknowledged commits lost. Synchronously rows 3, 4, 5 never got
     an answer (their sessions saw the connection drop: in doubt, and absent),
     and nothing acknowledged is lost.
     """
-    pair = streaming_pair
-    pair.set_synchronous(names)
-    primary = pair.admin(pair.primary)
-    execute(primary, "drop table if exists ledger; create table ledger (id int)")
-    sessions, pending = [], {}
-    try:
-        acknowledged = []
-        for row in range(1, BEFORE_CUT_OFF + 1):
-            session = psycopg2.connect(**pair.primary.info.params(
-                options=f"-c synchronous_commit={synchronous_commit}"))
-            sessions.append(session)
-            execute(session, "insert into ledger values (%s)", (row,))
-            session.commit()
-            acknowledged.append(row)
-        pair.wait_caught_up()
-        pair.cut_off_standby()
-        for row in range(BEFORE_CUT_OFF + 1, BEFORE_CUT_OFF + AFTER_CUT_OFF + 1):
-            session = psycopg2.connect(**pair.primary.info.params(
-                options=f"-c synchronous_commit={synchronous_commit}"))
-            sessions.append(session)
-            execute(session, "insert into ledger values (%s)", (row,))
-            pending[row] = Commit(session)
-        settled = [commit.settle(primary) for commit in pending.values()]
-        acknowledged += [row for row, commit in pending.items() if commit.acknowledged]
-
-        pair.lose_primary()
-        for commit in pending.values():
-            commit.finish()  # a waiting COMMIT ends with the connection lost
-        pair.promote()
-        present = {row for (row,) in rows(pair.admin(pair.primary), "select id from ledger")}
-    finally:
-        for commit in pending.values():
-            if pair.primary is not None and pair.primary.running:
-                commit.abandon(pair.admin(pair.primary))
-        for session in sessions:
-            with contextlib.suppress(psycopg2.Error):
-                session.close()
-    gone = [row for row in acknowledged if row not in present]
-    assert settled == after_cut_off
-    assert f"lost {len(gone)} of {len(acknowledged)}" == lost, (
-        f"acknowledged {acknowledged}, present after the failover {sorted(present)}")
+    streaming_pair.set_synchronous(names)
+    failover = lost_at_failover(streaming_pair, [synchronous_commit])[synchronous_commit]
+    assert failover.settled == after_cut_off
+    assert failover.lost_text == lost, (
+        f"acknowledged {failover.acknowledged}, present after the failover "
+        f"{sorted(failover.present)}")
 
 
 @pytest.mark.replication

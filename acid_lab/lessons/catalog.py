@@ -3,9 +3,9 @@
 The schedules themselves are written out in the isolation chapter,
 ``tests/test_isolation.py``, each one above the test that runs it, so that a
 reader sees every statement where the lesson is. That file is the one source:
-this module collects its ``MATRIX`` and ``VARIANTS`` (loaded on first use, from
-the chapter next to this package: a checkout, installed with ``pip install -e``)
-and gives the report and the playground what they need to run them:
+:func:`load_schedules` collects its ``MATRIX`` and ``VARIANTS`` when the report or
+the playground asks (from the chapter next to this package: a checkout, installed
+with ``pip install -e``) and this module gives them what they need to run them:
 
 * :class:`Anomaly`: one of Kleppmann's Hermitage scenarios on the table
   ``test(id, value) = (1, 10), (2, 20)``: one statement per step, each tagged
@@ -19,8 +19,8 @@ and gives the report and the playground what they need to run them:
   level, so the verdict logic is checked too.
 * :func:`observe`: one cell of the matrix, run and judged.
 
-``MATRIX`` holds the ten anomalies of the report, in Hermitage's order;
-``VARIANTS`` the extra scenarios (write-predicate and predicate variants, the
+``Schedules.matrix`` holds the ten anomalies of the report, in Hermitage's order;
+``Schedules.variants`` the extra scenarios (write-predicate and predicate variants, the
 read-only transaction anomaly and ``SERIALIZABLE READ ONLY DEFERRABLE``).
 """
 
@@ -29,14 +29,22 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from acid_lab.engine.expectations import Expectation, anything, succeeds
-from acid_lab.engine.scenario import ScenarioResult, ScenarioRunner, Step, StepResult
+from acid_lab.engine.scenario import (
+    READ_COMMITTED,
+    READ_UNCOMMITTED,
+    REPEATABLE_READ,
+    ScenarioResult,
+    ScenarioRunner,
+    Step,
+    StepResult,
+)
 
 #: A cell of the matrix: the anomaly was observed at that level ...
 POSSIBLE = "possible"
@@ -55,9 +63,9 @@ SERIALIZATION_ANOMALY = "serialization anomaly"
 POSTGRESQL_ALLOWS: dict[str, tuple[str, ...]] = {
     DIRTY_WRITE: (),
     DIRTY_READ: (),
-    NONREPEATABLE_READ: ("read uncommitted", "read committed"),
-    PHANTOM_READ: ("read uncommitted", "read committed"),
-    SERIALIZATION_ANOMALY: ("read uncommitted", "read committed", "repeatable read"),
+    NONREPEATABLE_READ: (READ_UNCOMMITTED, READ_COMMITTED),
+    PHANTOM_READ: (READ_UNCOMMITTED, READ_COMMITTED),
+    SERIALIZATION_ANOMALY: (READ_UNCOMMITTED, READ_COMMITTED, REPEATABLE_READ),
 }
 
 #: Puts Hermitage's table back as it starts, for running several schedules in one place.
@@ -180,46 +188,50 @@ class Anomaly:
 #: The chapter whose schedules these are (a checkout: tests/ beside acid_lab/).
 CHAPTER = Path(__file__).resolve().parents[2] / "tests" / "test_isolation.py"
 
+
+@dataclasses.dataclass(frozen=True)
+class Schedules:
+    """The chapter's anomalies: ``matrix``, the report's ten columns in Hermitage's order;
+    ``variants``, more scenarios that are not columns."""
+
+    matrix: tuple[Anomaly, ...]
+    variants: tuple[Anomaly, ...]
+
+    @property
+    def every(self) -> tuple[Anomaly, ...]:
+        """The matrix first, then the variants."""
+        return self.matrix + self.variants
+
+
 _lock = threading.Lock()
-_loaded: dict[str, tuple[Anomaly, ...]] = {}
+_chapter: list[ModuleType] = []  # the loaded chapter, once loaded
 
 
-def _load_chapter() -> dict[str, tuple[Anomaly, ...]]:
-    """Import the chapter file once, under a name of its own, and take its schedules."""
+def chapter_module() -> ModuleType:
+    """The isolation chapter, imported by its path once per process, under a name of its own.
+
+    Raises ImportError (one line saying what to do) outside a checkout.
+    """
     with _lock:
-        if not _loaded:
+        if not _chapter:
             if not CHAPTER.is_file():
                 raise ImportError(
                     f"the isolation schedules are written in the chapter itself, "
                     f"tests/test_isolation.py, which is not at {CHAPTER}: run from a "
                     f"checkout of ACID Lab (make report, make play; pip install -e .)")
-            chapter = _imported_chapter()
-            if chapter is None:
-                spec = importlib.util.spec_from_file_location("acid_lab_isolation_chapter",
-                                                              CHAPTER)
-                chapter = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(chapter)
-            _loaded.update(MATRIX=tuple(chapter.MATRIX), VARIANTS=tuple(chapter.VARIANTS))
-            _loaded["CATALOG"] = _loaded["MATRIX"] + _loaded["VARIANTS"]
-        return _loaded
+            spec = importlib.util.spec_from_file_location("acid_lab_isolation_chapter",
+                                                          CHAPTER)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            _chapter.append(module)
+        return _chapter[0]
 
 
-def _imported_chapter():
-    """The chapter module when pytest has imported it already (the same schedule objects the
-    tests run, not a second import)."""
-    for module in list(sys.modules.values()):
-        if getattr(module, "__file__", None) and Path(module.__file__).resolve() == CHAPTER \
-                and hasattr(module, "VARIANTS"):
-            return module
-    return None
-
-
-def __getattr__(name: str) -> Any:
-    """``MATRIX`` (the report's ten columns, in Hermitage's order), ``VARIANTS`` (more
-    scenarios, not columns) and ``CATALOG`` (both): read from the chapter on first use."""
-    if name in ("MATRIX", "VARIANTS", "CATALOG"):
-        return _load_chapter()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def load_schedules() -> Schedules:
+    """The chapter's ``MATRIX`` and ``VARIANTS``: asked for by the report and the playground
+    only (nothing is loaded at import)."""
+    chapter = chapter_module()
+    return Schedules(tuple(chapter.MATRIX), tuple(chapter.VARIANTS))
 
 
 # -- observing an anomaly live ---------------------------------------------------

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import psycopg2.extensions as ext
 from sqlalchemy import Engine, event
 
+from acid_lab.engine.scenario import READ_COMMITTED, READ_UNCOMMITTED, REPEATABLE_READ, SERIALIZABLE
+
 
 @dataclass(frozen=True)
 class Sent:
@@ -80,10 +82,11 @@ def _answer(cursor: ext.cursor, error: BaseException | None) -> str:
     return cursor.statusmessage or ""
 
 
-_LEVELS = {ext.ISOLATION_LEVEL_READ_UNCOMMITTED: "READ UNCOMMITTED",
-           ext.ISOLATION_LEVEL_READ_COMMITTED: "READ COMMITTED",
-           ext.ISOLATION_LEVEL_REPEATABLE_READ: "REPEATABLE READ",
-           ext.ISOLATION_LEVEL_SERIALIZABLE: "SERIALIZABLE"}
+# psycopg2's level numbers, and the engine's one spelling of each level
+_LEVELS = {ext.ISOLATION_LEVEL_READ_UNCOMMITTED: READ_UNCOMMITTED,
+           ext.ISOLATION_LEVEL_READ_COMMITTED: READ_COMMITTED,
+           ext.ISOLATION_LEVEL_REPEATABLE_READ: REPEATABLE_READ,
+           ext.ISOLATION_LEVEL_SERIALIZABLE: SERIALIZABLE}
 
 
 def _begin_statement(conn: ext.connection) -> str:
@@ -91,7 +94,8 @@ def _begin_statement(conn: ext.connection) -> str:
     (``conn.set_session()``, which SQLAlchemy's isolation_level uses)."""
     words = ["BEGIN"]
     if conn.isolation_level is not None:
-        words.append(f"ISOLATION LEVEL {_LEVELS[conn.isolation_level]}")
+        # psycopg2 writes the level in capitals
+        words.append(f"ISOLATION LEVEL {_LEVELS[conn.isolation_level].upper()}")
     if conn.readonly is not None:
         words.append("READ ONLY" if conn.readonly else "READ WRITE")
     if conn.deferrable is not None:

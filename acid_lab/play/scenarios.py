@@ -36,14 +36,14 @@ class Scenario:
 
 
 def _anomaly(code: str) -> catalog.Anomaly:
-    return next(anomaly for anomaly in catalog.MATRIX + catalog.VARIANTS if anomaly.code == code)
+    return next(anomaly for anomaly in catalog.load_schedules().every if anomaly.code == code)
 
 
 def scenarios() -> list[Scenario]:
     """Every anomaly of the isolation chapter: the report's matrix first, then the variants."""
     return [Scenario(a.code, a.name, a.legend,
                      tuple((step.session, step.sql) for step in a.steps()))
-            for a in catalog.MATRIX + catalog.VARIANTS]
+            for a in catalog.load_schedules().every]
 
 
 def find(code: str) -> Scenario | None:

@@ -3,10 +3,11 @@
 ``python -m acid_lab report [--dsn DSN] [--json] [--out DIR]`` runs, on a
 temporary server (or the one ``--dsn`` names):
 
-* the isolation matrix: every anomaly of :data:`acid_lab.lessons.catalog.MATRIX` at
-  every isolation level, each cell decided by running that scenario now, in a
-  fresh place of its own (the same scenario definitions the isolation tests
-  run, so the report and the tests cannot drift apart);
+* the isolation matrix: every anomaly of the isolation chapter's matrix
+  (:func:`acid_lab.lessons.catalog.load_schedules`) at every isolation level, each
+  cell decided by running that scenario now, in a fresh place of its own (the same
+  scenario definitions the isolation tests run, so the report and the tests cannot
+  drift apart);
 * the atomicity, consistency and durability demonstrations of
   :mod:`acid_lab.report.demonstrations`, one line each with what they observed
   (durability needs a server the report starts itself: skipped with --dsn).
@@ -44,7 +45,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from acid_lab.engine.scenario import LEVELS, ScenarioError, ScenarioRunner
 from acid_lab.engine.workloads import WorkloadError
-from acid_lab.lessons.catalog import MATRIX, POSSIBLE, PREVENTED, Anomaly, Observation, observe
+from acid_lab.lessons.catalog import (
+    POSSIBLE,
+    PREVENTED,
+    Anomaly,
+    Observation,
+    load_schedules,
+    observe,
+)
 from acid_lab.lessons.schema import HERMITAGE
 from acid_lab.report import demonstrations, power_cuts, replication
 from acid_lab.report.demonstrations import Shown
@@ -85,7 +93,7 @@ class Report:
     replication: list[ReplicationRow] = field(default_factory=list)  # one row a setting
     replication_note: str = ""                   # why there are none, if there are none
 
-    anomalies: tuple[Anomaly, ...] = MATRIX
+    anomalies: tuple[Anomaly, ...] = ()         # the matrix's columns, in order
     levels: tuple[str, ...] = LEVELS
 
     def cell(self, code: str, level: str) -> str:
@@ -155,10 +163,14 @@ def make_report(dsn: str | None = None, *, workers: int = WORKERS,
     Raises ReportError when there is no usable server or a scenario cannot finish.
     """
     began = time.perf_counter()
+    try:
+        matrix = load_schedules().matrix
+    except ImportError as error:  # not a checkout: the chapter holding the schedules is absent
+        raise ReportError(str(error)) from None
     server_task = SERVER_TASK if dsn is None else "reaching the server"
     with _progress_display(progress_console) as progress, \
             ThreadPoolExecutor(max_workers=5, thread_name_prefix="report-demo") as side:
-        for task, total in ((server_task, 1), (MATRIX_TASK, len(MATRIX) * len(LEVELS)),
+        for task, total in ((server_task, 1), (MATRIX_TASK, len(matrix) * len(LEVELS)),
                             (PLACE_TASK, len(demonstrations.IN_A_PLACE)),
                             (CRASH_TASK, len(demonstrations.ON_A_CRASHABLE_SERVER)),
                             (POWER_CUT_TASK, len(power_cuts.ON_A_LOSSY_DISK)),
@@ -179,7 +191,7 @@ def make_report(dsn: str | None = None, *, workers: int = WORKERS,
                                     lambda shown: progress.advance(PLACE_TASK))
             histories = side.submit(check_histories, target.info,
                                     lambda row: progress.advance(HISTORY_TASK))
-            observations = observe_matrix(target.info, workers=workers,
+            observations = observe_matrix(target.info, matrix, workers=workers,
                                           done=lambda observation: progress.advance(MATRIX_TASK))
             shown = in_places.result()
             rows, note = _histories_or_why_not(histories)
@@ -196,7 +208,8 @@ def make_report(dsn: str | None = None, *, workers: int = WORKERS,
         replicated, replication_note = _replication_or_why_not(failovers)
     return Report(target.version, target.description, observations, shown,
                   seconds=time.perf_counter() - began, histories=rows, histories_note=note,
-                  replication=replicated, replication_note=replication_note)
+                  replication=replicated, replication_note=replication_note,
+                  anomalies=matrix)
 
 
 def _replication_or_why_not(future) -> tuple[list[ReplicationRow], str]:
@@ -233,13 +246,17 @@ def _target(dsn: str | None) -> Iterator[Target]:
             from None
 
 
-def observe_matrix(info: ConnectionInfo, *, workers: int = WORKERS,
+def observe_matrix(info: ConnectionInfo, anomalies: tuple[Anomaly, ...] | None = None, *,
+                   workers: int = WORKERS,
                    done: Callable[[Observation], None] = lambda observation: None
                    ) -> dict[tuple[str, str], Observation]:
-    """Every anomaly at every level, ``workers`` at a time, each in a fresh place on ``info``.
+    """Every anomaly (the chapter's matrix unless given) at every level, ``workers`` at a
+    time, each in a fresh place on ``info``.
 
     Raises ReportError naming the cell when a scenario cannot be observed.
     """
+    if anomalies is None:
+        anomalies = load_schedules().matrix
     idle: queue.Queue[_Worker] = queue.Queue()
     opened = []
     try:
@@ -248,7 +265,7 @@ def observe_matrix(info: ConnectionInfo, *, workers: int = WORKERS,
             idle.put(opened[-1])
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="report-cell") as pool:
             futures = {(anomaly.code, level): pool.submit(_observe_cell, idle, anomaly, level)
-                       for anomaly in MATRIX for level in LEVELS}
+                       for anomaly in anomalies for level in LEVELS}
             try:
                 observations = {}
                 for cell, future in futures.items():

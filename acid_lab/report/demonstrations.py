@@ -5,9 +5,10 @@ short line, what it observed -- plus whether that is what the property
 promises (``ok``). None of them trusts documentation: a server that did not
 keep a promise shows up as ``ok=False`` with what it did instead.
 
-* Atomicity and consistency run in a fresh place (a schema holding a tiny
-  bank: ``accounts`` with a CHECK, a UNIQUE and a foreign key from
-  ``payments``), through a ``connect``-like factory
+* Atomicity and consistency run in a fresh place holding the lessons' bank
+  (:data:`acid_lab.lessons.schema.BANK`: ``accounts`` with a CHECK and a primary
+  key, and ``audit`` rows with a foreign key to them; alice 100, bob 50), through
+  a ``connect``-like factory
   (:class:`acid_lab.servers.connections.ConnectionFactory`).
 * Durability needs a server that may be killed: a
   :class:`acid_lab.servers.server.CrashableCluster` of its own (fsync on), crashed with
@@ -18,35 +19,23 @@ keep a promise shows up as ``ok=False`` with what it did instead.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg2
 from psycopg2 import errors
 
+from acid_lab.lessons.bank import balances, execute_each, transfer_statements
+from acid_lab.lessons.schema import BANK, BANK_ACCOUNTS
 from acid_lab.servers.connections import ConnectionFactory
 from acid_lab.servers.places import PlaceKeeper
+from acid_lab.servers.queries import one
 from acid_lab.servers.server import SLOW_WAL_WRITER, CrashableCluster, ServerError
 
 ATOMICITY, CONSISTENCY, DURABILITY = "atomicity", "consistency", "durability"
 SKIPPED_WITH_DSN = "skipped: needs a server the report starts itself"
 
-BANK = """
-create table accounts (
-    id int primary key,
-    owner text not null unique,
-    balance int not null check (balance >= 0)
-);
-create table payments (
-    id int primary key,
-    account_id int not null references accounts (id),
-    amount int not null
-);
-insert into accounts (id, owner, balance) values (1, 'alice', 100), (2, 'bob', 50);
-"""
-BALANCES = "select balance from accounts order by id"
-OPENING_BALANCES = [100, 50]
-
+OPENING_BALANCES = [100, 50]  # alice's and bob's, as BANK_ACCOUNTS opens them
 
 
 @dataclass(frozen=True)
@@ -88,16 +77,14 @@ class Demonstration:
 
 def _balances(connect: ConnectionFactory) -> list[int]:
     """What everyone else sees now (a new autocommit session)."""
-    with contextlib.closing(connect(autocommit=True)) as observer, observer.cursor() as cur:
-        cur.execute(BALANCES)
-        return [balance for (balance,) in cur.fetchall()]
+    with contextlib.closing(connect(autocommit=True)) as observer:
+        return list(balances(observer).values())
 
 
-def _count(connect: ConnectionFactory, query: str) -> int:
-    """A ``select count(*) ...`` as everyone else sees it now."""
-    with contextlib.closing(connect(autocommit=True)) as observer, observer.cursor() as cur:
-        cur.execute(query)
-        return cur.fetchone()[0]
+def _seen_now(connect: ConnectionFactory, query: str) -> int:
+    """One value (a ``select count(*) ...``) as everyone else sees it now."""
+    with contextlib.closing(connect(autocommit=True)) as observer:
+        return one(observer, query)
 
 
 def _refused(connect: ConnectionFactory, statement: str) -> psycopg2.Error | None:
@@ -127,11 +114,13 @@ class _ClientFailed(Exception):
 
 
 def interrupted_transfer(connect: ConnectionFactory) -> tuple[bool, str]:
-    """Debit alice, then the client fails before crediting bob: the debit is undone."""
+    """The bank's transfer debits alice, then the client fails before crediting bob: the
+    debit is undone."""
     conn = connect()
-    with contextlib.suppress(_ClientFailed), conn, conn.cursor() as cur:
+    debit, *_ = transfer_statements(source=1, target=2, amount=30)
+    with contextlib.suppress(_ClientFailed), conn:
         # `with conn`: commit on success, roll back on an exception -- the usual client pattern
-        cur.execute("update accounts set balance = balance - 30 where id = 1")
+        execute_each(conn, [debit])
         raise _ClientFailed("crash between the debit and the credit")
     conn.close()
     after = _balances(connect)
@@ -153,7 +142,7 @@ def error_aborts_whole_transaction(connect: ConnectionFactory) -> tuple[bool, st
             answer = cur.statusmessage
     finally:
         conn.close()
-    carol = _count(connect, "select count(*) from accounts where owner = 'carol'")
+    carol = _seen_now(connect, "select count(*) from accounts where owner = 'carol'")
     ok = (isinstance(failure, errors.DivisionByZero)
           and isinstance(after, errors.InFailedSqlTransaction)
           and answer == "ROLLBACK" and carol == 0)
@@ -185,20 +174,20 @@ def check_refuses_overdraft(connect: ConnectionFactory) -> tuple[bool, str]:
 
 
 def foreign_key_refuses_orphan(connect: ConnectionFactory) -> tuple[bool, str]:
-    """A payment for an account that does not exist: the foreign key refuses it (23503)."""
-    error = _refused(connect, "insert into payments (id, account_id, amount) values (1, 99, 5)")
-    stored = _count(connect, "select count(*) from payments")
+    """An audit row for an account that does not exist: the foreign key refuses it (23503)."""
+    error = _refused(connect, "insert into audit (account_id, delta) values (99, 5)")
+    stored = _seen_now(connect, "select count(*) from audit")
     return isinstance(error, errors.ForeignKeyViolation) and stored == 0, (
-        f"payment for account 99, which does not exist: {_said(error)}; "
-        f"payments stored: {stored}")
+        f"audit row for account 99, which does not exist: {_said(error)}; "
+        f"audit rows stored: {stored}")
 
 
-def unique_refuses_duplicate(connect: ConnectionFactory) -> tuple[bool, str]:
-    """A second account for the same owner: the UNIQUE constraint refuses it (23505)."""
-    error = _refused(connect, "insert into accounts (id, owner, balance) values (3, 'alice', 0)")
-    alices = _count(connect, "select count(*) from accounts where owner = 'alice'")
-    return isinstance(error, errors.UniqueViolation) and alices == 1, (
-        f"a second account for owner 'alice': {_said(error)}; accounts of alice: {alices}")
+def primary_key_refuses_duplicate(connect: ConnectionFactory) -> tuple[bool, str]:
+    """A second account with alice's id: the primary key refuses it (23505)."""
+    error = _refused(connect, "insert into accounts (id, owner, balance) values (1, 'carol', 0)")
+    owners = _seen_now(connect, "select count(*) from accounts where id = 1")
+    return isinstance(error, errors.UniqueViolation) and owners == 1, (
+        f"a second account with id 1 (alice's): {_said(error)}; accounts with id 1: {owners}")
 
 
 # --------------------------------------------------------------------------- durability
@@ -274,10 +263,10 @@ IN_A_PLACE: tuple[Demonstration, ...] = (
                   error_aborts_whole_transaction),
     Demonstration(CONSISTENCY, "CHECK (balance >= 0) refuses an overdraft",
                   check_refuses_overdraft),
-    Demonstration(CONSISTENCY, "a foreign key refuses a payment for a missing account",
+    Demonstration(CONSISTENCY, "a foreign key refuses an audit row for a missing account",
                   foreign_key_refuses_orphan),
-    Demonstration(CONSISTENCY, "UNIQUE refuses a second account for the same owner",
-                  unique_refuses_duplicate),
+    Demonstration(CONSISTENCY, "the primary key refuses a second account with the same id",
+                  primary_key_refuses_duplicate),
 )
 
 ON_A_CRASHABLE_SERVER: tuple[Demonstration, ...] = (
@@ -287,15 +276,6 @@ ON_A_CRASHABLE_SERVER: tuple[Demonstration, ...] = (
                               "on keeps it", asynchronous_commit_lost),
 )
 
-ALL: tuple[Demonstration, ...] = IN_A_PLACE + ON_A_CRASHABLE_SERVER
-
-
-@contextlib.contextmanager
-def fresh_bank(keeper: PlaceKeeper, info) -> Iterator[ConnectionFactory]:
-    """A connection factory to a new place holding the bank; dropped afterwards."""
-    with keeper.place(info, BANK) as connect:
-        yield connect
-
 
 def show_in_places(info, done: Callable[[Shown], None] = lambda shown: None) -> list[Shown]:
     """Run the atomicity and consistency demonstrations, each in a fresh place on ``info``."""
@@ -303,7 +283,7 @@ def show_in_places(info, done: Callable[[Shown], None] = lambda shown: None) -> 
     shown = []
     try:
         for demonstration in IN_A_PLACE:
-            with fresh_bank(keeper, info) as connect:
+            with keeper.place(info, BANK + BANK_ACCOUNTS) as connect:
                 shown.append(demonstration.run(connect))
             done(shown[-1])
     finally:

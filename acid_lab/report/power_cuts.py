@@ -22,6 +22,7 @@ from acid_lab.report.demonstrations import (
     show_on,
 )
 from acid_lab.servers.powercut import PowerCutCluster, fuse_missing
+from acid_lab.servers.queries import one
 
 COMMITS = 10
 
@@ -38,10 +39,8 @@ def _commit_rows(cluster: PowerCutCluster, table: str) -> None:
 def _rows_after_power_cut(cluster: PowerCutCluster, table: str) -> int:
     cluster.power_cut()
     cluster.restart(**cluster.start_settings)
-    with contextlib.closing(psycopg2.connect(**cluster.info.params())) as conn, \
-            conn.cursor() as cur:
-        cur.execute(f"select count(*) from {table}")
-        return cur.fetchone()[0]
+    with contextlib.closing(psycopg2.connect(**cluster.info.params())) as conn:
+        return one(conn, f"select count(*) from {table}")
 
 
 def fsync_on_keeps(cluster: PowerCutCluster) -> tuple[bool, str]:

@@ -145,6 +145,41 @@ def test_matrix_is_hermitages_row_for_postgresql(full_run, level, row):
     assert observed == row, f"the report's {level} row differs from Hermitage's for PostgreSQL"
 
 
+# Each matrix column and the isolation chapter's test whose table states its verdicts.
+CHAPTER_TESTS = {"G0": "test_g0_dirty_write", "G1a": "test_g1a_aborted_read",
+                 "G1b": "test_g1b_intermediate_read",
+                 "G1c": "test_g1c_circular_information_flow",
+                 "OTV": "test_otv_observed_transaction_vanishes",
+                 "PMP": "test_pmp_predicate_many_preceders", "P4": "test_p4_lost_update",
+                 "G-single": "test_g_single_read_skew", "G2-item": "test_g2_item_write_skew",
+                 "G2": "test_g2_anti_dependency_cycle"}
+
+
+def chapter_verdicts(test) -> dict[str, str]:
+    """level -> verdict, read from the ``level`` and ``verdict`` columns of the test's
+    ``pytest.mark.parametrize`` table."""
+    (table,) = [mark for mark in test.pytestmark if mark.name == "parametrize"]
+    names, params = table.args
+    columns = [name.strip() for name in names.split(",")]
+    level, verdict = columns.index("level"), columns.index("verdict")
+    return {param.values[level]: param.values[verdict] for param in params}
+
+
+@pytest.mark.parametrize("code", [pytest.param(code, id=code) for code in CHAPTER_TESTS])
+def test_report_matrix_is_the_chapters_literal_verdicts(full_run, code):
+    """Scenario: the report's column for one anomaly, beside the isolation chapter's
+    parameter table for it (tests/test_isolation.py, as the report loaded it).
+
+    Outcome: at every level the report observed the verdict the chapter writes down.
+    """
+    from acid_lab.lessons.catalog import chapter_module
+
+    written = chapter_verdicts(getattr(chapter_module(), CHAPTER_TESTS[code]))
+    assert list(written) == LEVELS, f"{code}: the chapter's table does not cover the levels"
+    assert full_run.json["matrix"][code] == written, (
+        f"{code}: the report observed other verdicts than the isolation chapter states")
+
+
 def test_one_line_per_letter_demonstration(full_run, pytestconfig):
     """Scenario: the demonstrations of the full run.
 
