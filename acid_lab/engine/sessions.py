@@ -124,24 +124,28 @@ def _all_rows(cursor) -> list[list[Any]]:
 
 def run_statement(cursor, sql: str, params: Any = None, *, result: StepResult,
                   database: Database = POSTGRES,
-                  fetch: Callable[[Any], list[list[Any]]] = _all_rows) -> StepResult:
+                  fetch: Callable[[Any], list[list[Any]]] = _all_rows,
+                  max_error_chars: int | None = None) -> StepResult:
     """Execute one statement on ``cursor`` into ``result`` (never raises for SQL errors).
 
-    ``fetch`` reads the result set (the playground keeps a bounded part of it).
+    ``fetch`` reads the result set (the playground keeps a bounded part of it);
+    ``max_error_chars`` bounds the error message (a RAISE can carry megabytes).
+    ``result.status`` is set last: a result with a status is complete.
     """
     try:
         cursor.execute(sql, params)
         result.command = cursor.statusmessage
         if cursor.description is not None:
             result.rows = fetch(cursor)
-        result.status = "ok"
+        status = "ok"
     except database.Error as error:
-        result.status = "error"
         result.sqlstate = database.sqlstate(error)
-        result.error = database.error_text(error)
+        result.error, status = database.error_text(error), "error"
     except Exception as error:  # never leave a waiter waiting on a dead worker
-        result.status = "error"
-        result.error = f"{type(error).__name__}: {error}"
+        result.error, status = f"{type(error).__name__}: {error}", "error"
+    if max_error_chars is not None and result.error and len(result.error) > max_error_chars:
+        result.error = result.error[:max_error_chars] + "…"
+    result.status = status
     return result
 
 
@@ -149,8 +153,10 @@ class Job:
     """One statement handed to a session's worker thread."""
 
     def __init__(self, result: StepResult, sql: str, params: Any = None, *,
-                 implicit: bool = False, fetch: Callable[[Any], list[list[Any]]] = _all_rows):
+                 implicit: bool = False, fetch: Callable[[Any], list[list[Any]]] = _all_rows,
+                 max_error_chars: int | None = None):
         self.result = result
+        self.max_error_chars = max_error_chars
         self.sql = sql
         self.params = params or None  # None: no %-placeholders in the SQL
         self.implicit = implicit      # an implicit BEGIN, not a step of its own
@@ -198,7 +204,8 @@ class Session:
         while (job := self._jobs.get()) is not None:
             try:
                 run_statement(cursor, job.sql, job.params, result=job.result,
-                              database=self.database, fetch=job.fetch)
+                              database=self.database, fetch=job.fetch,
+                              max_error_chars=job.max_error_chars)
             finally:
                 job.result.elapsed = time.perf_counter() - job.sent
                 try:
@@ -343,7 +350,8 @@ class Stepper:
 
     def send(self, name: str, sql: str, *, result: StepResult | None = None,
              params: Any = None, begin: str | None = None, wait: float | None = None,
-             fetch: Callable[[Any], list[list[Any]]] = _all_rows) -> str:
+             fetch: Callable[[Any], list[list[Any]]] = _all_rows,
+             max_error_chars: int | None = None) -> str:
         """Send ``sql`` to session ``name`` (which has nothing pending): DONE or BLOCKED,
         or RUNNING when ``wait`` seconds ran out first (without ``wait``: Stuck after
         ``timeout``). ``begin`` runs first as a job of its own (the implicit BEGIN).
@@ -358,7 +366,8 @@ class Stepper:
             self._finish_pending(session, "before its statement", RESUMED)
         if result is None:
             result = StepResult(0, name, sql.strip())
-        return self._perform(session, Job(result, sql, params, fetch=fetch), deadline, wait)
+        job = Job(result, sql, params, fetch=fetch, max_error_chars=max_error_chars)
+        return self._perform(session, job, deadline, wait)
 
     def settle(self, *, wait: float | None = None) -> None:
         """Settle every pending statement: a blocked one until it finishes or is
