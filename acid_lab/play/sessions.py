@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import secrets
 import threading
 import time
@@ -55,6 +54,14 @@ from acid_lab.engine.sessions import (
 )
 from acid_lab.lessons.schema import HERMITAGE
 from acid_lab.play import scenarios
+from acid_lab.play.entries import (  # noqa: F401 (the bounds are part of this module's API)
+    MAX_CELL_CHARS,
+    MAX_ERROR_CHARS,
+    MAX_RESULT_BYTES,
+    MAX_RESULT_ROWS,
+    Entry,
+    state_of,
+)
 from acid_lab.servers.connections import CONNECT_TIMEOUT
 from acid_lab.servers.places import PlaceKeeper, new_schema_name
 from acid_lab.servers.server import ConnectionInfo
@@ -67,17 +74,12 @@ LOCK_BOUND = STEP_BOUND + 1  # seconds a request waits for another request of it
 IDLE_TIMEOUT = 600.0         # seconds without a request before a page's sessions are closed
 STATEMENT_TIMEOUT = 60.0     # seconds a statement may run (a wait for a lock included)
 IDLE_IN_TRANSACTION_TIMEOUT = 600.0  # seconds a session may sit idle inside a transaction
-MAX_RESULT_ROWS = 100        # rows a result keeps
-MAX_CELL_CHARS = 200         # characters a value keeps
-MAX_RESULT_BYTES = 4096      # JSON bytes a result keeps
-MAX_ERROR_CHARS = 1000       # characters of an error message kept
 MAX_SQL_CHARS = 4000         # characters of one statement sent in free mode
 MAX_HISTORY = 50             # statements a page keeps (the latest, and any still pending)
 ANSWER_BOUND = 256 * 1024    # bytes a page's answer stays under (the tests' figure, with
                              # MAX_HISTORY statements of bounded results)
 
 FREE, SCENARIO, SCRIPT = "free", "scenario", "script"
-WAITING, RUNNING, DONE = "waiting", "running", "done"
 
 
 class PlaygroundError(Exception):
@@ -90,72 +92,6 @@ class PlaygroundError(Exception):
 
 
 # -- one statement, one session ----------------------------------------------
-
-@dataclass
-class Entry:
-    """One statement sent by the page, and what it did."""
-
-    id: int
-    result: StepResult
-    begin: str | None = None          # the transaction the step opened implicitly
-    step: int | None = None           # its place in the scenario's schedule
-    columns: list[str] | None = None
-    truncated: bool = False           # rows or values were left out of ``result.rows``
-
-    @property
-    def state(self) -> str:
-        return _state(self.result, self.result.finished)
-
-    def fetch(self, cursor) -> list[list[Any]]:
-        """The Stepper's reader of this statement's result set: bounded, with its columns."""
-        self.columns = [column.name for column in cursor.description]
-        rows, self.truncated = _bounded_rows(cursor)
-        return rows
-
-    def as_json(self) -> dict[str, Any]:
-        result = self.result
-        finished = result.finished
-        return {
-            "id": self.id, "session": result.session, "sql": result.sql, "begin": self.begin,
-            "step": self.step, "state": self.state, "blocked": result.blocked,
-            "status": result.status if finished else None,
-            "command": result.command if finished else None,
-            "columns": self.columns if finished else None,
-            "rows": result.rows if finished else None,
-            "truncated": self.truncated,
-            "sqlstate": result.sqlstate if finished else None,
-            "error": result.error if finished else None,
-            "text": result.outcome() if finished else None,
-        }
-
-
-def _state(result: StepResult, done: bool) -> str:
-    if done:
-        return DONE
-    return WAITING if result.blocked else RUNNING
-
-
-def _bounded_rows(cursor) -> tuple[list[list[Any]], bool]:
-    """The result's first rows, values as JSON scalars (long ones cut), within
-    MAX_RESULT_ROWS and MAX_RESULT_BYTES; and whether anything was left out."""
-    kept: list[list[Any]] = []
-    size, truncated = 0, False
-    for row in cursor.fetchmany(MAX_RESULT_ROWS + 1):
-        if len(kept) == MAX_RESULT_ROWS:
-            return kept, True
-        values = []
-        for value in row:
-            if not (value is None or isinstance(value, (bool, int, float, str))):
-                value = str(value)
-            if isinstance(value, str) and len(value) > MAX_CELL_CHARS:
-                value, truncated = value[:MAX_CELL_CHARS] + "…", True
-            values.append(value)
-        size += len(json.dumps(values))
-        if size > MAX_RESULT_BYTES:
-            return kept, True
-        kept.append(values)
-    return kept, truncated
-
 
 def enforce(monitor: Monitor, pids: list[int], statement_bound: float,
             idle_bound: float) -> list[int]:
@@ -368,7 +304,7 @@ class Page:
         session = self.sessions[name]
         if session.pending is not None:
             job = session.pending
-            raise PlaygroundError(409, f"{name} is still {_state(job.result, job.done.is_set())}"
+            raise PlaygroundError(409, f"{name} is still {state_of(job.result, job.done.is_set())}"
                                        f": `{job.result.sql}`; a step of {name} can "
                                        "go only once it finishes (or cancel it)")
         begin = None
@@ -432,7 +368,7 @@ class Page:
             "next_step": self.next_step,
             "rows": self.rows(),
             "entries": {entry.id: entry.as_json() for entry in self.entries},
-            "pending": {s.name: _state(s.pending.result, s.pending.done.is_set())
+            "pending": {s.name: state_of(s.pending.result, s.pending.done.is_set())
                         for s in self.sessions.values() if s.pending is not None},
             "finished": bool(setup.schedule) and self.next_step >= len(setup.schedule)
             and not any(s.pending is not None for s in self.sessions.values()),
