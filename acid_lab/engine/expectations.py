@@ -12,7 +12,7 @@ import psycopg2.errorcodes
 import psycopg2.errors
 
 if TYPE_CHECKING:
-    from acid_lab.engine.scenario import StepResult
+    from acid_lab.engine.sessions import StepResult
 
 
 def format_value(value: Any) -> str:

@@ -41,7 +41,8 @@ import dataclasses
 import re
 from typing import Any
 
-from acid_lab.engine.scenario import StepResult
+from acid_lab.engine.events import Event, released_after
+from acid_lab.engine.sessions import StepResult
 from acid_lab.input_files import excerpt
 
 _PAIRS = r"-?\d+\s*=>\s*-?\d+(?:\s*,\s*-?\d+\s*=>\s*-?\d+)*"
@@ -274,35 +275,11 @@ class NoteCheck:
         return f"DISAGREES (expected: {self.expected}; happened: {self.happened})"
 
 
-def unblocked_by(lines: list[str], steps: list[StepResult]) -> dict[int, int]:
-    """Which step (index) each blocked step's completion was noticed after.
-
-    Read from the scenario transcript, where a step prints one line when it is
-    sent and a waiting step prints ``-- T2, unblocked: ...`` after the step that
-    let it go on.
-    """
-    result: dict[int, int] = {}
-    pending: dict[str, int] = {}
-    index = 0
-    for line in lines:
-        unblocked = re.match(r"-- (\S+), unblocked: ", line)
-        if unblocked:
-            session = unblocked.group(1)
-            if session in pending:
-                result[pending.pop(session)] = index
-            continue
-        if line.startswith("-- "):
-            continue
-        index += 1
-        if index <= len(steps) and steps[index - 1].blocked:
-            pending[steps[index - 1].session] = index
-    return result
-
-
 def check_steps(steps: list[StepResult], notes: list[Note],
-                lines: list[str]) -> list[NoteCheck]:
-    """One verdict per step: compare each step's note with what happened."""
-    released = unblocked_by(lines, steps)
+                events: list[Event]) -> list[NoteCheck]:
+    """One verdict per step: compare each step's note with what happened (``events``:
+    the runner's, which say after which step each waiting one resumed)."""
+    released = released_after(events)
     return [_check(step, note, steps, released) for step, note in zip(steps, notes, strict=True)]
 
 

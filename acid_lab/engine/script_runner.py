@@ -7,13 +7,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import psycopg2
 import psycopg2.extensions
 
+from acid_lab.engine.events import Event
 from acid_lab.engine.notes import Note, NoteCheck, check_steps, parse_note
+from acid_lab.engine.postgres import POSTGRES
 from acid_lab.engine.scenario import DEFAULT_TIMEOUT, RAW, ScenarioRunner, ScheduleStuck, StepResult
 from acid_lab.engine.script import Script
-from acid_lab.servers.connections import CONNECT_TIMEOUT
+from acid_lab.engine.sessions import run_statement
 from acid_lab.servers.places import PlaceKeeper
 
 
@@ -27,13 +28,14 @@ class ScriptRun:
     transcript: str
     stuck: str | None = None  # the error, when the schedule could not finish
     lines: list[str] = dataclasses.field(default_factory=list)  # the steps' transcript
+    events: list[Event] = dataclasses.field(default_factory=list)  # the steps' events
     verdicts: list[NoteCheck] | None = None  # with --check: one per step that ran
 
     def check(self) -> None:
         """Compare every step's note with what the step did."""
         notes = step_notes(self.script)
         ran = len(self.steps)
-        self.verdicts = check_steps(self.steps, notes[:ran], self.lines)
+        self.verdicts = check_steps(self.steps, notes[:ran], self.events)
         self.verdicts += [NoteCheck(False, notes[i].describe(), "never ran (the schedule stopped)")
                           if notes[i].makes_claims else NoteCheck(None)
                           for i in range(ran, len(notes))]
@@ -108,22 +110,12 @@ def run_setup(script: Script, place: str) -> list[StepResult]:
     results = []
     if not script.setup:
         return results
-    conn = psycopg2.connect(place, connect_timeout=CONNECT_TIMEOUT)
-    conn.autocommit = True
+    conn = POSTGRES.connect(place)
     try:
         with conn.cursor() as cursor:
             for number, statement in enumerate(script.setup, start=1):
-                result = StepResult(number, "setup", statement.sql)
-                try:
-                    cursor.execute(statement.sql)
-                    result.status, result.command = "ok", cursor.statusmessage
-                    if cursor.description is not None:
-                        result.rows = [list(row) for row in cursor.fetchall()]
-                except psycopg2.Error as error:
-                    result.status, result.sqlstate = "error", error.pgcode
-                    diag = error.diag.message_primary if error.diag else None
-                    result.error = diag or " ".join(str(error).split())
-                results.append(result)
+                results.append(run_statement(cursor, statement.sql,
+                                             result=StepResult(number, "setup", statement.sql)))
     finally:
         conn.close()
     return results
@@ -141,6 +133,7 @@ def run_steps(script: Script, place: str, setup: list[StepResult],
         except ScheduleStuck as stuck:
             return ScriptRun(script, setup, stuck.result.steps,
                              "\n".join(setup_lines + stuck.result.lines),
-                             stuck=stuck.message, lines=list(stuck.result.lines))
+                             stuck=stuck.message, lines=stuck.result.lines,
+                             events=stuck.result.events)
     return ScriptRun(script, setup, result.steps, "\n".join(setup_lines + result.lines),
-                     lines=list(result.lines))
+                     lines=result.lines, events=result.events)

@@ -4,7 +4,7 @@ Each session is a libpq connection driven asynchronously (psycopg's low-level
 ``pq`` layer: send the query, read what arrives, collect every result), plus
 a control connection for setup and teardown. Whether a running step is
 *blocked* is decided the way the scenario runner decides it: by asking the
-server (``pg_isolation_test_session_is_blocked``) from a monitor connection,
+server (the engine's blocked check, engine/postgres.py) from the one monitor,
 each time the step's socket has been quiet for a poll interval -- never by
 sleeping. Every wait is bounded: a step still running after ``timeout``
 seconds is cancelled (the tester's own message says so); one still running
@@ -38,7 +38,7 @@ import psycopg
 from psycopg import pq
 from psycopg.conninfo import make_conninfo
 
-from acid_lab.engine.scenario import _Monitor
+from acid_lab.engine.sessions import Monitor
 from acid_lab.engine.spec import PermutationStep, Spec, SpecStep
 
 #: Default bound, in seconds, on one step (cancelled after it, stuck after twice it).
@@ -186,7 +186,7 @@ class _SpecRun:
         self.out = _Printer()
         self.steps = spec.steps()
         self.conns: list[_Connection] = []
-        self.monitor: _Monitor | None = None
+        self.monitor: Monitor | None = None
         # per launched step: (session connection, notice count to reach) of its notice marks
         self.targets: dict[int, list[tuple[_Connection, int]]] = {}
         self.pids: list[int] = []  # the sessions' backends, for the blocked question
@@ -221,7 +221,7 @@ class _SpecRun:
                 self.conns.append(_Connection(conninfo, name, self.out if index else None))
             except ConnectionError as error:
                 raise SpecSetupFailed(f"Connection {index} failed: {error}") from None
-        self.monitor = _Monitor(self.runner.conninfo, self.runner.timeout)
+        self.monitor = Monitor(self.runner.conninfo, self.runner.timeout)
         self.pids = [conn.pid for conn in self.conns[1:]]
 
     def close(self) -> None:

@@ -45,6 +45,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import errors
 
+from acid_lab.engine.postgres import POSTGRES
 from acid_lab.engine.scenario import (
     READ_COMMITTED,
     begin_sql,
@@ -480,8 +481,7 @@ def blocked_or_done(observer, pid: int, done: Callable[[], bool],
         while time.monotonic() < deadline:
             if done():
                 return False
-            cur.execute("select cardinality(pg_blocking_pids(%s)) > 0", (pid,))
-            if cur.fetchone()[0]:
+            if POSTGRES.blocking_pids(cur, pid):
                 return True
     raise WorkloadError(f"session {pid} neither finished nor waited for a lock "
                         f"within {timeout:g} s")

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import psycopg2
 from psycopg2 import errors, sql
 
+from acid_lab.engine.postgres import POSTGRES
 from acid_lab.servers.connections import CONNECT_TIMEOUT
 
 WAIT_TIMEOUT = 10.0   # seconds; every wait below is bounded by this unless told otherwise
@@ -94,12 +95,10 @@ def wait_for_backend_exit(via, pid: int, timeout: float = WAIT_TIMEOUT) -> None:
 
 def wait_until_blocked(via, pid: int, timeout: float = WAIT_TIMEOUT) -> list[int]:
     """Return, once server process ``pid`` waits for a lock, the pids it waits for (bounded)."""
-    _wait_on_server(
-        via, sql.SQL("cardinality(pg_blocking_pids({})) > 0").format(sql.Literal(pid)),
-        timeout, f"server process {pid} to wait for a lock")
+    _wait_on_server(via, POSTGRES.waits_for_a_lock(pid), timeout,
+                    f"server process {pid} to wait for a lock")
     with via.cursor() as cur:
-        cur.execute("select pg_blocking_pids(%s)", (pid,))
-        return cur.fetchone()[0]
+        return POSTGRES.blocking_pids(cur, pid)
 
 
 def terminate_backend(via, pid: int, timeout: float = WAIT_TIMEOUT) -> None:

@@ -52,10 +52,11 @@ from sqlalchemy import CheckConstraint, ForeignKey, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from acid_lab.engine import scenario
+from acid_lab.engine.postgres import POSTGRES
 from acid_lab.lessons.faults import InjectedFailure
 
-READ_COMMITTED = "READ COMMITTED"
-SERIALIZABLE = "SERIALIZABLE"
+READ_COMMITTED, SERIALIZABLE = scenario.READ_COMMITTED, scenario.SERIALIZABLE
 DEFAULT_SERIALIZABLE_ATTEMPTS = 3
 HOOK_TIMEOUT = 10.0      # seconds a test hook may hold a request
 _POLL_SECONDS = 0.002    # between two "is the other request blocked?" questions
@@ -187,7 +188,8 @@ def pool_exhausted(error: sa_exc.TimeoutError):
 
 def begin(level: str) -> None:
     """Start the request's transaction at ``level`` (the pool resets it on return)."""
-    db.session.connection(execution_options={"isolation_level": level})
+    # SQLAlchemy's option takes the level's upper-case spelling
+    db.session.connection(execution_options={"isolation_level": level.upper()})
 
 
 def backend_pid() -> int:
@@ -409,10 +411,7 @@ class Rendezvous:
 
     def _someone_waits_for(self, pid: int) -> bool:
         with self.via.cursor() as cur:
-            cur.execute("select exists (select from pg_stat_activity"
-                        " where datname = current_database() and pid <> %s"
-                        " and pg_isolation_test_session_is_blocked(pid, array[%s]))", (pid, pid))
-            return cur.fetchone()[0]
+            return POSTGRES.someone_waits_for(cur, pid)
 
 
 class Parking:

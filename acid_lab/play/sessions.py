@@ -7,12 +7,13 @@ psycopg2 connection per session (T1, T2, ..., observer), each driven by a
 worker thread of its own, under a random token that only that page knows.
 Each page works in a schema of its own, so pages never see each other's rows.
 
-A step is sent to its session's worker; the request then waits, bounded, until
-the statement has finished or the server says it is blocked by another session
-of the page (``pg_isolation_test_session_is_blocked``, asked on a monitor
-connection, as the scenario runner does). A blocked step answers "waiting" at
-once; the page asks again later (:meth:`Page.poll`, which waits on an event,
-never sleeps) or a later step releases it, and its RESUMES shows in that row.
+A step is sent through the session engine's Stepper (engine/sessions.py, as the
+scenario runner does); the request then waits, bounded, until the statement
+has finished or the server says it is blocked by another session of the page
+(asked on the playground's one monitor connection). A blocked step answers
+"waiting" at once; the page asks again later (:meth:`Page.poll`, which waits on
+an event, never sleeps) or a later step releases it, and its RESUMES shows in
+that row. The rows are rendered from the Stepper's events.
 
 Least privilege: where the login may create roles, each page's sessions log in
 as a role of that page's own (not a superuser, no server-file or program
@@ -30,8 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
-import queue
 import secrets
 import threading
 import time
@@ -42,9 +41,27 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql as pgsql
 
-from acid_lab.engine.scenario import StepResult, begin_sql
+from acid_lab.engine.events import SENT, timeline_rows
+from acid_lab.engine.scenario import begin_sql
+from acid_lab.engine.sessions import (
+    Monitor,
+    Session,
+    Stepper,
+    StepResult,
+    cancel_then_terminate,
+    open_in_parallel,
+    run_statement,
+)
 from acid_lab.lessons.schema import HERMITAGE
 from acid_lab.play import scenarios
+from acid_lab.play.entries import (  # noqa: F401 (the bounds are part of this module's API)
+    MAX_CELL_CHARS,
+    MAX_ERROR_CHARS,
+    MAX_RESULT_BYTES,
+    MAX_RESULT_ROWS,
+    Entry,
+    state_of,
+)
 from acid_lab.servers.connections import CONNECT_TIMEOUT
 from acid_lab.servers.places import PlaceKeeper, new_schema_name
 from acid_lab.servers.server import ConnectionInfo
@@ -57,19 +74,12 @@ LOCK_BOUND = STEP_BOUND + 1  # seconds a request waits for another request of it
 IDLE_TIMEOUT = 600.0         # seconds without a request before a page's sessions are closed
 STATEMENT_TIMEOUT = 60.0     # seconds a statement may run (a wait for a lock included)
 IDLE_IN_TRANSACTION_TIMEOUT = 600.0  # seconds a session may sit idle inside a transaction
-MAX_RESULT_ROWS = 100        # rows a result keeps
-MAX_CELL_CHARS = 200         # characters a value keeps
-MAX_RESULT_BYTES = 4096      # JSON bytes a result keeps
-MAX_ERROR_CHARS = 1000       # characters of an error message kept
 MAX_SQL_CHARS = 4000         # characters of one statement sent in free mode
 MAX_HISTORY = 50             # statements a page keeps (the latest, and any still pending)
 ANSWER_BOUND = 256 * 1024    # bytes a page's answer stays under (the tests' figure, with
                              # MAX_HISTORY statements of bounded results)
-_FAST_PATH = 0.001           # a statement finished within this is taken as not blocked
-_CHECK_INTERVAL = 0.001      # between two "is it blocked?" questions (a wait on its event)
 
 FREE, SCENARIO, SCRIPT = "free", "scenario", "script"
-WAITING, RUNNING, DONE = "waiting", "running", "done"
 
 
 class PlaygroundError(Exception):
@@ -83,169 +93,22 @@ class PlaygroundError(Exception):
 
 # -- one statement, one session ----------------------------------------------
 
-@dataclass
-class Entry:
-    """One statement sent by the page, and what it did."""
-
-    id: int
-    result: StepResult
-    begin: str | None = None          # the transaction the step opened implicitly
-    step: int | None = None           # its place in the scenario's schedule
-    columns: list[str] | None = None
-    done: threading.Event = field(default_factory=threading.Event)
-    finished_at: float = 0.0          # time.monotonic() when it finished
-    in_transaction: bool = False
-    truncated: bool = False           # rows or values were left out of ``result.rows``
-
-    @property
-    def state(self) -> str:
-        if self.done.is_set():
-            return DONE
-        return WAITING if self.result.blocked else RUNNING
-
-    def as_json(self) -> dict[str, Any]:
-        result = self.result
-        finished = self.done.is_set()
-        return {
-            "id": self.id, "session": result.session, "sql": result.sql, "begin": self.begin,
-            "step": self.step, "state": self.state, "blocked": result.blocked,
-            "status": result.status if finished else None,
-            "command": result.command if finished else None,
-            "columns": self.columns if finished else None,
-            "rows": result.rows if finished else None,
-            "truncated": self.truncated,
-            "sqlstate": result.sqlstate if finished else None,
-            "error": result.error if finished else None,
-            "text": result.outcome() if finished else None,
-        }
-
-
-def _bounded_rows(cursor) -> tuple[list[list[Any]], bool]:
-    """The result's first rows, values as JSON scalars (long ones cut), within
-    MAX_RESULT_ROWS and MAX_RESULT_BYTES; and whether anything was left out."""
-    kept: list[list[Any]] = []
-    size, truncated = 0, False
-    for row in cursor.fetchmany(MAX_RESULT_ROWS + 1):
-        if len(kept) == MAX_RESULT_ROWS:
-            return kept, True
-        values = []
-        for value in row:
-            if not (value is None or isinstance(value, (bool, int, float, str))):
-                value = str(value)
-            if isinstance(value, str) and len(value) > MAX_CELL_CHARS:
-                value, truncated = value[:MAX_CELL_CHARS] + "…", True
-            values.append(value)
-        size += len(json.dumps(values))
-        if size > MAX_RESULT_BYTES:
-            return kept, True
-        kept.append(values)
-    return kept, truncated
-
-
-class Session:
-    """A held connection and the worker thread that runs its statements in turn."""
-
-    def __init__(self, name: str, conn: psycopg2.extensions.connection,
-                 changed: threading.Condition):
-        self.name = name
-        self.conn = conn
-        self.pid = conn.info.backend_pid
-        self.pending: Entry | None = None  # sent, and not yet reported finished
-        self.in_transaction = False
-        self._changed = changed
-        self._jobs: queue.SimpleQueue[Entry | None] = queue.SimpleQueue()
-        # Daemon: a backend that never answers must not keep the process alive.
-        self._thread = threading.Thread(target=self._serve, name=f"play-{name}", daemon=True)
-        self._thread.start()
-
-    def send(self, entry: Entry) -> None:
-        self.pending = entry
-        self._jobs.put(entry)
-
-    def _serve(self) -> None:
-        cursor = self.conn.cursor()
-        while (entry := self._jobs.get()) is not None:
-            self._execute(cursor, entry)
-
-    def _execute(self, cursor, entry: Entry) -> None:
-        result = entry.result
-        started = time.perf_counter()
-        try:
-            if entry.begin is not None:
-                cursor.execute(entry.begin)
-            cursor.execute(result.sql)
-            result.command = cursor.statusmessage
-            if cursor.description is not None:
-                entry.columns = [column.name for column in cursor.description]
-                result.rows, entry.truncated = _bounded_rows(cursor)
-            result.status = "ok"
-        except psycopg2.Error as error:
-            result.status, result.sqlstate = "error", error.pgcode
-            primary = error.diag.message_primary if error.diag is not None else None
-            message = primary or " ".join(str(error).split()) or type(error).__name__
-            # bounded like a value: a RAISE can carry megabytes
-            result.error = message if len(message) <= MAX_ERROR_CHARS \
-                else message[:MAX_ERROR_CHARS] + "…"
-        except Exception as error:  # never leave a request waiting on a dead worker
-            result.status, result.error = "error", f"{type(error).__name__}: {error}"
-        finally:
-            result.elapsed = time.perf_counter() - started
-            try:
-                entry.in_transaction = (self.conn.info.transaction_status
-                                        != psycopg2.extensions.TRANSACTION_STATUS_IDLE)
-            except Exception:
-                entry.in_transaction = False
-            entry.finished_at = time.monotonic()
-            entry.done.set()
-            with self._changed:
-                self._changed.notify_all()
-
-    def stop(self, bound: float) -> None:
-        self._jobs.put(None)
-        self._thread.join(bound)
-        with contextlib.suppress(psycopg2.Error):
-            self.conn.close()
-
-
-class Monitor:
-    """One connection that asks the server about the sessions of every page."""
-
-    def __init__(self, info: ConnectionInfo):
-        self.conn = psycopg2.connect(**info.params(connect_timeout=CONNECT_TIMEOUT))
-        self.conn.autocommit = True
-        self._lock = threading.Lock()
-
-    def is_blocked(self, pid: int, others: list[int]) -> bool:
-        """Is ``pid`` waiting for one of ``others`` (a lock, or a safe snapshot)?"""
-        with self._lock, self.conn.cursor() as cursor:
-            cursor.execute("select pg_catalog.pg_isolation_test_session_is_blocked(%s, %s::int[])",
-                           (pid, others))
-            return bool(cursor.fetchone()[0])
-
-    def signal(self, function: str, pid: int) -> None:
-        """pg_cancel_backend (stop the statement) or pg_terminate_backend (end the session)."""
-        with self._lock, self.conn.cursor() as cursor:
-            cursor.execute(f"select pg_catalog.{function}(%s)", (pid,))
-
-    def enforce(self, pids: list[int], statement_bound: float, idle_bound: float) -> list[int]:
-        """Cancel the statements of ``pids`` that have run longer than ``statement_bound``
-        seconds and end the sessions idle in a transaction for longer than ``idle_bound``:
-        the server's own timeouts, enforced from here (a page's SQL can SET them away).
-        Which sessions were signalled; the server's clock decides."""
-        with self._lock, self.conn.cursor() as cursor:
-            cursor.execute(
-                "select pid, case when state = 'active' then pg_catalog.pg_cancel_backend(pid)"
-                " else pg_catalog.pg_terminate_backend(pid) end"
-                " from pg_catalog.pg_stat_activity where pid = any(%s::int[]) and"
-                " ((state = 'active' and clock_timestamp() - query_start > %s * interval '1 s')"
-                " or (state like 'idle in transaction%%'"
-                " and clock_timestamp() - state_change > %s * interval '1 s'))",
-                (pids, statement_bound, idle_bound))
-            return [pid for pid, _ in cursor.fetchall()]
-
-    def close(self) -> None:
-        with contextlib.suppress(psycopg2.Error):
-            self.conn.close()
+def enforce(monitor: Monitor, pids: list[int], statement_bound: float,
+            idle_bound: float) -> list[int]:
+    """Cancel the statements of ``pids`` that have run longer than ``statement_bound``
+    seconds and end the sessions idle in a transaction for longer than ``idle_bound``:
+    the server's own timeouts, enforced from here (a page's SQL can SET them away).
+    Which sessions were signalled; the server's clock decides."""
+    with monitor.cursor() as cursor:
+        cursor.execute(
+            "select pid, case when state = 'active' then pg_catalog.pg_cancel_backend(pid)"
+            " else pg_catalog.pg_terminate_backend(pid) end"
+            " from pg_catalog.pg_stat_activity where pid = any(%s::int[]) and"
+            " ((state = 'active' and clock_timestamp() - query_start > %s * interval '1 s')"
+            " or (state like 'idle in transaction%%'"
+            " and clock_timestamp() - state_change > %s * interval '1 s'))",
+            (pids, statement_bound, idle_bound))
+        return [pid for pid, _ in cursor.fetchall()]
 
 
 # -- one page ------------------------------------------------------------------
@@ -304,8 +167,8 @@ class Page:
         self.password: str | None = None
         self.earlier = 0                       # statements dropped from the history
         self.sessions: dict[str, Session] = {}
+        self.stepper = Stepper(self.sessions, playground.monitor, timeout=STEP_BOUND)
         self.entries: list[Entry] = []
-        self.rows: list[dict[str, Any]] = []   # {"step": n | None, "cells": [...]}
         self.next_step = 0
         self.verdict: str | None = None
         self._ids = itertools.count(1)
@@ -332,12 +195,11 @@ class Page:
         try:
             with conn.cursor() as cursor:
                 for sql in statements:
-                    try:
-                        cursor.execute(sql)
-                    except psycopg2.Error as error:
+                    done = run_statement(cursor, sql, result=StepResult(0, "setup", sql),
+                                         max_error_chars=MAX_ERROR_CHARS)
+                    if done.status == "error":
                         raise PlaygroundError(400, f"the script's setup `{sql[:200]}` failed: "
-                                                   f"{error.pgcode} {' '.join(str(error).split())}"
-                                              ) from None
+                                                   f"{done.sqlstate} {done.error}")
         finally:
             conn.close()
 
@@ -356,39 +218,24 @@ class Page:
 
     def _open_sessions(self, names: list[str]) -> None:
         missing = [name for name in names if name not in self.sessions]
-        opened: dict[str, Any] = {}
+        if not missing:
+            return
+        try:
+            opened = open_in_parallel([self._connect for _ in missing])
+        except psycopg2.Error as error:
+            why = " ".join(str(error).split())
+            raise PlaygroundError(503, f"cannot open a session: {why}") from None
+        for name, conn in zip(missing, opened, strict=True):
+            self.sessions[name] = Session(name, conn, self._notify)
 
-        def open_one(name: str) -> None:
-            try:
-                opened[name] = self._connect()
-            except psycopg2.Error as error:
-                opened[name] = error
-
-        threads = [threading.Thread(target=open_one, args=(name,)) for name in missing]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()  # bounded by connect_timeout
-        failures = [conn for conn in opened.values() if isinstance(conn, psycopg2.Error)]
-        for name in missing:
-            conn = opened[name]
-            if not isinstance(conn, psycopg2.Error):
-                self.sessions[name] = Session(name, conn, self.changed)
-        if failures:
-            why = " ".join(str(failures[0]).split())
-            raise PlaygroundError(503, f"cannot open a session: {why}")
+    def _notify(self) -> None:
+        with self.changed:
+            self.changed.notify_all()
 
     def close(self) -> None:
         """Stop whatever still runs, close every session, drop the schema."""
-        monitor = self.playground.monitor
-        for session in self.sessions.values():
-            entry = session.pending
-            for function in ("pg_cancel_backend", "pg_terminate_backend"):
-                if entry is None or entry.done.is_set():
-                    break
-                with contextlib.suppress(psycopg2.Error):
-                    monitor.signal(function, session.pid)
-                entry.done.wait(STEP_BOUND)
+        cancel_then_terminate(self.playground.monitor, list(self.sessions.values()),
+                              grace=STEP_BOUND)
         pids = [session.pid for session in self.sessions.values()]
         for session in self.sessions.values():
             session.stop(STEP_BOUND)
@@ -396,8 +243,7 @@ class Page:
         if self.schema is not None:
             self.playground.drop_place(self.schema, self.role, pids)
             self.schema = self.role = self.password = None
-        with self.changed:
-            self.changed.notify_all()
+        self._notify()
 
     # -- what the page asks for (each with self.lock held)
 
@@ -434,16 +280,13 @@ class Page:
         session = self.sessions.get(name)
         if session is None or session.pending is None:
             raise PlaygroundError(409, f"{name} has no statement to cancel")
-        self.playground.monitor.signal("pg_cancel_backend", session.pid)
-        session.pending.done.wait(STEP_BOUND)
-        self._collect(own_row=True)
-        self._settle(None, time.monotonic() + STEP_BOUND)
-        self._judge()
+        self.stepper.cancel(name, STEP_BOUND)
+        self.poll()
 
     def poll(self) -> None:
         """Report what finished since the last request: a row of RESUMES."""
-        self._collect(own_row=True)
-        self._settle(None, time.monotonic() + STEP_BOUND)
+        self.stepper.collect()
+        self.stepper.settle(wait=STEP_BOUND)
         self._judge()
 
     def wait_for_change(self, bound: float) -> None:
@@ -457,103 +300,47 @@ class Page:
     # -- internals
 
     def _send(self, name: str, sql: str, *, step: int | None) -> None:
-        self._collect(own_row=True)  # what finished since the last request, in a row of its own
+        self.stepper.collect()  # what finished since the last request, in a row of its own
         session = self.sessions[name]
         if session.pending is not None:
-            raise PlaygroundError(409, f"{name} is still {session.pending.state}: "
-                                       f"`{session.pending.result.sql}`; a step of {name} can "
+            job = session.pending
+            raise PlaygroundError(409, f"{name} is still {state_of(job.result, job.done.is_set())}"
+                                       f": `{job.result.sql}`; a step of {name} can "
                                        "go only once it finishes (or cancel it)")
         begin = None
         if (self.setup.level is not None and name != scenarios.OBSERVER
                 and not session.in_transaction):
-            begin = _begin(self.setup.level)
+            begin = begin_sql(self.setup.level)
         number = next(self._ids)
         entry = Entry(number, StepResult(number, name, sql.strip()), begin=begin, step=step)
         self.entries.append(entry)
-        row = {"step": step, "cells": [{"session": name, "kind": "step", "entry": entry.id}]}
-        self.rows.append(row)
         self._forget_history()
-        deadline = time.monotonic() + STEP_BOUND
-        session.send(entry)
-        state = self._done_or_blocked(session, deadline)
-        if state == WAITING:
-            entry.result.blocked = True
-        elif state == DONE:
-            self._finish(session)
-        self._settle(session, deadline, row)
-
-    def _settle(self, sent: Session | None, deadline: float, row: dict | None = None) -> None:
-        """After a step: every other waiting statement finished (RESUMES), or is blocked
-        again. What finished shows in ``row`` (else a row of its own), in the order it did."""
-        for session in list(self.sessions.values()):
-            if session is sent or session.pending is None:
-                continue
-            entry = session.pending
-            # A waiting statement may have been released: wait until it finishes or
-            # blocks again. One that was just running (a long query) is only looked at.
-            state = self._done_or_blocked(session, deadline if entry.result.blocked
-                                          else time.monotonic())
-            if state == WAITING:
-                entry.result.blocked = True
-        # The step just sent may have been seen waiting and finished meanwhile (a deadlock).
-        finished = [s for s in self.sessions.values() if s.pending is not None
-                    and s.pending.done.is_set() and (s is not sent or s.pending.result.blocked)]
-        if not finished:
-            return
-        if row is None or sent in finished:  # a column shows one thing per row
-            row = {"step": None, "cells": []}
-            self.rows.append(row)
-        for session in sorted(finished, key=lambda s: s.pending.finished_at):
-            row["cells"].append({"session": session.name, "kind": "resumes",
-                                 "entry": session.pending.id})
-            self._finish(session)
-
-    def _collect(self, *, own_row: bool) -> None:
-        """Statements that finished on their own (a deadlock check, a timeout) since last asked."""
-        cells = []
-        finished = [s for s in self.sessions.values()
-                    if s.pending is not None and s.pending.done.is_set()]
-        for session in sorted(finished, key=lambda s: s.pending.finished_at):
-            cells.append({"session": session.name, "kind": "resumes", "entry": session.pending.id})
-            self._finish(session)
-        if cells and own_row:
-            self.rows.append({"step": None, "cells": cells})
+        self.stepper.send(name, entry.result.sql, result=entry.result, begin=begin,
+                          wait=STEP_BOUND, fetch=entry.fetch, max_error_chars=MAX_ERROR_CHARS)
+        # the step just sent may have been seen waiting and finished meanwhile (a deadlock)
+        self.stepper.collect()
 
     def _forget_history(self) -> None:
-        """Keep the latest MAX_HISTORY statements (and any still pending), and their rows."""
+        """Keep the latest MAX_HISTORY statements (and any still pending), and their events."""
         if len(self.entries) <= MAX_HISTORY:
             return
-        pending = {s.pending.id for s in self.sessions.values() if s.pending is not None}
+        pending = {s.pending.result.index for s in self.sessions.values()
+                   if s.pending is not None}
         old = self.entries[:-MAX_HISTORY]
         self.entries = [e for e in old if e.id in pending] + self.entries[-MAX_HISTORY:]
         kept = {entry.id for entry in self.entries}
         self.earlier += len(old) - (len(self.entries) - MAX_HISTORY)
-        rows = []
-        for row in self.rows:
-            row["cells"] = [c for c in row["cells"] if c["entry"] in kept]
-            if row["cells"]:
-                rows.append(row)
-        self.rows = rows
+        self.stepper.events[:] = [event for event in self.stepper.events
+                                  if not event.implicit and event.result.index in kept]
 
-    def _finish(self, session: Session) -> None:
-        session.in_transaction = session.pending.in_transaction
-        session.pending = None
-
-    def _done_or_blocked(self, session: Session, deadline: float) -> str:
-        """DONE, WAITING (the server says another session of this page blocks it), or
-        RUNNING when neither happened before ``deadline``."""
-        entry = session.pending
-        if entry.done.wait(_FAST_PATH):
-            return DONE
-        others = [s.pid for s in self.sessions.values() if s is not session]
-        while True:
-            if self.playground.blocked(session.pid, others):
-                # Seen waiting: blocked, even if it finishes a moment later (deadlock check).
-                return WAITING
-            if entry.done.wait(_CHECK_INTERVAL):
-                return DONE
-            if time.monotonic() > deadline:
-                return RUNNING
+    def rows(self) -> list[dict[str, Any]]:
+        """The page's rows, from the Stepper's events: {"step": n | None, "cells": [...]}."""
+        steps = {entry.id: entry.step for entry in self.entries}
+        return [{"step": steps.get(row[0].result.index) if row[0].kind == SENT else None,
+                 "cells": [{"session": event.session,
+                            "kind": "step" if event.kind == SENT else "resumes",
+                            "entry": event.result.index} for event in row]}
+                for row in timeline_rows(self.stepper.events, group=True)]
 
     def _judge(self) -> None:
         """At the end of a scenario (every step sent and finished): the catalog's verdict."""
@@ -579,20 +366,15 @@ class Page:
             "schedule": [{"session": s, "sql": sql} for s, sql in setup.schedule],
             "parts": setup.parts, "part": setup.part,
             "next_step": self.next_step,
-            "rows": self.rows,
+            "rows": self.rows(),
             "entries": {entry.id: entry.as_json() for entry in self.entries},
-            "pending": {s.name: s.pending.state for s in self.sessions.values()
-                        if s.pending is not None},
+            "pending": {s.name: state_of(s.pending.result, s.pending.done.is_set())
+                        for s in self.sessions.values() if s.pending is not None},
             "finished": bool(setup.schedule) and self.next_step >= len(setup.schedule)
             and not any(s.pending is not None for s in self.sessions.values()),
             "verdict": self.verdict,
             "earlier": self.earlier,
         }
-
-
-def _begin(level: str) -> str:
-    """The statement that opens a session's transaction at the page's level."""
-    return begin_sql(level)
 
 
 def free_sessions() -> list[str]:
@@ -611,7 +393,8 @@ class Playground:
         self.max_pages = max_pages
         self.idle_timeout = idle_timeout
         self.statement_timeout = statement_timeout
-        self.monitor = Monitor(info)
+        self.monitor = Monitor(lambda: psycopg2.connect(**info.params(
+            connect_timeout=CONNECT_TIMEOUT)), CONNECT_TIMEOUT).ready()
         self.keeper = PlaceKeeper(psycopg2.connect(**info.params(connect_timeout=CONNECT_TIMEOUT)))
         self._keeper_lock = threading.Lock()
         self.superuser, self.sandboxed = self._login_rights()
@@ -689,9 +472,6 @@ class Playground:
             return len(self._pages)
 
     # -- the server
-
-    def blocked(self, pid: int, others: list[int]) -> bool:
-        return self.monitor.is_blocked(pid, others)
 
     def _login_rights(self) -> tuple[bool, bool]:
         """(Is the login a superuser, may it create roles: can pages get roles of their own?)"""
@@ -791,8 +571,8 @@ class Playground:
         if not pids:
             return []
         with contextlib.suppress(psycopg2.Error):
-            return self.monitor.enforce(pids, self.statement_timeout,
-                                        IDLE_IN_TRANSACTION_TIMEOUT)
+            return enforce(self.monitor, pids, self.statement_timeout,
+                           IDLE_IN_TRANSACTION_TIMEOUT)
         return []
 
     def close_idle(self, now: float | None = None) -> list[str]:

@@ -14,9 +14,9 @@ it opens from the file system in any browser.
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
 from pathlib import Path
 
+from acid_lab.engine.events import RESUMED, Event, timeline_rows
 from acid_lab.engine.scenario import ScenarioResult, StepResult
 from acid_lab.report.build import DEMO_MARK, KEY, MARK, POSSIBLE, Report, legend_lines
 from acid_lab.report.histories import cycle_svg
@@ -78,38 +78,11 @@ def to_markdown(report: Report) -> str:
 # --------------------------------------------------------------------------- timelines
 
 
-@dataclass(frozen=True)
-class Event:
-    """One row of a timeline: a step sent (``resumed=False``) or a waiting step finishing."""
-
-    step: StepResult
-    resumed: bool
-
-
 def timeline(result: ScenarioResult) -> list[Event]:
-    """The steps in the order they ran, with each wait's end placed after the step that ended it.
-
-    A waiting step finishes while a later step runs (a commit releases its
-    lock, a deadlock check aborts it): its "resumed" row goes right after the
-    last step sent before it finished.
-    """
-    steps = result.steps
-    resumes: dict[int, list[StepResult]] = {}
-    for position, step in enumerate(steps):
-        if not (step.blocked and step.finished and step.elapsed is not None):
-            continue
-        finished = step.started + step.elapsed
-        after = position
-        for later in range(position + 1, len(steps)):
-            if steps[later].started <= finished:
-                after = later
-        resumes.setdefault(after, []).append(step)
-    events = []
-    for position, step in enumerate(steps):
-        events.append(Event(step, resumed=False))
-        for waiting in sorted(resumes.get(position, ()), key=lambda s: s.started + s.elapsed):
-            events.append(Event(waiting, resumed=True))
-    return events
+    """The steps as they ran: each one sent, and each wait's end right after the step
+    that ended it (a commit releases its lock, a deadlock check aborts it); from the
+    runner's events, so the order is the transcript's."""
+    return [row[0] for row in timeline_rows(result.events, group=False)]
 
 
 def _aborted(step: StepResult) -> bool:
@@ -126,8 +99,8 @@ def _outcome_html(step: StepResult) -> str:
 
 
 def _event_cell(event: Event) -> str:
-    step = event.step
-    if event.resumed:
+    step = event.result
+    if event.kind == RESUMED:
         css = "resumed aborts" if _aborted(step) else "resumed"
         return f'<td class="{css}"><span class="badge">resumes</span> {_outcome_html(step)}</td>'
     sql = f"<code>{html.escape(step.sql)}</code>"
@@ -143,8 +116,8 @@ def timeline_table(result: ScenarioResult) -> str:
     head = "".join(f"<th>{html.escape(name)}</th>" for name in sessions)
     rows = []
     for event in timeline(result):
-        number = "" if event.resumed else str(event.step.index)
-        cells = "".join(_event_cell(event) if name == event.step.session else "<td></td>"
+        number = "" if event.kind == RESUMED else str(event.result.index)
+        cells = "".join(_event_cell(event) if name == event.session else "<td></td>"
                         for name in sessions)
         rows.append(f'<tr><th class="n">{number}</th>{cells}</tr>')
     return (f'<table class="timeline" style="--sessions: {len(sessions)}">'

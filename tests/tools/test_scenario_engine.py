@@ -408,13 +408,13 @@ def test_a_runner_reused_after_reset_starts_clean_on_another_schema(connect, obs
                 (T1, "set application_name = 'before reset'"),
                 (T1, "select count(*) from test", sees(2)),
             ])
-            pid = runner._sessions[T1].pid
+            pid = runner.sessions[T1].pid
             runner.reset(search_path=elsewhere)
             runner.run(RAW, [
                 (T1, "select count(*) from test", sees(0)),
                 (T1, "show application_name", sees("")),
             ])
-            assert runner._sessions[T1].pid == pid, "reset() keeps the connection warm"
+            assert runner.sessions[T1].pid == pid, "reset() keeps the connection warm"
     finally:
         with observer.cursor() as cur:
             cur.execute(f"drop schema {elsewhere} cascade")
@@ -431,8 +431,8 @@ def test_a_closed_runner_leaves_no_thread_and_no_connection(connect):
         (T2, "update test set value = 12 where id = 1", blocks()),
         (T1, "commit"),
     ])
-    connections = [s.conn for s in runner._sessions.values()] + [runner._monitor.conn]
-    threads = [s._thread for s in runner._sessions.values()] + [runner._monitor._thread]
+    connections = [s.conn for s in runner.sessions.values()] + [runner.monitor.conn]
+    threads = [s.thread for s in runner.sessions.values()] + [runner.monitor.thread]
     runner.close()
 
     assert not [t.name for t in threads if t.is_alive()], "every worker thread must be joined"
