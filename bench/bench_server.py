@@ -21,7 +21,7 @@ from psycopg2 import sql
 
 from acid_lab.lessons.schema import HERMITAGE
 from acid_lab.servers.places import PlaceKeeper
-from acid_lab.servers.server import Cluster
+from acid_lab.servers.cluster import Cluster
 
 
 def ms(seconds: float) -> float:

@@ -63,7 +63,7 @@ from acid_lab.lessons.schema import HERMITAGE, demo_rows
 from acid_lab.servers.connections import ConnectionFactory
 from acid_lab.servers.places import PlaceKeeper
 from acid_lab.servers.queries import execute, one
-from acid_lab.servers.server import SLOW_WAL_WRITER, CrashableCluster
+from acid_lab.servers.crashable import SLOW_WAL_WRITER, CrashableCluster
 
 pytestmark = [pytest.mark.durability]
 
