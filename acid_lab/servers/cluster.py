@@ -49,8 +49,6 @@ SERVER_SETTINGS = {
     "max_connections": "200",
 }
 
-# --------------------------------------------------------------------------- clusters
-
 
 class Workdir:
     """A private folder for one cluster: data/, socket/, server.log.

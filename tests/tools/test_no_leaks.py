@@ -41,10 +41,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from acid_lab.servers.cluster import Cluster
 from acid_lab.servers.guard import Guard, shared_memory_left, wait_for_exit
 from acid_lab.servers.powercut import PowerCutCluster, fuse_missing
 from acid_lab.servers.replication import Primary
-from acid_lab.servers.cluster import Cluster
 from acid_lab.servers.templates import ENVIRONMENT as TEMPLATES
 from acid_lab.servers.templates import in_memory
 
