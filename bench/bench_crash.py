@@ -21,7 +21,7 @@ import time
 
 import psycopg2
 
-from acid_lab.servers.server import CrashableCluster
+from acid_lab.servers.crashable import CrashableCluster
 
 
 def ms(seconds: float) -> float:

@@ -22,8 +22,8 @@ import time
 import psycopg2
 from bench_crash import ms, time_cycles  # (this folder is on the path: run as a script)
 
+from acid_lab.servers.crashable import CrashableCluster
 from acid_lab.servers.powercut import PowerCutCluster, fuse_missing
-from acid_lab.servers.server import CrashableCluster
 
 
 def connect(cluster):

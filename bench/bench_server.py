@@ -20,8 +20,8 @@ import psycopg2
 from psycopg2 import sql
 
 from acid_lab.lessons.schema import HERMITAGE
+from acid_lab.servers.cluster import Cluster
 from acid_lab.servers.places import PlaceKeeper
-from acid_lab.servers.server import Cluster
 
 
 def ms(seconds: float) -> float:

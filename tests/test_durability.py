@@ -61,9 +61,9 @@ import pytest
 from acid_lab.lessons.faults import AcknowledgedWriters, wait_until_wal_writer_sleeps
 from acid_lab.lessons.schema import HERMITAGE, demo_rows
 from acid_lab.servers.connections import ConnectionFactory
+from acid_lab.servers.crashable import SLOW_WAL_WRITER, CrashableCluster
 from acid_lab.servers.places import PlaceKeeper
 from acid_lab.servers.queries import execute, one
-from acid_lab.servers.server import SLOW_WAL_WRITER, CrashableCluster
 
 pytestmark = [pytest.mark.durability]
 

@@ -54,12 +54,13 @@ from acid_lab.lessons.faults import (
     terminate_backend,
     wait_until_wal_writer_sleeps,
 )
+from acid_lab.servers import ServerError
 from acid_lab.servers.connections import ConnectionFactory
+from acid_lab.servers.crashable import SLOW_WAL_WRITER
 from acid_lab.servers.lossy_disk import GROUPS, NOTHING, RULES, Writeback
 from acid_lab.servers.places import PlaceKeeper
 from acid_lab.servers.powercut import PowerCutCluster, bare_lossy_disk, fuse_missing
 from acid_lab.servers.queries import execute, one
-from acid_lab.servers.server import SLOW_WAL_WRITER, ServerError
 
 pytestmark = [pytest.mark.durability, pytest.mark.own_server]
 

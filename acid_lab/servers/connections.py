@@ -7,18 +7,53 @@ dialect too), over TCP, with the place's schema first on its search_path.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import psycopg2
 import psycopg2.extensions
-
-from acid_lab.servers.server import ConnectionInfo
 
 if TYPE_CHECKING:  # imported where used: 0.3 s, which runs that only need psycopg2 save
     from sqlalchemy import URL, Engine
 
 #: The one login bound, in seconds, of every connection the package opens itself.
 CONNECT_TIMEOUT = 10
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """Where and how to log in: enough for psycopg2, psycopg and SQLAlchemy.
+
+    ``extra`` holds every other libpq parameter given (sslmode, sslrootcert, passfile,
+    service, options, application_name, ...): passed on untouched. Host, port and
+    user may be None: libpq's defaults then (environment, service file), not ours.
+    """
+
+    host: str | None
+    port: int | None
+    user: str | None
+    password: str | None
+    dbname: str | None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def params(self, **overrides) -> dict:
+        """libpq keyword parameters; ``options`` given here come after the DSN's own."""
+        params = {"host": self.host, "port": self.port, "user": self.user,
+                  "password": self.password, "dbname": self.dbname, **self.extra}
+        if overrides.get("options") and params.get("options"):
+            overrides["options"] = f"{params['options']} {overrides['options']}"
+        params.update(overrides)
+        return {k: v for k, v in params.items() if v is not None}
+
+    def dsn(self, **overrides) -> str:
+        return psycopg2.extensions.make_dsn(**self.params(**overrides))
+
+    def where(self) -> str:
+        """Where it points, for messages (never the password)."""
+        place = f"{self.host or 'the default host'}:{self.port or 'the default port'}"
+        if "service" in self.extra:
+            place = f"service {self.extra['service']} ({place})"
+        return place + (f" database {self.dbname}" if self.dbname else "")
 
 
 def search_path_option(schema: str | None) -> dict:

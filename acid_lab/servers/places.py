@@ -17,8 +17,7 @@ from collections.abc import Iterator
 import psycopg2
 from psycopg2 import sql
 
-from acid_lab.servers.connections import ConnectionFactory
-from acid_lab.servers.server import ConnectionInfo
+from acid_lab.servers.connections import ConnectionFactory, ConnectionInfo
 
 DROP_LOCK_TIMEOUT = "5s"
 TERMINATE_WAIT_MS = 5000  # at most this long for a terminated session to be gone

@@ -45,14 +45,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from acid_lab.servers import ServerError
+from acid_lab.servers.binaries import Binaries
+from acid_lab.servers.cluster import Workdir
+from acid_lab.servers.crashable import CrashableCluster
 from acid_lab.servers.guard import LOSSY_DISK_PIDFILE, Guard
 from acid_lab.servers.lossy_disk import NOTHING, Writeback
-from acid_lab.servers.server import (
-    Binaries,
-    CrashableCluster,
-    ServerError,
-    _Workdir,
-)
 
 WAL_SEGMENT_MB = 1
 MOUNT_TIMEOUT = 30        # seconds for the filesystem to come up, answer, or go
@@ -195,7 +193,7 @@ def bare_lossy_disk() -> Iterator[LossyDiskProcess]:
     """A lossy disk with no server on it, to look at the disk itself: mounted on
     ``disk.mountpoint`` over ``disk.backing`` in a private folder that the guard
     unmounts and removes should this process die."""
-    workdir = _Workdir(account=None)
+    workdir = Workdir(account=None)
     guard = Guard(workdir.path)  # no server: it only unmounts and removes
     for folder in (workdir.data, workdir.path / "disk", workdir.path / "trash"):
         folder.mkdir()
@@ -217,17 +215,18 @@ class PowerCutCluster(CrashableCluster):
 
     # 1 MB WAL segments, not 16: every new segment is zero-filled through the disk.
     # Data checksums: a page torn by the power cut is detected when it is read.
-    INITDB_OPTIONS = (f"--wal-segsize={WAL_SEGMENT_MB}", "--data-checksums")
+    OWN_INITDB_OPTIONS = (f"--wal-segsize={WAL_SEGMENT_MB}", "--data-checksums")
 
-    def __init__(self, binaries: Binaries | None = None, *, settings: dict | None = None):
-        super().__init__(binaries, settings=settings)
+    def __init__(self, binaries: Binaries | None = None, *, settings: dict | None = None,
+                 **kwargs):
+        super().__init__(binaries, settings=settings, **kwargs)
         self.disk: LossyDiskProcess | None = None
         self._crashed_on_power = False
 
     def _start_server(self) -> None:
         # initdb writes straight onto the platter; the disk is mounted over it afterwards
-        self._executor = self._new_executor()
-        self._executor.init_directory()
+        self.executor = self._new_executor()
+        self.executor.init_directory()
         platter, trash = self.platter, self.platter.parent / "trash"
         platter.parent.mkdir(mode=stat.S_IRWXU)  # root's alone (see the module's doc)
         self.workdir.data.rename(platter)
@@ -269,10 +268,6 @@ class PowerCutCluster(CrashableCluster):
         unsynced writes: {"written", "torn", "lost", "names_undone"}."""
         self.crash()
         return self.disk.cut(writeback)
-
-    def disk_status(self) -> dict:
-        """What the disk holds in memory only: {"unsynced_writes", "unsynced_bytes", ...}."""
-        return self.disk.status()
 
     def _stop_server(self) -> None:
         # the executor, once dropped, removes the data folder: by then it must be unmounted

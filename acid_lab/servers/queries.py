@@ -20,3 +20,10 @@ def rows(conn, query: str, params=None) -> list[tuple]:
     with conn.cursor() as cur:
         cur.execute(query, params)
         return cur.fetchall()
+
+
+def server_version(conn) -> str:
+    """'15.18' for a psycopg2 connection."""
+    with conn.cursor() as cur:
+        cur.execute("SHOW server_version")
+        return cur.fetchone()[0].split()[0]

@@ -1,6 +1,6 @@
 """A primary and its hot standby (streaming replication on 127.0.0.1), and the failures they meet.
 
-The primary is a :class:`~acid_lab.servers.server.CrashableCluster` (made with
+The primary is a :class:`~acid_lab.servers.crashable.CrashableCluster` (made with
 1 MB WAL segments and wal_log_hints, for cheap clones and pg_rewind); the standby
 is another one whose data folder is not made by initdb but cloned from the
 running primary with ``pg_basebackup -R -C -S SLOT`` (a physical replication
@@ -49,20 +49,15 @@ import port_for
 import psycopg2
 import psycopg2.extensions
 
-from acid_lab.servers.connections import CONNECT_TIMEOUT
+from acid_lab.servers import ServerError
+from acid_lab.servers.accounts import run_as_kwargs
+from acid_lab.servers.binaries import Binaries
+from acid_lab.servers.cluster import START_TIMEOUT
+from acid_lab.servers.connections import CONNECT_TIMEOUT, ConnectionInfo
+from acid_lab.servers.crashable import CrashableCluster
 from acid_lab.servers.lossy_disk import NOTHING, Writeback
 from acid_lab.servers.powercut import PowerCutCluster
 from acid_lab.servers.queries import one
-from acid_lab.servers.server import (
-    PIDFILE_STATUS_LINE,
-    START_TIMEOUT,
-    Binaries,
-    ConnectionInfo,
-    CrashableCluster,
-    ServerError,
-    _drop_privileges_kwargs,
-    find_binaries,
-)
 
 STANDBY_NAME = "standby"  # its application_name on the primary
 WAIT_TIMEOUT = 15.0       # seconds: the bound of every wait below
@@ -238,14 +233,7 @@ class Member(CrashableCluster):
     name = STANDBY_NAME                  # its application_name on a primary, when a standby
     primary_conninfo: str | None = None  # where it streams from, when a standby
 
-    def _pidfile_says_ready(self) -> bool:
-        """As for any cluster, but a hot standby's status line says "standby", not "ready"."""
-        try:
-            lines = (self.workdir.data / "postmaster.pid").read_text().splitlines()
-        except OSError:
-            return False
-        return (len(lines) >= PIDFILE_STATUS_LINE and lines[0].strip() == str(self.postmaster.pid)
-                and lines[PIDFILE_STATUS_LINE - 1].strip() in ("ready", "standby"))
+    READY_STATES = ("ready", "standby")  # a hot standby's status line says "standby"
 
     def read_primary_conninfo(self) -> None:
         with contextlib.closing(admin_connection(self.info)) as conn:
@@ -256,7 +244,7 @@ class Member(CrashableCluster):
         done = subprocess.run(
             command, capture_output=True, text=True, timeout=START_TIMEOUT, check=False,
             cwd=self.workdir.path, env={**os.environ, **env},
-            **_drop_privileges_kwargs(self.account))
+            **run_as_kwargs(self.account))
         if done.returncode != 0:
             raise ServerError(f"{Path(command[0]).name} failed ({done.returncode}): "
                               f"{done.stderr.strip()}")
@@ -265,18 +253,19 @@ class Member(CrashableCluster):
 class Primary(Member):
     """A crashable cluster made by initdb with 1 MB WAL segments: cheap to clone."""
 
-    INITDB_OPTIONS = (f"--wal-segsize={WAL_SEGMENT_MB}",)
+    OWN_INITDB_OPTIONS = (f"--wal-segsize={WAL_SEGMENT_MB}",)
 
-    def __init__(self, binaries: Binaries | None = None, *, settings: dict | None = None):
-        super().__init__(binaries, settings={**PAIR_SETTINGS, **(settings or {})})
+    def __init__(self, binaries: Binaries | None = None, *, settings: dict | None = None,
+                 **kwargs):
+        super().__init__(binaries, settings={**PAIR_SETTINGS, **(settings or {})}, **kwargs)
 
 
 class LossyPrimary(PowerCutCluster, Primary):
     """A primary whose data folder is on the power-cut disk.
 
-    PowerCutCluster comes first: its initdb (1 MB WAL segments, as a Primary's,
-    plus data checksums), its mounting restart(), crash() and stop win; Primary
-    adds the pair's settings, Member the "standby" status line.
+    PowerCutCluster comes first: its mounting restart(), crash() and stop win; Primary
+    adds the pair's settings, Member the "standby" status line. Its initdb options are
+    both kinds' (Cluster.initdb_options()): a primary's and the power-cut disk's.
     """
 
 
@@ -289,7 +278,8 @@ class Standby(Member):
     """
 
     def __init__(self, primary: CrashableCluster, name: str = STANDBY_NAME):
-        super().__init__(primary.binaries, settings={**primary.settings, **STANDBY_SETTINGS})
+        super().__init__(primary.binaries, settings={**primary.settings, **STANDBY_SETTINGS},
+                         run=primary.run)
         self.source = primary
         self.name = name
         self.password = primary.password
@@ -317,24 +307,13 @@ class Standby(Member):
 
 
 def discard(server: CrashableCluster) -> None:
-    """Dispose of the server and leave the removal of its folder to its guard.
-
-    Removing a cluster folder (about a thousand files) takes seconds on some
-    disks; the guard, already there for the case that this process dies, does
-    it in the background instead (and exits), while the tests go on.
-    """
+    """Dispose of the server and leave the removal of its folder to its guard (quicker)."""
     try:
         server.dispose()
         if isinstance(server, PowerCutCluster) and server.disk is not None:
             server.disk.close()  # unmounted and its process ended before the folder goes
     finally:
-        executor, server._executor = server._executor, None
-        if executor is not None:
-            # pytest-postgresql's executor removes its data folder when collected
-            executor.datadir = os.devnull
-        guard, server._guard = server._guard, None
-        if guard is not None and guard.process.stdin:
-            guard.process.stdin.close()  # the guard finds the server gone and removes the folder
+        server.give_folder_to_guard()
 
 
 # --------------------------------------------------------------------------- the pair
@@ -350,7 +329,7 @@ class ReplicationPair:
 
     def __init__(self, binaries: Binaries | None = None, *, settings: dict | None = None,
                  primary_on_lossy_disk: bool = False):
-        self.binaries = binaries or find_binaries()
+        self.binaries = binaries  # None: the run's
         self.settings = dict(settings or {})
         # the first primary's data folder on the power-cut disk (needs FUSE: fuse_missing())
         self.primary_class = LossyPrimary if primary_on_lossy_disk else Primary
@@ -568,11 +547,6 @@ class ReplicationPair:
         self.primary, self.standby = self.standby, None
         if one(standby, "show synchronous_standby_names"):
             self.set_synchronous("")
-
-    def fail_over(self) -> None:
-        """lose_primary() and promote(): what a failover manager does when the primary dies."""
-        self.lose_primary()
-        self.promote()
 
     def reset(self) -> None:
         """Back to the usual state between tests: a standby streaming, asynchronous, replaying."""

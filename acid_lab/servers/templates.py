@@ -12,11 +12,10 @@ one template share its system identifier, as clusters cloned by pg_basebackup do
 
 The templates live in one private folder per run: in memory where there is room
 (``/dev/shm``: keeping a template then costs little, even where creating a thousand
-files on disk does not), unless $TMPDIR says where temporary files go. The run names
-it in $ACID_LAB_TEMPLATES, so that the programs it starts (pytest runs, acid_lab
-commands) use it too; a folder named there is used only if it is this user's own and
-private. The process that made the folder removes it when it exits; its guard does,
-should that process be killed.
+files on disk does not), unless $TMPDIR says where temporary files go. The run
+(acid_lab.servers.run) makes that folder and names it in $ACID_LAB_TEMPLATES, so that
+the programs it starts (pytest runs, acid_lab commands) use it too; a folder named
+there is used only if it is this user's own and private.
 
 Every cluster of a run has the same superuser password, the one its templates were
 made with: a secret of the run, kept in that folder and readable by its owner only.
@@ -24,9 +23,6 @@ made with: a secret of the run, kept in that folder and readable by its owner on
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import functools
 import hashlib
 import json
 import os
@@ -34,12 +30,9 @@ import secrets
 import shutil
 import stat
 import subprocess
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
-
-from acid_lab.servers.guard import Guard
 
 ENVIRONMENT = "ACID_LAB_TEMPLATES"
 PASSWORD_FILE = "password"
@@ -112,44 +105,11 @@ def _copy(source: Path, destination: Path) -> None:
         raise OSError(f"copying {source} to {destination} failed: {done.stderr.strip()}")
 
 
-def _own_and_private(folder: Path) -> bool:
+def own_and_private(folder: Path) -> bool:
+    """A templates folder of this user's that nobody else may enter (one a run named)."""
     try:
         status = folder.lstat()
         return (stat.S_ISDIR(status.st_mode) and status.st_uid == os.geteuid()
                 and status.st_mode & 0o077 == 0 and (folder / PASSWORD_FILE).is_file())
     except OSError:
         return False
-
-
-_first_call = threading.Lock()  # clusters may start in several threads at once
-
-
-def run_templates() -> RunTemplates:
-    """This run's templates: the folder named in $ACID_LAB_TEMPLATES, or a new one."""
-    with _first_call:
-        return _run_templates()
-
-
-@functools.cache
-def _run_templates() -> RunTemplates:
-    named = os.environ.get(ENVIRONMENT)
-    if named and _own_and_private(Path(named)):
-        return RunTemplates(Path(named), (Path(named) / PASSWORD_FILE).read_text())
-    where = None if os.environ.get("TMPDIR") else in_memory(ROOM_FOR_TEMPLATES)
-    folder = Path(tempfile.mkdtemp(prefix="acid_lab-templates-", dir=where))  # mode 0700
-    guard = Guard(folder)
-    atexit.register(_remove, folder, guard)
-    password = secrets.token_urlsafe(18)
-    with open(os.open(folder / PASSWORD_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600),
-              "w") as file:
-        file.write(password)
-    os.environ[ENVIRONMENT] = str(folder)
-    return RunTemplates(folder, password)
-
-
-def _remove(folder: Path, guard: Guard) -> None:
-    with contextlib.suppress(KeyError):
-        if os.environ[ENVIRONMENT] == str(folder):
-            del os.environ[ENVIRONMENT]
-    shutil.rmtree(folder, ignore_errors=True)
-    guard.release()

@@ -41,10 +41,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from acid_lab.servers.cluster import Cluster
 from acid_lab.servers.guard import Guard, shared_memory_left, wait_for_exit
 from acid_lab.servers.powercut import PowerCutCluster, fuse_missing
 from acid_lab.servers.replication import Primary
-from acid_lab.servers.server import Cluster
 from acid_lab.servers.templates import ENVIRONMENT as TEMPLATES
 from acid_lab.servers.templates import in_memory
 
@@ -109,7 +109,7 @@ PROBES = {
             connect().cursor().execute("select 1")
             workdir = target.cluster.workdir.path
             postmaster = (workdir / "data" / "postmaster.pid").read_text().split()[0]
-            report(pids=[postmaster, target.cluster._guard.process.pid], paths=[workdir])
+            report(pids=[postmaster, target.cluster.guard.process.pid], paths=[workdir])
     ''',
     # the suite's server and a cluster on the power-cut disk (where FUSE is there): the
     # mount and the process serving it must go too, however the run ends
@@ -128,12 +128,12 @@ PROBES = {
             connect().cursor().execute("select 1")
             suite = target.cluster.workdir.path
             pids = [(suite / "data" / "postmaster.pid").read_text().split()[0],
-                    target.cluster._guard.process.pid]
+                    target.cluster.guard.process.pid]
             paths, mounts = [suite], []
             if lossy is not None:
                 workdir = lossy.workdir.path
                 pids += [(workdir / "data" / "postmaster.pid").read_text().split()[0],
-                         lossy._guard.process.pid, lossy.disk.process.pid]
+                         lossy.guard.process.pid, lossy.disk.process.pid]
                 paths.append(workdir)
                 mounts.append(workdir / "data")
             report(pids=pids, paths=paths, mounts=mounts)
@@ -155,19 +155,19 @@ PROBES = {
             connect().cursor().execute("select 1")
             suite = target.cluster.workdir.path
             pids = [(suite / "data" / "postmaster.pid").read_text().split()[0],
-                    target.cluster._guard.process.pid]
+                    target.cluster.guard.process.pid]
             paths, mounts, killed = [suite], [], []
             with contextlib.ExitStack() as stack:
                 pair = stack.enter_context(ReplicationPair())
                 for server in (pair.primary, pair.standby):
-                    pids += [server.postmaster.pid, server._guard.process.pid]
+                    pids += [server.postmaster.pid, server.guard.process.pid]
                     paths.append(server.workdir.path)
                 pair.standby.crash()
                 killed += pair.standby.left_behind
                 if fuse_missing() is None:
                     lossy = stack.enter_context(PowerCutCluster())
                     workdir = lossy.workdir.path
-                    pids += [lossy.postmaster.pid, lossy._guard.process.pid,
+                    pids += [lossy.postmaster.pid, lossy.guard.process.pid,
                              lossy.disk.process.pid]
                     paths.append(workdir)
                     mounts.append(workdir / "data")

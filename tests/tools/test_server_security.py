@@ -28,9 +28,10 @@ from acid_lab.commands.run import run_command
 from acid_lab.commands.spec import spec_command
 from acid_lab.servers.connections import ConnectionFactory
 from acid_lab.servers.queries import one
+from acid_lab.servers.run import current_run
 from acid_lab.servers.server import ServerError
 from acid_lab.servers.target import check_reachable, open_target, parse_dsn
-from acid_lab.servers.templates import PASSWORD_FILE, run_templates
+from acid_lab.servers.templates import PASSWORD_FILE
 
 pytestmark = pytest.mark.harness
 
@@ -63,11 +64,11 @@ def _programs_root_runs(cluster) -> list[Path]:
     """What root runs for a cluster: its guard (python and guard.py, from the guard's own
     command line, and the pg_ctl it stops the server with), pg_ctl and postgres (their
     --version), and cp (copying the run's templates)."""
-    guard = Path(f"/proc/{cluster._guard.process.pid}/cmdline").read_bytes().split(b"\0")
+    guard = Path(f"/proc/{cluster.guard.process.pid}/cmdline").read_bytes().split(b"\0")
     programs = [Path(os.fsdecode(guard[0])), Path(os.fsdecode(guard[2]))]
     if len(guard) > 4 and guard[4]:
         programs.append(Path(os.fsdecode(guard[4])))
-    programs += [cluster.pg_ctl, Path(cluster._executor.executable),
+    programs += [cluster.pg_ctl, Path(cluster.executor.executable),
                  cluster.bindir / "postgres", Path(shutil.which("cp"))]
     return programs
 
@@ -152,7 +153,7 @@ def _attempt(cluster, what: str, account: tuple[int, int]) -> subprocess.Complet
     """One attempt of the table below, as ``account``."""
     tcp = f"host=127.0.0.1 port={cluster.port} user=acid_lab dbname=postgres"
     login = [_psql(cluster), "-X", "-w", "-A", "-t", "-c", "select 1"]
-    templates = run_templates().folder
+    templates = current_run().templates.folder
     attempts = {
         "tcp without a password": (login + [tcp], {}),
         "tcp with a wrong password": (login + [tcp], {"PGPASSWORD": "not-the-password"}),

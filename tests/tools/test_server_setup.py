@@ -22,10 +22,12 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from acid_lab.servers import server
+from acid_lab.servers import ServerError, accounts, binaries
+from acid_lab.servers.binaries import find_binaries
+from acid_lab.servers.cluster import Cluster
+from acid_lab.servers.powercut import PowerCutCluster
 from acid_lab.servers.queries import one
-from acid_lab.servers.replication import Primary
-from acid_lab.servers.server import Cluster, ServerError, find_binaries
+from acid_lab.servers.replication import LossyPrimary, Primary
 from acid_lab.servers.templates import ENVIRONMENT, PASSWORD_FILE
 
 pytestmark = pytest.mark.harness
@@ -106,8 +108,8 @@ def test_no_binaries_at_all_is_explained(monkeypatch):
 
     Outcome: one ServerError naming everything searched and three ways out.
     """
-    monkeypatch.setattr(server, "USUAL_BINDIRS", ())
-    monkeypatch.setattr(server, "_embedded_bindir", lambda: None)
+    monkeypatch.setattr(binaries, "USUAL_BINDIRS", ())
+    monkeypatch.setattr(binaries, "embedded_bindir", lambda: None)
     with pytest.raises(ServerError) as raised:
         find_binaries({"PATH": ""})
     message = str(raised.value)
@@ -122,10 +124,10 @@ def test_root_without_a_usable_account_is_explained(monkeypatch):
 
     Outcome: a ServerError that says PostgreSQL refuses root and what to do.
     """
-    monkeypatch.setattr(server, "SERVICE_ACCOUNTS", ("acid_lab_no_such_account",))
-    monkeypatch.setattr(server.shutil, "which", lambda name, path=None: None)
+    monkeypatch.setattr(accounts, "SERVICE_ACCOUNTS", ("acid_lab_no_such_account",))
+    monkeypatch.setattr(accounts.shutil, "which", lambda name, path=None: None)
     with pytest.raises(ServerError, match="refuses to run as root"):
-        server.server_account()
+        accounts.ensure_server_account()
 
 
 def test_an_unreachable_dsn_stops_the_run_with_one_clear_line(runs):
@@ -195,8 +197,9 @@ def test_servers_of_a_kind_are_copies_of_one_initdb(target, observer):
 
 TEMPLATES_OF = """
 import os
-from acid_lab.servers.templates import run_templates
-print(run_templates().folder, oct(os.stat(run_templates().folder).st_mode & 0o777))
+from acid_lab.servers.run import current_run
+folder = current_run().templates.folder
+print(folder, oct(os.stat(folder).st_mode & 0o777))
 """
 
 
@@ -229,3 +232,82 @@ def test_a_run_makes_its_own_private_templates_folder_and_removes_it(tmp_path, n
     else:
         assert Path(used).parent == temp and mode == "0o700"
         assert not Path(used).exists() and list(temp.iterdir()) == []
+
+
+class _AddsA(Cluster):
+    OWN_INITDB_OPTIONS = ("--a",)
+
+
+class _AddsB(Cluster):
+    OWN_INITDB_OPTIONS = ("--b",)
+
+
+class _MadeOfBoth(_AddsA, _AddsB):
+    """Adds nothing of its own: its options are its parts'."""
+
+
+class _LargeSegments(Cluster):
+    OWN_INITDB_OPTIONS = ("--wal-segsize=16",)
+
+
+class _LargeSegmentsPrimary(_LargeSegments, Primary):
+    """Two parts that disagree on one option."""
+
+
+@pytest.mark.parametrize(("kind", "options"), [
+    pytest.param(Cluster, (), id="the suite's cluster"),
+    pytest.param(Primary, ("--wal-segsize=1",), id="a replication primary"),
+    pytest.param(PowerCutCluster, ("--wal-segsize=1", "--data-checksums"), id="power-cut disk"),
+    pytest.param(LossyPrimary, ("--wal-segsize=1", "--data-checksums"),
+                 id="a primary on the power-cut disk"),
+    pytest.param(_MadeOfBoth, ("--b", "--a"), id="a kind made of two disjoint kinds"),
+])
+def test_a_kinds_initdb_options_are_its_parts_options(kind, options):
+    """Scenario: the initdb options of each kind of cluster, made of its classes' own.
+
+    Outcome: a kind made of two (``LossyPrimary(PowerCutCluster, Primary)``, a synthetic
+    ``class AB(A, B)``) gets both parts' options, bases first, each once: not the options
+    of whichever class comes first in its MRO.
+    """
+    assert kind.initdb_options() == options
+    for part in kind.__mro__[1:]:
+        if issubclass(part, Cluster):
+            assert set(part.initdb_options()) <= set(options)
+
+
+def test_parts_that_disagree_on_an_initdb_option_are_refused():
+    """Outcome: 16 MB and 1 MB WAL segments cannot both be had: one clear error."""
+    with pytest.raises(ServerError, match="--wal-segsize=1 and --wal-segsize=16 disagree"):
+        _LargeSegmentsPrimary.initdb_options()
+
+
+CONSTRUCT = """
+import os
+import psutil
+from acid_lab.servers.cluster import Cluster
+from acid_lab.servers.crashable import CrashableCluster
+from acid_lab.servers.powercut import PowerCutCluster
+from acid_lab.servers.replication import LossyPrimary, Primary
+built = [Cluster(), Cluster(settings={"fsync": "off"}), CrashableCluster(),
+         CrashableCluster(settings={"autovacuum": "off"}), Primary(), PowerCutCluster(),
+         LossyPrimary()]
+print(len(psutil.Process().children(recursive=True)), os.environ.get("ACID_LAB_TEMPLATES"))
+"""
+
+
+def test_building_a_cluster_changes_nothing_on_the_machine(tmp_path):
+    """Scenario: a new program, with a clean environment, builds a Cluster, a
+    CrashableCluster, a Primary, a PowerCutCluster and a LossyPrimary, and starts none.
+
+    Outcome: no folder appears in its temporary folder, no process of its is left,
+    no ACID_LAB_TEMPLATES is set: only starting a cluster (or opening the run) does that.
+    """
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    env = {"PATH": os.environ.get("PATH", os.defpath), "TMPDIR": str(temp), "LC_ALL": "C"}
+    done = subprocess.run([sys.executable, "-c", CONSTRUCT], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "None"]
+    assert list(temp.iterdir()) == []
