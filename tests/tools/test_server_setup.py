@@ -256,7 +256,7 @@ class _LargeSegmentsPrimary(_LargeSegments, Primary):
 
 @pytest.mark.parametrize(("kind", "options"), [
     pytest.param(Cluster, (), id="the suite's cluster"),
-    pytest.param(Primary, ("--wal-segsize=1",), id="a replication primary"),
+    pytest.param(Primary, ("--wal-segsize=1",), id="a primary with a standby"),
     pytest.param(PowerCutCluster, ("--wal-segsize=1", "--data-checksums"), id="power-cut disk"),
     pytest.param(LossyPrimary, ("--wal-segsize=1", "--data-checksums"),
                  id="a primary on the power-cut disk"),
