@@ -58,16 +58,13 @@ from acid_lab.checkers.dependencies import (
     failed_appends,
     intermediate_appends,
 )
-from acid_lab.checkers.histories import APPEND, FAIL, OK, READ
+from acid_lab.checkers.histories import APPEND, FAIL, INFO, OK, READ
 
 G0, G1A, G1B, G1C = "G0", "G1a", "G1b", "G1c"
 G_SINGLE, G_NONADJACENT, G2_ITEM = "G-single", "G-nonadjacent", "G2-item"
 INTERNAL, LOST_UPDATE = "internal", "lost-update"
 DUPLICATES, INCOMPATIBLE_ORDER = "duplicate-elements", "incompatible-order"
 FUTURE_READ, DIRTY_UPDATE = "future-read", "dirty-update"
-CYCLE_KINDS = (G0, G1C, G_SINGLE, G_NONADJACENT, G2_ITEM)
-OTHER_KINDS = (G1A, G1B, INTERNAL, LOST_UPDATE, DUPLICATES, INCOMPATIBLE_ORDER, FUTURE_READ,
-               DIRTY_UPDATE)
 
 #: Seconds spent looking for one kind of cycle in one component before settling for
 #: any cycle of it (a huge component can hold very many).
@@ -262,12 +259,12 @@ def _search(component: _Component, allowed: set[str], budget: float
     """The cycles of one component, as (nodes, edge kinds), worst kind first."""
     plain = allowed - {RW}
     found = []
-    g0 = _shortest_through(component.graph(allowed & ({WW} | set(ORDER_KINDS))),
+    g0 = _shortest_closing(component.graph(allowed & ({WW} | set(ORDER_KINDS))),
                            component.edges_of(WW) + _order_edges(component, allowed), budget)
     if g0 is not None:
         found.append((g0, _kinds(component, g0, plain)))
     else:
-        g1c = _shortest_through(component.graph(plain), component.edges_of(WR), budget)
+        g1c = _shortest_closing(component.graph(plain), component.edges_of(WR), budget)
         if g1c is not None:
             found.append((g1c, _kinds(component, g1c, plain)))
     if RW not in allowed:
@@ -308,12 +305,6 @@ def _kinds(component: _Component, cycle: list[int], prefer: set[str],
         else:
             chosen.append(fallback if fallback in kinds else sorted(kinds)[0])
     return chosen
-
-
-def _shortest_through(graph: nx.DiGraph, edges: list[tuple[int, int]], budget: float
-                      ) -> list[int] | None:
-    """The shortest cycle (as nodes a, b, ...) using one of ``edges`` (a, b) of ``graph``."""
-    return _shortest_closing(graph, edges, budget)
 
 
 def _shortest_closing(graph: nx.DiGraph, edges: list[tuple[int, int]], budget: float
@@ -569,7 +560,7 @@ def _and(names: list[str]) -> str:
 def duplicate_elements(txns: Sequence[Transaction]) -> list[Finding]:
     found = []
     for txn in txns:
-        if txn.type == OK or txn.type == "info":
+        if txn.type in (OK, INFO):
             for f, k, v in txn.mops:
                 if f == READ and v and len(set(v)) != len(v):
                     twice = sorted({str(e) for e in v if v.count(e) > 1})

@@ -48,6 +48,12 @@ from acid_lab.checkers.anomalies import (
 )
 from acid_lab.checkers.dependencies import DATA_KINDS, dependency_graph, transactions
 from acid_lab.checkers.histories import FAIL, INFO, OK, Operation, no_cyclic_gc
+from acid_lab.engine.scenario import (
+    READ_COMMITTED,
+    READ_UNCOMMITTED,
+    REPEATABLE_READ,
+    SERIALIZABLE,
+)
 
 _CYCLES = (G0, G1C, G_SINGLE, G_NONADJACENT, G2_ITEM)
 
@@ -86,8 +92,8 @@ MODELS: dict[str, frozenset[str]] = {
 }
 DEFAULT_MODEL = "serializable"
 #: The model each PostgreSQL isolation level promises (read uncommitted is read committed).
-LEVEL_MODELS = {"read uncommitted": "read-committed", "read committed": "read-committed",
-                "repeatable read": "snapshot-isolation", "serializable": "serializable"}
+LEVEL_MODELS = {READ_UNCOMMITTED: "read-committed", READ_COMMITTED: "read-committed",
+                REPEATABLE_READ: "snapshot-isolation", SERIALIZABLE: "serializable"}
 
 
 @dataclasses.dataclass

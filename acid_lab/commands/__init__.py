@@ -1,9 +1,8 @@
-"""The commands of ``python -m acid_lab``: one module each, one dispatch here."""
+"""The commands of ``python -m acid_lab``: one module each (all under one prologue,
+:mod:`acid_lab.commands.prologue`), one dispatch here."""
 
 import importlib
 import sys
-
-from acid_lab.input_files import InputError
 
 USAGE = """usage: python -m acid_lab {run,spec,check,report,play} ...
 
@@ -34,9 +33,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown command {command!r}\n{USAGE}", end="", file=sys.stderr)
         return 2
     module, function = COMMANDS[command]
-    try:
-        return getattr(importlib.import_module(module), function)(rest)
-    except InputError as error:  # each command says it better; this is the net below them
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return getattr(importlib.import_module(module), function)(rest)  # each under prologue.run
 

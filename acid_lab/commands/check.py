@@ -16,9 +16,10 @@ from typing import TextIO
 
 from acid_lab.checkers.histories import HistoryError, read_history, write_history
 from acid_lab.checkers.history import DEFAULT_MODEL, MODELS, Verdict, check
-from acid_lab.input_files import InputError, excerpt
+from acid_lab.commands import prologue
+from acid_lab.commands.prologue import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError
+from acid_lab.input_files import excerpt
 
-EXIT_VALID, EXIT_FORBIDDEN, EXIT_USAGE = 0, 1, 2
 CONVERT_SUFFIXES = (".jsonl", ".json", ".edn")
 #: Anomalies of one kind explained in full in the text output; the rest are counted.
 SHOWN_PER_KIND = 3
@@ -46,30 +47,25 @@ def check_command(argv: Sequence[str], *, out: TextIO | None = None,
     """``python -m acid_lab check ...``; ``argv`` without the word "check"."""
     out = out or sys.stdout
     err = err or sys.stderr
-    try:
-        args = build_parser().parse_args(list(argv))
-    except SystemExit as exit_:
-        return EXIT_VALID if exit_.code == 0 else EXIT_USAGE
+    return prologue.run(lambda args: _check(args, out), build_parser(), argv, err)
+
+
+def _check(args: argparse.Namespace, out: TextIO) -> int:
     if args.convert is not None and not args.convert.lower().endswith(CONVERT_SUFFIXES):
-        print(f"error: --convert {excerpt(args.convert)}: the name must end in .jsonl, .json "
-              "or .edn (the format to write)", file=err)
-        return EXIT_USAGE
+        raise CommandError(f"--convert {excerpt(args.convert)}: the name must end in .jsonl, "
+                           ".json or .edn (the format to write)", EXIT_USAGE)
     try:
         operations = read_history(args.history)
         verdict = check(operations, args.model)
-    except InputError as error:
-        print(f"error: {error}", file=err)
-        return EXIT_USAGE
     except HistoryError as error:
-        print(f"error: {excerpt(args.history)}: {error}", file=err)
-        return EXIT_USAGE
+        raise CommandError(f"{excerpt(args.history)}: {error}", EXIT_USAGE) from None
     if args.convert is not None:
         try:
             write_history(operations, args.convert)
         except OSError as error:
-            print(f"error: --convert {excerpt(args.convert)}: cannot write it "
-                  f"({error.strerror or type(error).__name__})", file=err)
-            return EXIT_USAGE
+            raise CommandError(f"--convert {excerpt(args.convert)}: cannot write it "
+                               f"({error.strerror or type(error).__name__})", EXIT_USAGE) \
+                from None
     if args.json:
         json.dump({"history": args.history, **verdict.as_json()}, out)
         out.write("\n")
@@ -77,7 +73,7 @@ def check_command(argv: Sequence[str], *, out: TextIO | None = None,
         out.write(text(verdict, args.history))
         if args.convert is not None:
             out.write(f"converted: {len(operations)} operations written to {args.convert}\n")
-    return EXIT_VALID if verdict.valid else EXIT_FORBIDDEN
+    return EXIT_OK if verdict.valid else EXIT_FAILED
 
 
 def text(verdict: Verdict, name: str) -> str:

@@ -22,13 +22,13 @@ from collections.abc import Iterator, Sequence
 
 import psycopg2
 
-from acid_lab.engine.scenario import ScenarioError, require_blocked_check
+from acid_lab.commands import prologue
+from acid_lab.commands.prologue import EXIT_OK, CommandError
+from acid_lab.engine.scenario import ScenarioError
 from acid_lab.play.app import HOST
 from acid_lab.play.http import serve
 from acid_lab.play.sessions import Playground
-from acid_lab.servers.connections import CONNECT_TIMEOUT
 from acid_lab.servers.server import ServerError
-from acid_lab.servers.target import open_target
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,30 +43,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def play_command(argv: Sequence[str]) -> int:
+    return prologue.run(_play, build_parser(), argv)
+
+
+def _play(args: argparse.Namespace) -> int:
     try:
-        args = build_parser().parse_args(list(argv))
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    try:
-        with _stopped_by_signals(), open_target(args.dsn) as target:
-            _check(target.info)
-            with Playground(target.info) as playground:
-                warning = None
-                if args.dsn:
-                    warning = dsn_warning(playground, target.description)
-                    print(f"warning: {warning}", file=sys.stderr)
-                serve(playground, args.port, target.description, warning)
+        with _stopped_by_signals(), prologue.target(args.dsn) as target, \
+                Playground(target.info) as playground:
+            warning = None
+            if args.dsn:
+                warning = dsn_warning(playground, target.description)
+                print(f"warning: {warning}", file=sys.stderr)
+            serve(playground, args.port, target.description, warning)
     except KeyboardInterrupt:
         pass
     except (ServerError, ScenarioError, psycopg2.Error) as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 1
+        raise CommandError(prologue.one_line(error)) from None
     except OSError as error:  # e.g. the port is taken
-        print(f"error: cannot serve on {HOST}:{args.port}: {error.strerror or error}",
-              file=sys.stderr)
-        return 1
+        raise CommandError(f"cannot serve on {HOST}:{args.port}: {error.strerror or error}") \
+            from None
     print("playground stopped: sessions closed, server stopped", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 def dsn_warning(playground: Playground, where: str) -> str:
@@ -80,15 +77,6 @@ def dsn_warning(playground: Playground, where: str) -> str:
     return said + (f"{info.user} may not create roles, so the SQL runs as {info.user}, with "
                    "that login's full rights: this is not a sandbox. Use a dedicated login "
                    "that is not a superuser.")
-
-
-def _check(info) -> None:
-    """The server must be able to say whether a session is blocked (PostgreSQL 10+)."""
-    conn = psycopg2.connect(**info.params(connect_timeout=CONNECT_TIMEOUT))
-    try:
-        require_blocked_check(conn)
-    finally:
-        conn.close()
 
 
 @contextlib.contextmanager

@@ -21,16 +21,9 @@ from typing import TextIO
 
 from rich.console import Console
 
-from acid_lab.report.build import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_USAGE,
-    WORKERS,
-    Report,
-    ReportError,
-    make_report,
-)
+from acid_lab.commands import prologue
+from acid_lab.commands.prologue import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CommandError
+from acid_lab.report.build import WORKERS, Report, ReportError, make_report
 from acid_lab.report.files import write_files
 from acid_lab.report.text import plain_text, print_rich
 
@@ -59,19 +52,18 @@ def report_command(argv: Sequence[str], *, out: TextIO | None = None,
     """``python -m acid_lab report ...``; ``argv`` without the word "report"."""
     out = out or sys.stdout
     err = err or sys.stderr
-    try:
-        args = build_parser().parse_args(list(argv))
-    except SystemExit as exit_:
-        return EXIT_OK if exit_.code == 0 else EXIT_USAGE
+    return prologue.run(lambda args: _report(args, out, err), build_parser(), argv, err)
+
+
+def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.workers < 1:
-        print("error: --workers must be at least 1", file=err)
-        return EXIT_USAGE
-    err_console = Console(file=err)
+        raise CommandError("--workers must be at least 1", EXIT_USAGE)
     try:
-        report = make_report(args.dsn, workers=args.workers, progress_console=err_console)
+        # make_report reaches its server through servers.target.open_target, as
+        # prologue.target does, and says in one line why it could not
+        report = make_report(args.dsn, workers=args.workers, progress_console=Console(file=err))
     except ReportError as error:
-        print(f"error: {error}", file=err)
-        return EXIT_FAILED
+        raise CommandError(prologue.one_line(error)) from None
     except KeyboardInterrupt:  # everything started has been stopped on the way out
         print("interrupted", file=err)
         return EXIT_INTERRUPTED
@@ -80,8 +72,8 @@ def report_command(argv: Sequence[str], *, out: TextIO | None = None,
         try:
             written = write_files(report, args.out)
         except OSError as error:
-            print(f"error: cannot write the report to {args.out}: {error}", file=err)
-            return EXIT_FAILED
+            raise CommandError(f"cannot write the report to {args.out}: "
+                               f"{prologue.one_line(error)}") from None
         for path in written:
             print(f"wrote {path}", file=err)
     return EXIT_OK

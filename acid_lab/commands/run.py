@@ -34,26 +34,16 @@ import argparse
 import contextlib
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 import psycopg2
-import psycopg2.extensions
 
-from acid_lab.engine.scenario import (
-    DEFAULT_TIMEOUT,
-    ScenarioError,
-    require_blocked_check,
-)
+from acid_lab.commands import prologue
+from acid_lab.commands.prologue import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError
+from acid_lab.engine.scenario import DEFAULT_TIMEOUT, ScenarioError
 from acid_lab.engine.script import ScriptError, load_scripts
 from acid_lab.engine.script_runner import ScriptRun, run_script, tally
-from acid_lab.servers.connections import CONNECT_TIMEOUT
-
-EXIT_OK, EXIT_STUCK, EXIT_UNPARSABLE = 0, 1, 2
-
-
-class UnusableServer(Exception):
-    """No server to run scripts on; the message is the one line to print."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -89,34 +79,32 @@ def run_command(args: Sequence[str] | argparse.Namespace, *,
     """
     out = out or sys.stdout
     err = err or sys.stderr
-    if not isinstance(args, argparse.Namespace):
-        try:
-            args = build_parser().parse_args(list(args))
-        except SystemExit as exit_:  # argparse has said why (usage, one error line)
-            return EXIT_OK if exit_.code == 0 else EXIT_UNPARSABLE
+    return prologue.run(lambda parsed: _run(parsed, out, err, timeout), build_parser(), args,
+                        err)
+
+
+def _run(args: argparse.Namespace, out: TextIO, err: TextIO, timeout: float) -> int:
     try:
         scripts = [script for path in args.scripts for script in load_scripts(path)]
     except ScriptError as error:
-        print(f"error: {error}", file=err)
-        return EXIT_UNPARSABLE
-    try:
-        with server_dsn(args.dsn) as dsn:
-            version = _check_server(dsn)
-            runs = [run_script(script, dsn, _admin_connection(dsn), timeout=timeout)
+        raise CommandError(str(error), EXIT_USAGE) from None
+    # the DSN's own database: each script makes a schema of its own there
+    with prologue.target(args.dsn, own_database=False) as target:
+        dsn = target.info.dsn()
+        try:
+            runs = [run_script(script, dsn, prologue.connect(target.info), timeout=timeout)
                     for script in scripts]
-    except (UnusableServer, ScenarioError) as error:
-        print(f"error: {error}", file=err)
-        return EXIT_STUCK
-    except psycopg2.Error as error:  # e.g. no right to create the script's schema
-        print(f"error: {' '.join(str(error).split())}", file=err)
-        return EXIT_STUCK
+        except ScenarioError as error:
+            raise CommandError(str(error)) from None
+        except psycopg2.Error as error:  # e.g. no right to create the script's schema
+            raise CommandError(prologue.one_line(error)) from None
     check = getattr(args, "check", False)
     if check:
         for run in runs:
             run.check()
     # Piped into `head`, say: the reader has all it wanted.
     with contextlib.suppress(BrokenPipeError):
-        _print_runs(runs, version, as_json=args.json, check=check, out=out)
+        _print_runs(runs, target.version, as_json=args.json, check=check, out=out)
     for run in runs:
         if args.json:  # the JSON has no place for setup; do not let a failure pass unseen
             for result in run.setup:
@@ -128,9 +116,9 @@ def run_command(args: Sequence[str] | argparse.Namespace, *,
             if args.json:  # the transcript is not in the JSON; keep it visible
                 print(run.transcript, file=err)
     if any(run.stuck is not None for run in runs):
-        return EXIT_STUCK
+        return EXIT_FAILED
     if check and any(run.counts()["disagree"] or run.counts()["unreadable"] for run in runs):
-        return EXIT_STUCK
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -163,64 +151,6 @@ def _print_runs(runs: list[ScriptRun], version: str, *, as_json: bool, out: Text
             total = _total(runs)
             out.write(f"\n-- check, {total['scripts']} scripts: {tally(total)}\n")
     out.flush()
-
-
-@contextlib.contextmanager
-def server_dsn(dsn: str | None, settings: dict | None = None) -> Iterator[str]:
-    """The DSN to run on: the one given (read by the one --dsn parser, every parameter
-    kept), or a temporary server's (with ``settings``)."""
-    from acid_lab.servers.server import Cluster, ServerError
-    from acid_lab.servers.target import parse_dsn
-
-    if dsn:
-        try:
-            given = parse_dsn(dsn).dsn()
-        except ServerError as error:
-            raise UnusableServer(str(error)) from None
-        yield given
-        return
-    try:
-        with Cluster(settings=settings) as cluster:
-            yield cluster.dsn
-    except ServerError as error:
-        raise UnusableServer(f"cannot start a temporary server: {error}") from None
-
-
-def _describe(dsn: str) -> str:
-    """Where a DSN points, without its password."""
-    from acid_lab.servers.server import ServerError
-    from acid_lab.servers.target import parse_dsn
-
-    try:
-        return parse_dsn(dsn).where()
-    except ServerError:
-        return "the server"
-
-
-def _admin_connection(dsn: str) -> psycopg2.extensions.connection:
-    try:
-        conn = psycopg2.connect(dsn, connect_timeout=CONNECT_TIMEOUT)
-    except psycopg2.ProgrammingError as error:
-        raise UnusableServer(f"--dsn is not a valid connection string: {error}") from None
-    except psycopg2.OperationalError as error:
-        message = " ".join(str(error).split())
-        raise UnusableServer(f"cannot connect to {_describe(dsn)}: {message}") from None
-    conn.autocommit = True
-    return conn
-
-
-def _check_server(dsn: str) -> str:
-    """The server's version ("15.18"), if it can run scripts at all."""
-    from acid_lab.servers.server import server_version
-    conn = _admin_connection(dsn)
-    try:
-        try:
-            require_blocked_check(conn)
-        except ScenarioError as error:
-            raise UnusableServer(str(error)) from None
-        return server_version(conn)
-    finally:
-        conn.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -41,13 +41,13 @@ import psycopg2
 import psycopg2.extensions
 from psycopg.conninfo import make_conninfo
 
-from acid_lab.commands.run import UnusableServer, server_dsn
+from acid_lab.commands import prologue
+from acid_lab.commands.prologue import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError
 from acid_lab.engine.spec import Spec, SpecError, load_spec
 from acid_lab.engine.spec_runner import DEFAULT_STEP_TIMEOUT, SpecOutcome, SpecRunner
-from acid_lab.input_files import InputError, read_text
+from acid_lab.input_files import read_text
 from acid_lab.servers.connections import CONNECT_TIMEOUT
 
-EXIT_OK, EXIT_FAILED, EXIT_UNPARSABLE = 0, 1, 2
 DATABASE = "isolation_regression"
 MAX_STEP_TIMEOUT = 24 * 3600  # seconds: any wait has a bound
 
@@ -125,28 +125,22 @@ def spec_command(argv: Sequence[str], *, out: TextIO | None = None,
                  err: TextIO | None = None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
-    try:
-        args = build_parser().parse_args(list(argv))
-    except SystemExit as exit_:  # argparse has said why (usage, one error line)
-        return EXIT_OK if exit_.code == 0 else EXIT_UNPARSABLE
+    return prologue.run(lambda args: _spec(args, out, err), build_parser(), argv, err)
+
+
+def _spec(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         specs = [load_spec(path) for path in args.specs]
     except SpecError as error:
-        print(f"error: {error}", file=err)
-        return EXIT_UNPARSABLE
+        raise CommandError(str(error), EXIT_USAGE) from None
     if args.expected and not Path(args.expected).is_dir() and len(specs) > 1:
-        print("error: --expected is not a folder, but several specs were given "
-              "(a golden file is one spec's)", file=err)
-        return EXIT_UNPARSABLE
+        raise CommandError("--expected is not a folder, but several specs were given "
+                           "(a golden file is one spec's)", EXIT_USAGE)
     try:
         verdicts = run_specs(specs, args.dsn, expected=args.expected, timeout=args.timeout,
                              report=lambda verdict: _report(verdict, bool(args.expected), out))
-    except InputError as error:  # a golden output, read before anything ran
-        print(f"error: {error}", file=err)
-        return EXIT_UNPARSABLE
-    except (psycopg2.Error, UnusableServer, OSError) as error:
-        print(f"error: {' '.join(str(error).split())}", file=err)
-        return EXIT_FAILED
+    except (psycopg2.Error, OSError) as error:
+        raise CommandError(prologue.one_line(error)) from None
     for verdict in verdicts:
         if verdict.status == "stuck":
             print(f"error: {verdict.spec.path}: {verdict.reason}", file=err)
@@ -168,11 +162,12 @@ def run_specs(specs: Sequence[Spec], dsn: str | None, *, expected: str | None = 
     """Run the specs one after the other in one fresh database (on ``dsn``, or on a
     temporary server) and compare each output with ``expected`` when given.
 
-    Raises InputError, before anything runs, when a golden output cannot be read."""
+    Raises InputError, before anything runs, when a golden output cannot be read, and
+    CommandError when there is no usable server."""
     goldens = [None if expected is None else _golden_outputs(spec, expected) for spec in specs]
     verdicts = []
-    with server_dsn(dsn, TEMPORARY_SERVER_SETTINGS) as given, \
-            isolation_database(given) as conninfo:
+    with prologue.target(dsn, TEMPORARY_SERVER_SETTINGS, own_database=False) as target, \
+            isolation_database(target.info.dsn()) as conninfo:
         capabilities = _Capabilities(conninfo)
         runner = SpecRunner(conninfo, timeout=timeout)
         for spec, golden in zip(specs, goldens, strict=True):

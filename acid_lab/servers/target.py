@@ -59,14 +59,20 @@ def parse_dsn(dsn: str) -> ConnectionInfo:
     )
 
 
+class Unreachable(ServerError):
+    """No login to the server: ``where`` it points (and as whom), libpq's ``reason``."""
+
+    def __init__(self, where: str, reason: str):
+        super().__init__(f"Cannot reach the server at {where}: {reason}")
+        self.where, self.reason = where, reason
+
+
 def _login(info: ConnectionInfo) -> psycopg2.extensions.connection:
     try:
         return psycopg2.connect(**info.params(connect_timeout=CONNECT_TIMEOUT))
     except psycopg2.OperationalError as error:
-        message = " ".join(str(error).split())
         as_whom = f" as {info.user}" if info.user else ""
-        raise ServerError(f"Cannot reach the server at {info.where()}{as_whom}: {message}") \
-            from None
+        raise Unreachable(f"{info.where()}{as_whom}", " ".join(str(error).split())) from None
 
 
 def check_reachable(info: ConnectionInfo) -> str:
@@ -110,9 +116,18 @@ def own_database(server: ConnectionInfo, prefix: str = "acid_lab") -> Iterator[C
         janitor.drop()
 
 
+def _database(server: ConnectionInfo, own: bool) -> contextlib.AbstractContextManager:
+    """A database of the run's own on ``server``, or ``server``'s own database as it is."""
+    return own_database(server) if own else contextlib.nullcontext(server)
+
+
 @contextlib.contextmanager
-def open_target(dsn: str | None = None) -> Iterator[Target]:
-    """The run's target: an existing server when ``dsn`` is given, else a temporary cluster."""
+def open_target(dsn: str | None = None, settings: dict[str, str] | None = None, *,
+                own_database: bool = True) -> Iterator[Target]:
+    """The run's target: an existing server when ``dsn`` is given, else a temporary cluster
+    (with ``settings``; an existing server is used as it is). With ``own_database=False``
+    the target is the server's own (maintenance) database: the caller makes its own place
+    there (``run``'s schemas, ``spec``'s isolation_regression), so no CREATEDB is needed."""
     if dsn:
         server = parse_dsn(dsn)
         conn = _login(server)
@@ -123,9 +138,9 @@ def open_target(dsn: str | None = None) -> Iterator[Target]:
             conn.close()
         if server.user is None:  # the one libpq chose (environment, service file)
             server = dataclasses.replace(server, user=user)
-        with own_database(server) as info:
+        with _database(server, own_database) as info:
             yield Target(info, version, f"existing server {host}:{port} "
                          f"(PostgreSQL {version})", cluster=None)
         return
-    with Cluster() as cluster, own_database(cluster.info) as info:
+    with Cluster(settings=settings) as cluster, _database(cluster.info, own_database) as info:
         yield Target(info, cluster.version, cluster.binaries.describe(), cluster)

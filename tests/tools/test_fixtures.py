@@ -8,11 +8,15 @@ machinery, not a database lesson: no test sees what another one left, and
 nothing a test creates outlives it.
 """
 
+import tempfile
+from pathlib import Path
+
 import psycopg2
 import pytest
 
 from acid_lab.servers.queries import execute, one, rows
 from acid_lab.servers.target import own_database
+from acid_lab.testing.plugin import TMP_PREFIX
 
 pytestmark = pytest.mark.harness
 
@@ -104,3 +108,21 @@ def test_a_failed_login_is_refused_without_the_password(target):
         pytest.skip("the existing server's authentication is its own business")
     with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
         psycopg2.connect(**target.info.params(password="not-the-password"))
+
+
+_FOLDERS_SEEN: list[Path] = []
+
+
+@pytest.mark.parametrize("turn", ["first", "second"])
+def test_a_tests_folder_is_its_own_and_gone_after_it(tmp_path, turn):
+    """Scenario: run twice; each run writes a file in its ``tmp_path``.
+
+    Outcome: the folder is the suite's (acid_lab-test-... in the system's temporary
+    folder, not pytest's kept basetemp), and the first run's folder is gone when the second
+    runs: nothing a test writes outlives it.
+    """
+    assert tmp_path.parent == Path(tempfile.gettempdir())
+    assert tmp_path.name.startswith(TMP_PREFIX)
+    assert [path for path in _FOLDERS_SEEN if path.exists()] == [], "a test's folder was kept"
+    (tmp_path / "left.txt").write_text("written by the test")
+    _FOLDERS_SEEN.append(tmp_path)
