@@ -28,8 +28,8 @@ from acid_lab.servers.places import PlaceKeeper
 from acid_lab.servers.server import ServerError, find_binaries, server_account
 from acid_lab.servers.target import check_reachable, open_target, own_database, parse_dsn
 
-CHAPTERS = ("atomicity", "consistency", "isolation", "durability", "replication", "foundation",
-            "engine", "harness")
+CHAPTERS = ("atomicity", "consistency", "isolation", "durability", "replication", "ha",
+            "foundation", "engine", "harness")
 
 @functools.cache
 def _hypothesis_profiles() -> None:

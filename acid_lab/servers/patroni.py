@@ -299,12 +299,16 @@ class PatroniCluster:
         return [node for node in self.nodes if node is not leader]
 
     def healthy(self) -> bool:
+        """One leader running, every replica streaming, and in synchronous mode a
+        synchronous standby named in etcd (until then no replica may be promoted)."""
         members = self.members()
+        roles = [member.get("role") for member in members]
         return (len(members) == self.size
                 and sum(m.get("role") == "leader" and m.get("state") == "running"
                         for m in members) == 1
                 and all(m.get("state") == "streaming" for m in members
-                        if m.get("role") != "leader"))
+                        if m.get("role") != "leader")
+                and (not self.settings["synchronous_mode"] or "sync_standby" in roles))
 
     def wait_until_healthy(self, bound: float = START_BOUND) -> Node:
         self._until(self.healthy, bound, "a leader and every replica streaming")
@@ -375,7 +379,9 @@ class PatroniCluster:
         self._kill([psutil.Process(node.patroni.pid)])
 
     def lose_machine(self, node: Node) -> None:
-        """The machine lost: Patroni and PostgreSQL SIGKILLed together."""
+        """The machine lost: its link down, then Patroni and PostgreSQL SIGKILLed together.
+        (Unplugged first: WAL still queued in its kernel must not reach anyone later.)"""
+        self.network.unplug(node.name)
         self._kill(node.processes())
 
     def freeze(self, node: Node) -> None:

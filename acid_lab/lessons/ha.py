@@ -1,0 +1,172 @@
+"""High availability: what a failover run by Patroni keeps of what clients were told.
+
+One sequence, run on a :class:`~acid_lab.servers.patroni.PatroniCluster`: a client
+commits rows one by one on the leader; the replicas stop receiving WAL (a partition
+drops every packet between the leader and its replicas: WAL already sent would still
+arrive, as it would from a frozen receiver's socket); the client commits more; the
+leader's machine is lost; Patroni elects a new leader by itself (or refuses to); we
+count what the new leader holds of what was acknowledged, and of what another client
+had read on the old leader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from contextlib import closing
+from dataclasses import dataclass, field
+
+import psycopg2
+
+from acid_lab.servers.patroni import SCOPE, Node, PatroniCluster
+
+BOUND = 30  # seconds a step of the lesson may take (a failover: ttl more)
+TABLE = "ha_rows"
+LAGGING = "My wal position exceeds maximum replication lag"  # Patroni's words, in its log
+
+
+@dataclass
+class Failover:
+    """What clients were told, what they saw, and what the new leader holds."""
+
+    old_leader: str
+    new_leader: str | None
+    acknowledged: list[int] = field(default_factory=list)  # COMMIT returned
+    seen_on_old_leader: list[int] = field(default_factory=list)  # read by another session
+    present: list[int] = field(default_factory=list)  # on the new leader
+    waiting_commit: str | None = None  # the wait event of a COMMIT not yet returned
+    refused: list[str] = field(default_factory=list)  # replicas too far behind to lead
+
+    @property
+    def lost(self) -> list[int]:
+        return sorted(set(self.acknowledged) - set(self.present))
+
+    @property
+    def read_then_gone(self) -> list[int]:
+        """Rows another client read on the old leader that the new one does not hold."""
+        return sorted(set(self.seen_on_old_leader) - set(self.present))
+
+    def summary(self) -> str:
+        return f"lost {len(self.lost)} of {len(self.acknowledged)}"
+
+
+def _lsn(cur) -> int:
+    cur.execute("select pg_current_wal_lsn() - '0/0'")
+    return int(cur.fetchone()[0])
+
+
+def _wait(cluster: PatroniCluster, condition, what: str, bound: float = BOUND):
+    return cluster._until(condition, bound, what)
+
+
+def lose_leader_while_replicas_lag(cluster: PatroniCluster, *, replicated: int,
+                                   unshipped: int, expect_failover: bool = True,
+                                   cancel_waiting_commit: bool = False) -> Failover:
+    """Commit ``replicated`` rows everywhere, then ``unshipped`` more while no replica
+    receives WAL; lose the leader's machine; wait for Patroni's new leader (or, when
+    ``expect_failover`` is False, for every replica to say it stays out of the race).
+
+    ``cancel_waiting_commit``: a COMMIT waiting for the synchronous standby is cancelled
+    (a client's timeout, Ctrl-C: pg_cancel_backend here). PostgreSQL then ends the wait
+    with a WARNING, and the COMMIT returns: committed locally, visible to every session
+    on the leader, on no standby. (While it waits, it is not visible: the transaction
+    still shows as running.)"""
+    old = cluster.wait_until_healthy()
+    outcome = Failover(old.name, None)
+    # keepalives: a lost machine answers nothing, not even with a reset
+    writer = cluster.connect(old, keepalives_idle=1, keepalives_interval=1,
+                             keepalives_count=2)
+    replicas = [node for node in cluster.nodes if node is not old]
+    cut = False
+    try:
+        with writer.cursor() as cur:
+            cur.execute(f"create table {TABLE} (id int primary key)")
+            for row in range(1, replicated + 1):
+                cur.execute(f"insert into {TABLE} values (%s)", (row,))
+                outcome.acknowledged.append(row)
+            everything = _lsn(cur)
+        _wait(cluster, lambda: _replayed_everywhere(cluster, old, everything, len(replicas)),
+              "every replica to replay the first rows")
+        cluster.network.cut_off(old.name, *(node.name for node in replicas))
+        cut = True
+
+        committing = threading.Thread(target=_commit_rows, daemon=True, args=(
+            writer, range(replicated + 1, replicated + unshipped + 1), outcome.acknowledged))
+        committing.start()
+        outcome.waiting_commit = _wait(
+            cluster, lambda: ("returned" if not committing.is_alive()
+                              else _sync_rep_wait(cluster, old, writer.info.backend_pid)),
+            "the COMMITs to return or to wait for a standby")
+        if outcome.waiting_commit == "returned":
+            outcome.waiting_commit = None
+        elif cancel_waiting_commit:
+            with closing(cluster.connect(old)) as admin, admin.cursor() as cur:
+                cur.execute("select pg_cancel_backend(%s)", (writer.info.backend_pid,))
+            committing.join(BOUND)
+        with closing(cluster.connect(old)) as reader, reader.cursor() as cur:
+            cur.execute(f"select id from {TABLE} order by id")
+            outcome.seen_on_old_leader = [row for (row,) in cur.fetchall()]
+            last = _lsn(cur)
+        # Patroni compares a replica with the leader's last position it put in etcd
+        _wait(cluster, lambda: _leader_position(cluster) >= last,
+              "the leader's position in etcd to cover the last commit")
+
+        cluster.lose_machine(old)
+        cluster.network.heal(old.name)
+        cut = False
+        ttl = cluster.settings["ttl"]
+        if not expect_failover:
+            _wait(cluster, lambda: all(_said(node, LAGGING) for node in replicas),
+                  "every replica to stay out of the leader race", ttl + BOUND)
+            outcome.refused = [node.name for node in replicas]
+            return outcome
+        new = cluster.wait_for_new_leader(old, ttl + BOUND)
+        outcome.new_leader = new.name
+        committing.join(BOUND)  # the last COMMIT's connection broke: not acknowledged
+        with closing(cluster.connect(new)) as conn, conn.cursor() as cur:
+            cur.execute(f"select id from {TABLE} order by id")
+            outcome.present = [row for (row,) in cur.fetchall()]
+        return outcome
+    finally:
+        if cut:
+            cluster.network.heal(old.name)
+        with contextlib.suppress(psycopg2.Error):
+            writer.close()
+
+
+def _commit_rows(conn, rows, acknowledged: list[int]) -> None:
+    """One autocommit INSERT per row; a row counts once its COMMIT returned."""
+    try:
+        with conn.cursor() as cur:
+            for row in rows:
+                cur.execute(f"insert into {TABLE} values (%s)", (row,))
+                acknowledged.append(row)
+    except psycopg2.Error:
+        pass  # the leader is gone: this COMMIT was never acknowledged
+
+
+def _replayed_everywhere(cluster: PatroniCluster, leader: Node, lsn: int, replicas: int) -> bool:
+    with closing(cluster.connect(leader)) as conn, conn.cursor() as cur:
+        cur.execute("select count(*) from pg_stat_replication where replay_lsn - '0/0' >= %s",
+                    (lsn,))
+        return cur.fetchone()[0] == replicas
+
+
+def _sync_rep_wait(cluster: PatroniCluster, leader: Node, backend: int) -> str | None:
+    with closing(cluster.connect(leader)) as conn, conn.cursor() as cur:
+        cur.execute("select wait_event from pg_stat_activity where pid = %s", (backend,))
+        found = cur.fetchone()
+    return "SyncRep" if found and found[0] == "SyncRep" else None
+
+
+def _leader_position(cluster: PatroniCluster) -> int:
+    status = cluster.etcd.value(f"/service/{SCOPE}/status")
+    return int(json.loads(status).get("optime", 0)) if status else 0
+
+
+def _said(node: Node, words: str) -> bool:
+    try:
+        return words in node.log.read_text(errors="replace")
+    except OSError:
+        return False

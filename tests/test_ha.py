@@ -1,0 +1,140 @@
+"""High availability: Patroni on etcd, three PostgreSQL nodes, real faults.
+
+Each scenario runs on a cluster of its own (etcd and three nodes, each on a machine of
+its own: a network namespace). Patroni's leader key lives at least ``ttl`` = 20 s after
+a machine is lost, so the scenarios start in the background as soon as the run knows
+its tests, all at once, beside the other chapters; these tests come last and read
+what happened.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+from collections.abc import Callable
+
+import pytest
+
+from acid_lab.lessons.ha import Failover, lose_leader_while_replicas_lag
+from acid_lab.servers.patroni import PatroniCluster, ha_missing
+
+MISSING = ha_missing()
+pytestmark = [pytest.mark.ha, pytest.mark.own_server,
+              pytest.mark.skipif(MISSING is not None, reason=f"HA chapter: {MISSING}")]
+
+BOUND = 180  # seconds a scenario may take: a cluster's start, a failover (ttl), the end
+
+
+def machine_lost(settings: dict, **lesson) -> Callable[[], Failover]:
+    def scenario() -> Failover:
+        with PatroniCluster(**settings) as cluster:
+            return lose_leader_while_replicas_lag(cluster, **lesson)
+    return scenario
+
+
+# settings, what the lesson does, then what must come of it
+FAILOVERS = [
+    pytest.param({}, {"replicated": 5, "unshipped": 3},
+                 "lost 3 of 8", [6, 7, 8], None,
+                 id="asynchronous (Patroni's default): acknowledged commits lost"),
+    pytest.param({"synchronous_mode": True}, {"replicated": 5, "unshipped": 3},
+                 "lost 0 of 5", [], "SyncRep",
+                 id="synchronous_mode: nothing acknowledged lost, the COMMIT waits"),
+    pytest.param({"synchronous_mode": True},
+                 {"replicated": 5, "unshipped": 1, "cancel_waiting_commit": True},
+                 "lost 1 of 6", [6], "SyncRep",
+                 id="synchronous_mode, the waiting COMMIT cancelled: visible, then lost"),
+]
+NOT_PROMOTED = pytest.param({"maximum_lag_on_failover": 1}, {"replicated": 5, "unshipped": 3},
+                            id="maximum_lag_on_failover below the lag: no replica promoted")
+
+
+def _scenarios() -> dict[str, Callable[[], Failover]]:
+    scenarios = {case.id: machine_lost(case.values[0], **case.values[1]) for case in FAILOVERS}
+    settings, lesson = NOT_PROMOTED.values
+    scenarios[NOT_PROMOTED.id] = machine_lost(settings, **lesson, expect_failover=False)
+    return scenarios
+
+
+class Scenarios:
+    """Every selected scenario's run, started at once in threads of its own."""
+
+    def __init__(self, ids: list[str]):
+        scenarios = _scenarios()
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(ids)))
+        self.futures = {case_id: self.pool.submit(scenarios[case_id]) for case_id in ids}
+
+    def outcome(self, case_id: str) -> Failover:
+        if case_id not in self.futures:  # (under pytest-xdist: started when asked)
+            self.futures[case_id] = self.pool.submit(_scenarios()[case_id])
+        return self.futures[case_id].result(timeout=BOUND)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+_background: Scenarios | None = None
+
+
+def start_in_background(items: list[pytest.Item]) -> tuple[list[pytest.Item],
+                                                          Callable[[], None]]:
+    """Called by conftest once the run knows its tests: start the selected scenarios."""
+    global _background
+    if MISSING is not None or "PYTEST_XDIST_WORKER" in os.environ:
+        return [], lambda: None
+    waiting = [item for item in items if item.get_closest_marker("skip") is None
+               and hasattr(item, "callspec")]
+    if not waiting:
+        return [], lambda: None
+    _background = Scenarios([item.callspec.id for item in waiting])
+    return waiting, _background.close
+
+
+@pytest.fixture(scope="module")
+def scenarios():
+    if _background is not None:
+        yield _background
+        return
+    runs = Scenarios([])
+    try:
+        yield runs
+    finally:
+        runs.close()
+
+
+@pytest.mark.parametrize("settings, lesson, lost, read_then_gone, commit_waited", FAILOVERS)
+def test_leader_machine_lost_while_replicas_lag(scenarios, request, settings, lesson, lost,
+                                                read_then_gone, commit_waited):
+    """Scenario: five rows committed and replayed everywhere; then a partition drops every
+    packet between the leader and its replicas, and the client commits more (one row per
+    COMMIT); the leader's machine is lost (unplugged, Patroni and PostgreSQL SIGKILLed);
+    Patroni elects a new leader once the old one's key expires (ttl).
+
+    Outcome: asynchronous (Patroni's default), every COMMIT after the partition was
+    acknowledged and is gone. synchronous_mode: the first COMMIT after it waits for the
+    synchronous standby (wait event SyncRep) and is never acknowledged; nothing
+    acknowledged is lost. But a waiting COMMIT that the client cancels returns (a
+    WARNING: committed locally, not replicated), another client reads its row on the
+    leader, and the new leader does not have it.
+    """
+    outcome = scenarios.outcome(request.node.callspec.id)
+    assert outcome.new_leader not in (None, outcome.old_leader)
+    assert outcome.summary() == lost
+    assert outcome.lost == read_then_gone
+    assert outcome.read_then_gone == read_then_gone
+    assert outcome.waiting_commit == commit_waited
+
+
+@pytest.mark.parametrize("settings, lesson", [NOT_PROMOTED])
+def test_lagging_replicas_are_not_promoted(scenarios, request, settings, lesson):
+    """Scenario: as above, asynchronous, with maximum_lag_on_failover (bytes) below what
+    the replicas lack when the leader's machine is lost.
+
+    Outcome: each replica logs that its WAL position "exceeds maximum replication lag"
+    and stays out of the leader race: nobody leads (the 8 acknowledged rows are not
+    lost, nor can anything be written).
+    """
+    outcome = scenarios.outcome(request.node.callspec.id)
+    assert outcome.acknowledged == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert outcome.new_leader is None
+    assert len(outcome.refused) == 2
