@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import pytest
 
-from acid_lab.lessons.ha import Failover, lose_leader_while_replicas_lag
+from acid_lab.lessons.ha import Failover, lose_leader_while_replicas_lag, partition_leader
 from acid_lab.servers.patroni import PatroniCluster, ha_missing
 
 MISSING = ha_missing()
@@ -49,10 +49,28 @@ NOT_PROMOTED = pytest.param({"maximum_lag_on_failover": 1}, {"replicated": 5, "u
                             id="maximum_lag_on_failover below the lag: no replica promoted")
 
 
+def leader_partitioned(settings: dict, **lesson) -> Callable[[], Failover]:
+    def scenario() -> Failover:
+        with PatroniCluster(**settings) as cluster:
+            return partition_leader(cluster, **lesson)
+    return scenario
+
+
+# settings, then what must come of it: lost, the wait event of a COMMIT in the window
+PARTITIONS = [
+    pytest.param({}, "lost 3 of 8", None,
+                 id="asynchronous: writes acknowledged by the cut-off leader lost"),
+    pytest.param({"synchronous_mode": True}, "lost 0 of 5", "SyncRep",
+                 id="synchronous_mode: the cut-off leader acknowledges nothing"),
+]
+
+
 def _scenarios() -> dict[str, Callable[[], Failover]]:
     scenarios = {case.id: machine_lost(case.values[0], **case.values[1]) for case in FAILOVERS}
     settings, lesson = NOT_PROMOTED.values
     scenarios[NOT_PROMOTED.id] = machine_lost(settings, **lesson, expect_failover=False)
+    for case in PARTITIONS:
+        scenarios[case.id] = leader_partitioned(case.values[0], replicated=5, in_window=3)
     return scenarios
 
 
@@ -138,3 +156,28 @@ def test_lagging_replicas_are_not_promoted(scenarios, request, settings, lesson)
     assert outcome.acknowledged == [1, 2, 3, 4, 5, 6, 7, 8]
     assert outcome.new_leader is None
     assert len(outcome.refused) == 2
+
+
+@pytest.mark.parametrize("settings, lost, commit_waited", PARTITIONS)
+def test_leader_partitioned(scenarios, request, settings, lost, commit_waited):
+    """Scenario: five rows committed everywhere; then nftables in the leader's machine drop
+    every packet to and from etcd and the replicas (clients still reach it); the client
+    commits three more rows on it; Patroni demotes it once it cannot renew its leader key
+    (retry_timeout) and a replica leads once the key expires (ttl); a row (100) is
+    committed on the new leader.
+
+    Outcome: the partition drops packets (a replica's connection attempt times out, it
+    is not refused; the rules' counters count what they dropped). Asynchronous: the
+    three rows were acknowledged by the cut-off leader and are lost. synchronous_mode:
+    the first waits for the standby (SyncRep) and is never acknowledged: nothing is lost.
+    The old leader takes no more writes (its fast shutdown waits for WAL senders that
+    cannot reach their standbys: it stays "shutting down").
+    """
+    outcome = scenarios.outcome(request.node.callspec.id)
+    assert outcome.peer_connect == "timed out"
+    assert outcome.dropped_packets > 0
+    assert outcome.new_leader not in (None, outcome.old_leader)
+    assert outcome.old_leader_now in ("shutting down", "read-only")  # (once WAL senders time out)
+    assert outcome.summary() == lost
+    assert outcome.waiting_commit == commit_waited
+    assert outcome.present == [1, 2, 3, 4, 5, 100]

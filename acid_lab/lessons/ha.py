@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import threading
 from contextlib import closing
 from dataclasses import dataclass, field
 
 import psycopg2
 
-from acid_lab.servers.patroni import SCOPE, Node, PatroniCluster
+from acid_lab.servers.network import inside
+from acid_lab.servers.patroni import PG_PORT, SCOPE, Node, PatroniCluster
 
 BOUND = 30  # seconds a step of the lesson may take (a failover: ttl more)
 TABLE = "ha_rows"
+PEER_TIMEOUT = 1  # seconds a peer's connection attempt waits for an answer
 LAGGING = "My wal position exceeds maximum replication lag"  # Patroni's words, in its log
 
 
@@ -74,33 +77,17 @@ def lose_leader_while_replicas_lag(cluster: PatroniCluster, *, replicated: int,
     still shows as running.)"""
     old = cluster.wait_until_healthy()
     outcome = Failover(old.name, None)
-    # keepalives: a lost machine answers nothing, not even with a reset
-    writer = cluster.connect(old, keepalives_idle=1, keepalives_interval=1,
-                             keepalives_count=2)
+    writer = _writer(cluster, old)
     replicas = [node for node in cluster.nodes if node is not old]
     cut = False
     try:
-        with writer.cursor() as cur:
-            cur.execute(f"create table {TABLE} (id int primary key)")
-            for row in range(1, replicated + 1):
-                cur.execute(f"insert into {TABLE} values (%s)", (row,))
-                outcome.acknowledged.append(row)
-            everything = _lsn(cur)
-        _wait(cluster, lambda: _replayed_everywhere(cluster, old, everything, len(replicas)),
-              "every replica to replay the first rows")
+        _commit_everywhere(cluster, old, writer, replicated, outcome)
         cluster.network.cut_off(old.name, *(node.name for node in replicas))
         cut = True
-
-        committing = threading.Thread(target=_commit_rows, daemon=True, args=(
-            writer, range(replicated + 1, replicated + unshipped + 1), outcome.acknowledged))
-        committing.start()
-        outcome.waiting_commit = _wait(
-            cluster, lambda: ("returned" if not committing.is_alive()
-                              else _sync_rep_wait(cluster, old, writer.info.backend_pid)),
-            "the COMMITs to return or to wait for a standby")
-        if outcome.waiting_commit == "returned":
-            outcome.waiting_commit = None
-        elif cancel_waiting_commit:
+        committing = _commit_in_window(cluster, old, writer,
+                                       range(replicated + 1, replicated + unshipped + 1),
+                                       outcome)
+        if outcome.waiting_commit and cancel_waiting_commit:
             with closing(cluster.connect(old)) as admin, admin.cursor() as cur:
                 cur.execute("select pg_cancel_backend(%s)", (writer.info.backend_pid,))
             committing.join(BOUND)
@@ -133,6 +120,110 @@ def lose_leader_while_replicas_lag(cluster: PatroniCluster, *, replicated: int,
             cluster.network.heal(old.name)
         with contextlib.suppress(psycopg2.Error):
             writer.close()
+
+
+def _writer(cluster: PatroniCluster, node: Node):
+    # keepalives: a lost or cut-off machine answers nothing, not even with a reset
+    return cluster.connect(node, keepalives_idle=1, keepalives_interval=1, keepalives_count=2)
+
+
+def _commit_everywhere(cluster: PatroniCluster, leader: Node, writer, rows: int,
+                       outcome: Failover) -> None:
+    """The table and rows 1..rows, one COMMIT each, replayed by every replica."""
+    with writer.cursor() as cur:
+        cur.execute(f"create table {TABLE} (id int primary key)")
+        for row in range(1, rows + 1):
+            cur.execute(f"insert into {TABLE} values (%s)", (row,))
+            outcome.acknowledged.append(row)
+        everything = _lsn(cur)
+    replicas = len(cluster.nodes) - 1
+    _wait(cluster, lambda: _replayed_everywhere(cluster, leader, everything, replicas),
+          "every replica to replay the first rows")
+
+
+def _commit_in_window(cluster: PatroniCluster, leader: Node, writer, rows,
+                      outcome: Failover) -> threading.Thread:
+    """Commit ``rows`` one by one in a thread; return once all COMMITs returned or one
+    waits for a synchronous standby (noted in ``outcome.waiting_commit``)."""
+    committing = threading.Thread(target=_commit_rows, daemon=True,
+                                  args=(writer, rows, outcome.acknowledged))
+    committing.start()
+    waited = _wait(cluster, lambda: ("returned" if not committing.is_alive()
+                                     else _sync_rep_wait(cluster, leader,
+                                                         writer.info.backend_pid)),
+                   "the COMMITs to return or to wait for a standby")
+    outcome.waiting_commit = None if waited == "returned" else waited
+    return committing
+
+
+@dataclass
+class Partition(Failover):
+    """A Failover, and what the partition did: packets dropped, a peer's connection
+    attempt (timed out: dropped; refused: rejected), how the old leader stopped writing."""
+
+    dropped_packets: int = 0
+    peer_connect: str = ""
+    old_leader_now: str = ""  # "shutting down", "read-only"
+
+
+def partition_leader(cluster: PatroniCluster, *, replicated: int, in_window: int) -> Partition:
+    """Cut the leader off from etcd and from its replicas (clients still reach it);
+    commit ``in_window`` rows on it meanwhile; wait until a replica leads (once the old
+    leader's key expired: ttl) and the old leader takes no more writes (Patroni demotes
+    it once it cannot renew its key: retry_timeout); write a row (100) on the new one."""
+    old = cluster.wait_until_healthy()
+    outcome = Partition(old.name, None)
+    writer = _writer(cluster, old)
+    others = [node for node in cluster.nodes if node is not old]
+    try:
+        _commit_everywhere(cluster, old, writer, replicated, outcome)
+        cluster.network.cut_off(old.name, "etcd", *(node.name for node in others))
+        outcome.peer_connect = _connect_from(cluster, others[0], old)
+        committing = _commit_in_window(cluster, old, writer,
+                                       range(replicated + 1, replicated + in_window + 1),
+                                       outcome)
+        ttl = cluster.settings["ttl"]
+        new = cluster.wait_for_new_leader(old, ttl + BOUND)
+        outcome.new_leader = new.name
+        outcome.old_leader_now = _wait(cluster, lambda: _not_writable(cluster, old),
+                                       "the old leader to stop taking writes")
+        committing.join(BOUND)
+        with closing(cluster.connect(new)) as conn, conn.cursor() as cur:
+            cur.execute(f"insert into {TABLE} values (100)")
+            cur.execute(f"select id from {TABLE} order by id")
+            outcome.present = [row for (row,) in cur.fetchall()]
+        outcome.dropped_packets = cluster.network.dropped(old.name)
+        return outcome
+    finally:
+        cluster.network.heal(old.name)
+        with contextlib.suppress(psycopg2.Error):
+            writer.close()
+
+
+def _connect_from(cluster: PatroniCluster, peer: Node, target: Node) -> str:
+    """A TCP connection from ``peer``'s machine to ``target``'s PostgreSQL: "connected",
+    "refused" (a reset came back) or "timed out" (nothing came back: dropped)."""
+    with inside(peer.namespace):
+        try:
+            socket.create_connection((target.address, PG_PORT), timeout=PEER_TIMEOUT).close()
+        except ConnectionRefusedError:
+            return "refused"
+        except TimeoutError:
+            return "timed out"
+    return "connected"
+
+
+def _not_writable(cluster: PatroniCluster, node: Node) -> str | None:
+    """How ``node`` refuses writes now: "shutting down" (a demotion under way: a fast
+    shutdown waits for its WAL senders), "read-only" (it runs as a standby); None while
+    it still is a primary."""
+    try:
+        conn = cluster.connect(node)
+    except psycopg2.OperationalError as error:
+        return "shutting down" if "shutting down" in str(error) else None
+    with closing(conn), conn.cursor() as cur:
+        cur.execute("select pg_is_in_recovery()")
+        return "read-only" if cur.fetchone()[0] else None
 
 
 def _commit_rows(conn, rows, acknowledged: list[int]) -> None:

@@ -285,10 +285,15 @@ class PatroniCluster:
         return []
 
     def leader(self) -> Node | None:
-        """The node etcd names leader and whose PostgreSQL runs, if any."""
-        for member in self.members():
-            if member.get("role") == "leader" and member.get("state") == "running":
-                return self.node(member["name"])
+        """The node etcd's leader key names, once its Patroni says its PostgreSQL runs as
+        the primary. (etcd itself: a member cut off from etcd still shows its old view.)"""
+        name = self.etcd.value(f"/service/{SCOPE}/leader")
+        if name is None or name not in {node.name for node in self.nodes}:
+            return None
+        node = self.node(name)
+        status, answer = self.api(node)
+        if status == 200 and answer.get("role") == "primary" and answer.get("state") == "running":
+            return node
         return None
 
     def node(self, name: str) -> Node:
@@ -325,7 +330,7 @@ class PatroniCluster:
     def _until(self, condition, bound: float, what: str):
         deadline = time.monotonic() + bound
         while True:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, psycopg2.Error):  # not up (yet, again)
                 result = condition()
                 if result:
                     return result
