@@ -141,6 +141,9 @@ class Network:
         still holds to send for processes that are gone (a lost machine sends nothing)."""
         _run("ip", "-n", self.namespace(machine), "link", "set", "eth0", "down")
 
+    def plug(self, machine: str) -> None:
+        _run("ip", "-n", self.namespace(machine), "link", "set", "eth0", "up")
+
     def heal(self, machine: str) -> None:
         with contextlib.suppress(OSError):
             _run("ip", "netns", "exec", self.namespace(machine), "nft", "delete", "table",

@@ -389,6 +389,12 @@ class PatroniCluster:
         self.network.unplug(node.name)
         self._kill(node.processes())
 
+    def restore_machine(self, node: Node) -> None:
+        """The lost machine back: its link up, its Patroni started; Patroni makes its
+        PostgreSQL a replica of the new leader (pg_rewind first, if it diverged)."""
+        self.network.plug(node.name)
+        self.start_patroni(node)
+
     def freeze(self, node: Node) -> None:
         """SIGSTOP every process of the node (a VM paused); ``thaw`` goes on."""
         processes = node.processes()
