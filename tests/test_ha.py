@@ -15,7 +15,14 @@ from collections.abc import Callable
 
 import pytest
 
-from acid_lab.lessons.ha import Failover, lose_leader_while_replicas_lag, partition_leader
+from acid_lab.lessons.ha import (
+    DEMOTES,
+    FAILSAFE_KEEPS,
+    Failover,
+    lose_etcd,
+    lose_leader_while_replicas_lag,
+    partition_leader,
+)
 from acid_lab.servers.patroni import PatroniCluster, ha_missing
 
 MISSING = ha_missing()
@@ -65,12 +72,30 @@ PARTITIONS = [
 ]
 
 
+def etcd_lost(settings: dict) -> Callable[[], object]:
+    def scenario():
+        with PatroniCluster(**settings) as cluster:
+            return lose_etcd(cluster)
+    return scenario
+
+
+# failsafe_mode, then what the leader's Patroni says and whether it still takes writes
+ETCD_LOST = [
+    pytest.param(False, DEMOTES, False,
+                 id="etcd lost, no failsafe_mode: the leader demotes itself"),
+    pytest.param(True, FAILSAFE_KEEPS, True,
+                 id="etcd lost, failsafe_mode: the leader keeps serving"),
+]
+
+
 def _scenarios() -> dict[str, Callable[[], Failover]]:
     scenarios = {case.id: machine_lost(case.values[0], **case.values[1]) for case in FAILOVERS}
     settings, lesson = NOT_PROMOTED.values
     scenarios[NOT_PROMOTED.id] = machine_lost(settings, **lesson, expect_failover=False)
     for case in PARTITIONS:
         scenarios[case.id] = leader_partitioned(case.values[0], replicated=5, in_window=3)
+    for case in ETCD_LOST:
+        scenarios[case.id] = etcd_lost({"failsafe_mode": case.values[0]})
     return scenarios
 
 
@@ -181,3 +206,17 @@ def test_leader_partitioned(scenarios, request, settings, lost, commit_waited):
     assert outcome.summary() == lost
     assert outcome.waiting_commit == commit_waited
     assert outcome.present == [1, 2, 3, 4, 5, 100]
+
+
+@pytest.mark.parametrize("failsafe_mode, decision, still_writable", ETCD_LOST)
+def test_etcd_lost(scenarios, request, failsafe_mode, decision, still_writable):
+    """Scenario: etcd is killed; every node still reaches every other.
+
+    Outcome: without failsafe_mode the leader, unable to renew its key, demotes itself:
+    no more writes anywhere, though nothing else failed. With failsafe_mode (Patroni
+    3.0+) it asks every member over their REST APIs instead, all answer, and it keeps
+    running as the leader: a write succeeds.
+    """
+    outcome = scenarios.outcome(request.node.callspec.id)
+    assert outcome.decision == decision
+    assert outcome.still_writable is still_writable

@@ -261,3 +261,43 @@ def _said(node: Node, words: str) -> bool:
         return words in node.log.read_text(errors="replace")
     except OSError:
         return False
+
+
+FAILSAFE_KEEPS = "continue to run as a leader because failsafe mode is enabled"
+DEMOTES = "demoted self because DCS is not accessible"
+
+
+@dataclass
+class EtcdLost:
+    """What the leader's Patroni decided once etcd was gone, and whether it still writes."""
+
+    leader: str
+    decision: str = ""
+    still_writable: bool = False
+
+
+def lose_etcd(cluster: PatroniCluster) -> EtcdLost:
+    """Kill etcd (every member still reaches every other); wait for the leader's Patroni
+    to say what it does about it (in its log), then try a write on the leader."""
+    leader = cluster.wait_until_healthy()
+    outcome = EtcdLost(leader.name)
+    logged = leader.log.stat().st_size
+    cluster.etcd.process.kill()
+    cluster.etcd.process.wait(BOUND)
+    outcome.decision = _wait(cluster, lambda: _said_since(leader, logged, FAILSAFE_KEEPS, DEMOTES),
+                             "the leader's Patroni to decide without etcd",
+                             cluster.settings["retry_timeout"] + BOUND)
+    try:  # a demoted leader is stopped ("offline"): no session at all
+        with closing(cluster.connect(leader)) as conn, conn.cursor() as cur:
+            cur.execute("create table written_without_etcd (id int)")
+        outcome.still_writable = True
+    except psycopg2.Error:
+        outcome.still_writable = False
+    return outcome
+
+
+def _said_since(node: Node, offset: int, *phrases: str) -> str | None:
+    with open(node.log, "rb") as log:
+        log.seek(offset)
+        text = log.read().decode(errors="replace")
+    return next((phrase for phrase in phrases if phrase in text), None)
