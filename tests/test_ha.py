@@ -15,10 +15,12 @@ from collections.abc import Callable
 
 import pytest
 
+from acid_lab.checkers.history import check
 from acid_lab.lessons.ha import (
     DEMOTES,
     FAILSAFE_KEEPS,
     Failover,
+    failover_history,
     lose_etcd,
     lose_leader_while_replicas_lag,
     partition_leader,
@@ -42,14 +44,14 @@ def machine_lost(settings: dict, **lesson) -> Callable[[], Failover]:
 # settings, what the lesson does, then what must come of it
 FAILOVERS = [
     pytest.param({}, {"replicated": 5, "unshipped": 3},
-                 "lost 3 of 8", [6, 7, 8], None,
+                 "lost 3 of 8", [6, 7, 8], None, {"G-single-realtime": 1},
                  id="asynchronous (Patroni's default): acknowledged commits lost"),
     pytest.param({"synchronous_mode": True}, {"replicated": 5, "unshipped": 3},
-                 "lost 0 of 5", [], "SyncRep",
+                 "lost 0 of 5", [], "SyncRep", {},
                  id="synchronous_mode: nothing acknowledged lost, the COMMIT waits"),
     pytest.param({"synchronous_mode": True},
                  {"replicated": 5, "unshipped": 1, "cancel_waiting_commit": True},
-                 "lost 1 of 6", [6], "SyncRep",
+                 "lost 1 of 6", [6], "SyncRep", {"G-single-realtime": 1},
                  id="synchronous_mode, the waiting COMMIT cancelled: visible, then lost"),
 ]
 NOT_PROMOTED = pytest.param({"maximum_lag_on_failover": 1}, {"replicated": 5, "unshipped": 3},
@@ -145,9 +147,10 @@ def scenarios():
         runs.close()
 
 
-@pytest.mark.parametrize("settings, lesson, lost, read_then_gone, commit_waited", FAILOVERS)
+@pytest.mark.parametrize("settings, lesson, lost, read_then_gone, commit_waited, anomalies",
+                         FAILOVERS)
 def test_leader_machine_lost_while_replicas_lag(scenarios, request, settings, lesson, lost,
-                                                read_then_gone, commit_waited):
+                                                read_then_gone, commit_waited, anomalies):
     """Scenario: five rows committed and replayed everywhere; then a partition drops every
     packet between the leader and its replicas, and the client commits more (one row per
     COMMIT); the leader's machine is lost (unplugged, Patroni and PostgreSQL SIGKILLed);
@@ -159,8 +162,17 @@ def test_leader_machine_lost_while_replicas_lag(scenarios, request, settings, le
     acknowledged is lost. But a waiting COMMIT that the client cancels returns (a
     WARNING: committed locally, not replicated), another client reads its row on the
     leader, and the new leader does not have it.
+
+    As a history (appends of the row ids, the read on the old leader, the read on the new
+    one, in real-time order), our checker with real-time order (strict-serializable)
+    names the loss a G-single-realtime: the new leader's read misses a write that ended
+    before it began. Without real-time edges (serializable) the same history is valid:
+    the read could have come first.
     """
     outcome = scenarios.outcome(request.node.callspec.id)
+    history = failover_history(outcome)
+    assert check(history, "strict-serializable").counts() == anomalies
+    assert check(history, "serializable").valid
     assert outcome.new_leader not in (None, outcome.old_leader)
     assert outcome.summary() == lost
     assert outcome.lost == read_then_gone

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import psycopg2
 
+from acid_lab.engine.histories import APPEND, INFO, INVOKE, OK, READ, Operation
 from acid_lab.servers.network import inside
 from acid_lab.servers.patroni import PG_PORT, SCOPE, Node, PatroniCluster
 
@@ -301,3 +302,27 @@ def _said_since(node: Node, offset: int, *phrases: str) -> str | None:
         log.seek(offset)
         text = log.read().decode(errors="replace")
     return next((phrase for phrase in phrases if phrase in text), None)
+
+
+KEY = "rows"  # the history's one list: the table's ids, in the order they were appended
+
+
+def failover_history(outcome: Failover) -> list[Operation]:
+    """The lesson as a list-append history, in real-time order: the writer's appends
+    (ok once its COMMIT returned; info when it never did), the read on the old leader,
+    then the read on the new one."""
+    operations: list[Operation] = []
+
+    def transaction(process: int, value: tuple, ending: str) -> None:
+        invoked = tuple((f, k, None if f == READ else v) for f, k, v in value)
+        operations.append(Operation(INVOKE, invoked, process, len(operations),
+                                    len(operations)))
+        operations.append(Operation(ending, value, process, len(operations), len(operations)))
+
+    attempted = sorted({*outcome.acknowledged, *outcome.seen_on_old_leader})
+    for row in attempted:
+        transaction(0, ((APPEND, KEY, row),), OK if row in outcome.acknowledged else INFO)
+    if outcome.seen_on_old_leader:
+        transaction(1, ((READ, KEY, tuple(outcome.seen_on_old_leader)),), OK)
+    transaction(2, ((READ, KEY, tuple(outcome.present)),), OK)
+    return operations
