@@ -24,8 +24,9 @@ from acid_lab.lessons.ha import (
     lose_etcd,
     lose_leader_while_replicas_lag,
     partition_leader,
+    switch_over_then_crash,
 )
-from acid_lab.servers.patroni import PatroniCluster, ha_missing
+from acid_lab.servers.patroni import PatroniCluster, abandon_waits, ha_missing
 
 MISSING = ha_missing()
 pytestmark = [pytest.mark.ha, pytest.mark.own_server,
@@ -90,12 +91,21 @@ ETCD_LOST = [
 ]
 
 
+def handovers() -> object:
+    with PatroniCluster(primary_start_timeout=0) as cluster:
+        return switch_over_then_crash(cluster)
+
+
+HANDOVERS = pytest.param(id="switchover, then the new leader's PostgreSQL crashes")
+
+
 def _scenarios() -> dict[str, Callable[[], Failover]]:
     scenarios = {case.id: machine_lost(case.values[0], **case.values[1]) for case in FAILOVERS}
     settings, lesson = NOT_PROMOTED.values
     scenarios[NOT_PROMOTED.id] = machine_lost(settings, **lesson, expect_failover=False)
     for case in PARTITIONS:
         scenarios[case.id] = leader_partitioned(case.values[0], replicated=5, in_window=3)
+    scenarios[HANDOVERS.id] = handovers
     for case in ETCD_LOST:
         scenarios[case.id] = etcd_lost({"failsafe_mode": case.values[0]})
     return scenarios
@@ -115,6 +125,8 @@ class Scenarios:
         return self.futures[case_id].result(timeout=BOUND)
 
     def close(self) -> None:
+        """At the run's end: scenarios still under way (Ctrl-C) stop waiting and close."""
+        abandon_waits()
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -232,3 +244,20 @@ def test_etcd_lost(scenarios, request, failsafe_mode, decision, still_writable):
     outcome = scenarios.outcome(request.node.callspec.id)
     assert outcome.decision == decision
     assert outcome.still_writable is still_writable
+
+
+@pytest.mark.parametrize("case", [HANDOVERS.id], ids=[HANDOVERS.id])
+def test_switchover_and_postgres_crash(scenarios, case):
+    """Scenario: a switchover (Patroni's REST API) to a chosen replica; then that new
+    leader's PostgreSQL is SIGKILLed, Patroni alive, with primary_start_timeout 0; then a
+    replica is frozen (SIGSTOP) and thawed.
+
+    Outcome: the chosen replica leads; after the crash Patroni does not restart it as
+    the primary but gives up the key at once, and another node leads; the frozen replica
+    does not replay a write made meanwhile on the leader; thawed, it catches up.
+    """
+    outcome = scenarios.outcome(case)
+    assert outcome.after_switchover != outcome.first
+    assert outcome.after_postgres_crash not in (None, outcome.after_switchover)
+    assert outcome.frozen_replica_lagged
+    assert outcome.thawed_replica_caught_up

@@ -239,17 +239,20 @@ def _commit_rows(conn, rows, acknowledged: list[int]) -> None:
 
 
 def _replayed_everywhere(cluster: PatroniCluster, leader: Node, lsn: int, replicas: int) -> bool:
-    with closing(cluster.connect(leader)) as conn, conn.cursor() as cur:
-        cur.execute("select count(*) from pg_stat_replication where replay_lsn - '0/0' >= %s",
-                    (lsn,))
-        return cur.fetchone()[0] == replicas
+    return len(_replayed_by(cluster, leader, lsn)) == replicas
+
+
+def _replayed_by(cluster: PatroniCluster, leader: Node, lsn: int) -> set[str]:
+    """The replicas (Patroni names their sessions after them) that replayed up to ``lsn``."""
+    rows = cluster.query(leader, "select application_name from pg_stat_replication "
+                                 "where replay_lsn - '0/0' >= %s", (lsn,))
+    return {name for (name,) in rows}
 
 
 def _sync_rep_wait(cluster: PatroniCluster, leader: Node, backend: int) -> str | None:
-    with closing(cluster.connect(leader)) as conn, conn.cursor() as cur:
-        cur.execute("select wait_event from pg_stat_activity where pid = %s", (backend,))
-        found = cur.fetchone()
-    return "SyncRep" if found and found[0] == "SyncRep" else None
+    rows = cluster.query(leader, "select wait_event from pg_stat_activity where pid = %s",
+                         (backend,))
+    return "SyncRep" if rows and rows[0][0] == "SyncRep" else None
 
 
 def _leader_position(cluster: PatroniCluster) -> int:
@@ -326,3 +329,47 @@ def failover_history(outcome: Failover) -> list[Operation]:
         transaction(1, ((READ, KEY, tuple(outcome.seen_on_old_leader)),), OK)
     transaction(2, ((READ, KEY, tuple(outcome.present)),), OK)
     return operations
+
+
+@dataclass
+class Handovers:
+    """Who led after each planned or unplanned change."""
+
+    first: str
+    after_switchover: str = ""
+    after_postgres_crash: str = ""
+    frozen_replica_lagged: bool = False  # a write on the leader not replayed by it
+    thawed_replica_caught_up: bool = False
+
+
+def switch_over_then_crash(cluster: PatroniCluster) -> Handovers:
+    """A switchover to a chosen replica; then that leader's PostgreSQL SIGKILLed (with
+    ``primary_start_timeout`` 0 Patroni gives up the key at once); then a replica frozen
+    (SIGSTOP: it replays nothing meanwhile) and thawed (it catches up)."""
+    first = cluster.wait_until_healthy()
+    outcome = Handovers(first.name)
+    candidate = next(node for node in cluster.nodes if node is not first)
+    outcome.after_switchover = cluster.switchover(candidate).name
+    cluster.wait_until_healthy()
+    cluster.kill_postgres(candidate)
+    outcome.after_postgres_crash = cluster.wait_for_new_leader(candidate, BOUND).name
+    leader = cluster.wait_until_healthy()
+    replica = next(node for node in cluster.nodes if node is not leader)
+    cluster.freeze(replica)
+    try:
+        with closing(cluster.connect(leader)) as conn, conn.cursor() as cur:
+            cur.execute("create table while_frozen (id int)")
+            written = _lsn(cur)
+        others = {node.name for node in cluster.nodes} - {leader.name, replica.name}
+        # once every other replica has replayed the write, the frozen one still has not
+        _wait(cluster, lambda: others <= _replayed_by(cluster, leader, written),
+              "the other replicas to replay the write")
+        outcome.frozen_replica_lagged = replica.name not in _replayed_by(cluster, leader,
+                                                                         written)
+    finally:
+        cluster.thaw(replica)
+    _wait(cluster, lambda: _replayed_everywhere(cluster, leader, written,
+                                                len(cluster.nodes) - 1),
+          "the thawed replica to catch up")
+    outcome.thawed_replica_caught_up = True
+    return outcome

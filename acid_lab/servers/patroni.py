@@ -24,6 +24,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -45,9 +46,10 @@ REPLICATOR = "replicator"
 PG_PORT = 5432
 API_PORT = 8008
 REQUEST_TIMEOUT = 2
+SWITCHOVER_BOUND = 60
 START_BOUND = 90  # seconds for three nodes to bootstrap, clone and stream
 HA_GUARD = Path(__file__).with_name("ha_guard.py")  # run as a script (standard library only)
-POLL = 0.1  # seconds between two looks at the REST API / etcd
+POLL = 0.2  # seconds between two looks at the REST API / etcd
 
 # Patroni's documented defaults, but the shortest loop it allows: decisions come sooner
 DEFAULT_SETTINGS = {
@@ -80,6 +82,15 @@ def ha_missing() -> str | None:
         return (f"install Patroni: `python -m acid_lab.servers.patroni_setup` "
                 f"(`make test` runs it; it makes {patroni_home()})")
     return None
+
+
+_ABANDONED = threading.Event()  # the run is ending: every wait gives up at once
+
+
+def abandon_waits() -> None:
+    """Make every cluster's wait (in any thread) fail at once: the run is ending (Ctrl-C),
+    and the clusters are to be closed rather than waited for."""
+    _ABANDONED.set()
 
 
 class ClusterError(RuntimeError):
@@ -147,6 +158,7 @@ class PatroniCluster:
         self.etcd: Etcd | None = None
         self.workdir: Path | None = None
         self._guard: subprocess.Popen | None = None
+        self._sessions: dict[str, psycopg2.extensions.connection] = {}
 
     # -- life cycle
 
@@ -192,6 +204,10 @@ class PatroniCluster:
 
     def close(self) -> None:
         """End everything (the guard does it: processes, namespaces, folder)."""
+        for conn in self._sessions.values():
+            with contextlib.suppress(psycopg2.Error):
+                conn.close()
+        self._sessions.clear()
         if self._guard is not None:
             self._guard.stdin.close()
             self._guard.wait(timeout=120)
@@ -262,7 +278,7 @@ class PatroniCluster:
     # -- what Patroni says
 
     def api(self, node: Node, path: str = "/patroni", method: str = "GET",
-            body: dict | None = None) -> tuple[int, dict]:
+            body: dict | None = None, timeout: float = REQUEST_TIMEOUT) -> tuple[int, dict]:
         """A request to the node's REST API: (HTTP status, JSON answer)."""
         request = urllib.request.Request(
             f"http://{node.address}:{API_PORT}{path}", method=method,
@@ -272,7 +288,7 @@ class PatroniCluster:
             request.add_header("Authorization", f"Basic {token}")
         with inside(self.network.hub):
             try:
-                with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as answer:
+                with urllib.request.urlopen(request, timeout=timeout) as answer:
                     return answer.status, _json(answer.read())
             except urllib.error.HTTPError as error:
                 return error.code, _json(error.read())
@@ -334,6 +350,8 @@ class PatroniCluster:
                 result = condition()
                 if result:
                     return result
+            if _ABANDONED.is_set():
+                raise ClusterError(f"abandoned while waiting for {what}: the run is ending")
             if time.monotonic() > deadline:
                 raise ClusterError(f"waited {bound} s for {what}; members: {self.members()}"
                                    f"\n{self.log_tails()}")
@@ -359,16 +377,35 @@ class PatroniCluster:
         conn.autocommit = autocommit
         return conn
 
+    def query(self, node: Node, sql: str, params: tuple = ()) -> list[tuple]:
+        """Rows of a query on the node, over a session kept for such questions (a new
+        session per look would cost a login, scram included, each time: polls ask often).
+        A broken session is dropped and the error raised: the next look opens another."""
+        conn = self._sessions.get(node.name)
+        if conn is None or conn.closed:
+            conn = self._sessions[node.name] = self.connect(node)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                return cur.fetchall()
+        except psycopg2.Error:
+            del self._sessions[node.name]
+            with contextlib.suppress(psycopg2.Error):
+                conn.close()
+            raise
+
     # -- operations
 
     def switchover(self, candidate: Node) -> Node:
         """Patroni's switchover to ``candidate``; returns once it leads."""
         old = self.leader()
+        # Patroni answers once the switchover is done (or failed)
         status, answer = self.api(old, "/switchover", "POST",
-                                  {"leader": old.name, "candidate": candidate.name})
+                                  {"leader": old.name, "candidate": candidate.name},
+                                  timeout=SWITCHOVER_BOUND)
         if status != 200:
             raise ClusterError(f"switchover refused ({status}): {answer}")
-        return self.wait_for_new_leader(old, 60)
+        return self.wait_for_new_leader(old, SWITCHOVER_BOUND)
 
     # -- faults
 
