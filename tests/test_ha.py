@@ -21,6 +21,7 @@ from acid_lab.lessons.ha import (
     FAILSAFE_KEEPS,
     Failover,
     failover_history,
+    freeze_leaders_patroni,
     lose_etcd,
     lose_leader_while_replicas_lag,
     partition_leader,
@@ -99,6 +100,14 @@ def handovers() -> object:
 HANDOVERS = pytest.param(id="switchover, then the new leader's PostgreSQL crashes")
 
 
+def split_brain() -> object:
+    with PatroniCluster() as cluster:
+        return freeze_leaders_patroni(cluster, replicated=5)
+
+
+SPLIT_BRAIN = "the leader's Patroni frozen: two primaries"
+
+
 def _scenarios() -> dict[str, Callable[[], Failover]]:
     scenarios = {case.id: machine_lost(case.values[0], **case.values[1]) for case in FAILOVERS}
     settings, lesson = NOT_PROMOTED.values
@@ -106,6 +115,7 @@ def _scenarios() -> dict[str, Callable[[], Failover]]:
     for case in PARTITIONS:
         scenarios[case.id] = leader_partitioned(case.values[0], replicated=5, in_window=3)
     scenarios[HANDOVERS.id] = handovers
+    scenarios[SPLIT_BRAIN] = split_brain
     for case in ETCD_LOST:
         scenarios[case.id] = etcd_lost({"failsafe_mode": case.values[0]})
     return scenarios
@@ -261,3 +271,33 @@ def test_switchover_and_postgres_crash(scenarios, case):
     assert outcome.after_postgres_crash not in (None, outcome.after_switchover)
     assert outcome.frozen_replica_lagged
     assert outcome.thawed_replica_caught_up
+
+
+# model, then what our checker finds in the split brain's history
+SPLIT_BRAIN_VERDICTS = {
+    "serializable": {"incompatible-order": 1},
+    "strict-serializable": {"G-single-realtime": 1, "G0-realtime": 1, "incompatible-order": 1},
+}
+
+
+@pytest.mark.parametrize("case", [SPLIT_BRAIN], ids=[SPLIT_BRAIN])
+def test_frozen_patroni_makes_two_primaries(scenarios, case):
+    """Scenario: five rows committed everywhere; the leader's Patroni is frozen
+    (SIGSTOP), its PostgreSQL runs on. Its key expires (ttl) and a replica leads. A
+    client commits row 100 on the new leader, then another reads on the old one and
+    commits row 6 there; then each leader is read.
+
+    Outcome: two primaries. The read on the old leader misses row 100, committed before
+    it began (a stale read: the read split brain); row 6 is acknowledged by the old
+    leader and the new one never has it. Our checker, given the history: in any model,
+    the two leaders' lists diverge (incompatible-order); only with real-time order
+    (strict-serializable) is the stale read named (G-single-realtime: the read misses a
+    write that ended before it began).
+    """
+    outcome = scenarios.outcome(case)
+    assert outcome.new_leader not in (None, outcome.old_leader)
+    assert outcome.read_on_old == [1, 2, 3, 4, 5]
+    assert outcome.read_on_new == [1, 2, 3, 4, 5, 100]
+    assert outcome.read_on_old_at_end == [1, 2, 3, 4, 5, 6]
+    found = {model: check(outcome.history(), model).counts() for model in SPLIT_BRAIN_VERDICTS}
+    assert found == SPLIT_BRAIN_VERDICTS

@@ -373,3 +373,70 @@ def switch_over_then_crash(cluster: PatroniCluster) -> Handovers:
           "the thawed replica to catch up")
     outcome.thawed_replica_caught_up = True
     return outcome
+
+
+@dataclass
+class SplitBrain:
+    """Two primaries at once: what each took and served."""
+
+    old_leader: str
+    new_leader: str | None = None
+    replicated: list[int] = field(default_factory=list)
+    written_on_new: int = 100
+    written_on_old: int = 6
+    read_on_old: list[int] = field(default_factory=list)  # after the write on the new one
+    read_on_new: list[int] = field(default_factory=list)  # at the end
+    read_on_old_at_end: list[int] = field(default_factory=list)
+
+    def history(self) -> list[Operation]:
+        """In real-time order: the first appends, the append on the new leader, the read
+        on the old one, the append on the old one, the reads on the new and the old one."""
+        operations: list[Operation] = []
+
+        def transaction(process: int, value: tuple) -> None:
+            invoked = tuple((f, k, None if f == READ else v) for f, k, v in value)
+            for ending, micro in ((INVOKE, invoked), (OK, value)):
+                operations.append(Operation(ending, micro, process, len(operations),
+                                            len(operations)))
+
+        for row in self.replicated:
+            transaction(0, ((APPEND, KEY, row),))
+        transaction(1, ((APPEND, KEY, self.written_on_new),))
+        transaction(2, ((READ, KEY, tuple(self.read_on_old)),))
+        transaction(0, ((APPEND, KEY, self.written_on_old),))
+        transaction(3, ((READ, KEY, tuple(self.read_on_new)),))
+        transaction(2, ((READ, KEY, tuple(self.read_on_old_at_end)),))
+        return operations
+
+
+def freeze_leaders_patroni(cluster: PatroniCluster, *, replicated: int) -> SplitBrain:
+    """Commit ``replicated`` rows everywhere; SIGSTOP the leader's Patroni (its PostgreSQL
+    runs on); once its key expired and a replica leads, commit a row on the new leader,
+    read on the old one, commit a row on the old one, read on the new and the old one."""
+    old = cluster.wait_until_healthy()
+    outcome = SplitBrain(old.name)
+    writer = _writer(cluster, old)
+    try:
+        failover = Failover(old.name, None)
+        _commit_everywhere(cluster, old, writer, replicated, failover)
+        outcome.replicated = failover.acknowledged
+        cluster.freeze_patroni(old)
+        new = cluster.wait_for_new_leader(old, cluster.settings["ttl"] + BOUND)
+        outcome.new_leader = new.name
+        with closing(cluster.connect(new)) as on_new, on_new.cursor() as cur:
+            cur.execute(f"insert into {TABLE} values (%s)", (outcome.written_on_new,))
+        with writer.cursor() as cur:
+            cur.execute(f"select id from {TABLE} order by id")
+            outcome.read_on_old = [row for (row,) in cur.fetchall()]
+            cur.execute(f"insert into {TABLE} values (%s)", (outcome.written_on_old,))
+        with closing(cluster.connect(new)) as on_new, on_new.cursor() as cur:
+            cur.execute(f"select id from {TABLE} order by id")
+            outcome.read_on_new = [row for (row,) in cur.fetchall()]
+        with writer.cursor() as cur:
+            cur.execute(f"select id from {TABLE} order by id")
+            outcome.read_on_old_at_end = [row for (row,) in cur.fetchall()]
+        return outcome
+    finally:
+        cluster.thaw(old)
+        with contextlib.suppress(psycopg2.Error):
+            writer.close()

@@ -440,6 +440,12 @@ class PatroniCluster:
                 process.send_signal(signal.SIGSTOP)
         node.frozen = [process.pid for process in processes]
 
+    def freeze_patroni(self, node: Node) -> None:
+        """SIGSTOP the node's Patroni alone (a stalled agent; its PostgreSQL runs on,
+        still the primary if it was: nothing demotes it while Patroni sleeps)."""
+        os.kill(node.patroni.pid, signal.SIGSTOP)
+        node.frozen = [node.patroni.pid]
+
     def thaw(self, node: Node) -> None:
         for pid in node.frozen:
             with contextlib.suppress(ProcessLookupError):
