@@ -39,6 +39,7 @@ from acid_lab.servers.guard import as_account, release_shared_memory, shared_mem
 from acid_lab.servers.network import CLIENTS, Network, inside, network_missing
 from acid_lab.servers.patroni_setup import patroni_home, patroni_installed, patroni_program
 from acid_lab.servers.server import ConnectionInfo, find_binaries, server_account
+from acid_lab.servers.templates import in_memory
 
 SCOPE = "acid_lab"
 SUPERUSER = "acid_lab"
@@ -49,6 +50,7 @@ REQUEST_TIMEOUT = 2
 SWITCHOVER_BOUND = 60
 START_BOUND = 90  # seconds for three nodes to bootstrap, clone and stream
 HA_GUARD = Path(__file__).with_name("ha_guard.py")  # run as a script (standard library only)
+CLUSTER_ROOM = 512 * 2**20  # bytes: three data folders, their WAL, etcd's
 POLL = 0.2  # seconds between two looks at the REST API / etcd
 
 # Patroni's documented defaults, but the shortest loop it allows: decisions come sooner
@@ -180,7 +182,7 @@ class PatroniCluster:
         account = server_account()
         self.account = (account.uid, account.gid)
         self.bindir = find_binaries().bindir
-        self.workdir = Path(tempfile.mkdtemp(prefix="acid_lab-ha-"))
+        self.workdir = Path(tempfile.mkdtemp(prefix="acid_lab-ha-", dir=_memory_folder()))
         os.chown(self.workdir, 0, account.gid)
         os.chmod(self.workdir, stat.S_IRWXU | stat.S_IXGRP)
         machines = ["etcd"] + [f"n{number}" for number in range(1, self.size + 1)]
@@ -465,6 +467,13 @@ class PatroniCluster:
             if node.patroni is not None:
                 node.patroni.poll()  # reaped, if it was one of them
         release_shared_memory(memory)
+
+
+def _memory_folder() -> str | None:
+    """In memory (a tmpfs) unless $TMPDIR says where temporary files go: etcd syncs its log
+    at every write (each member's key, every loop) and the servers theirs; this chapter
+    shows failovers, not what reaches a disk."""
+    return None if os.environ.get("TMPDIR") else in_memory(room=CLUSTER_ROOM)
 
 
 def _family(pid: int) -> list[psutil.Process]:
