@@ -23,6 +23,7 @@ from acid_lab.lessons.ha import (
     failover_history,
     freeze_leaders_patroni,
     lose_etcd,
+    lose_every_replica,
     lose_leader_while_replicas_lag,
     partition_leader,
     switch_over_then_crash,
@@ -108,6 +109,22 @@ def split_brain() -> object:
 SPLIT_BRAIN = "the leader's Patroni frozen: two primaries"
 
 
+def replicas_lost(settings: dict) -> Callable[[], object]:
+    def scenario():
+        with PatroniCluster(**settings) as cluster:
+            return lose_every_replica(cluster)
+    return scenario
+
+
+# synchronous_mode_strict, then the leader's synchronous_standby_names and its COMMIT
+NO_STANDBY = [
+    pytest.param(False, "(empty)", "returned",
+                 id="synchronous_mode, every replica lost: back to asynchronous"),
+    pytest.param(True, "*", "SyncRep",
+                 id="synchronous_mode_strict, every replica lost: COMMIT waits"),
+]
+
+
 def _scenarios() -> dict[str, Callable[[], Failover]]:
     scenarios = {case.id: machine_lost(case.values[0], **case.values[1]) for case in FAILOVERS}
     settings, lesson = NOT_PROMOTED.values
@@ -116,6 +133,9 @@ def _scenarios() -> dict[str, Callable[[], Failover]]:
         scenarios[case.id] = leader_partitioned(case.values[0], replicated=5, in_window=3)
     scenarios[HANDOVERS.id] = handovers
     scenarios[SPLIT_BRAIN] = split_brain
+    for case in NO_STANDBY:
+        scenarios[case.id] = replicas_lost({"synchronous_mode": True,
+                                            "synchronous_mode_strict": case.values[0]})
     for case in ETCD_LOST:
         scenarios[case.id] = etcd_lost({"failsafe_mode": case.values[0]})
     return scenarios
@@ -301,3 +321,17 @@ def test_frozen_patroni_makes_two_primaries(scenarios, case):
     assert outcome.read_on_old_at_end == [1, 2, 3, 4, 5, 6]
     found = {model: check(outcome.history(), model).counts() for model in SPLIT_BRAIN_VERDICTS}
     assert found == SPLIT_BRAIN_VERDICTS
+
+
+@pytest.mark.parametrize("strict, standby_names, commit", NO_STANDBY)
+def test_no_synchronous_standby_left(scenarios, request, strict, standby_names, commit):
+    """Scenario: synchronous_mode; both replicas' machines are lost, the leader stays.
+
+    Outcome: once their member keys expire, Patroni settles the leader's
+    synchronous_standby_names. Not strict: it empties it, and a COMMIT returns at once,
+    replicated nowhere (availability first). synchronous_mode_strict: it sets "*" (any
+    standby, none there), and a COMMIT waits for one (SyncRep) until one comes back.
+    """
+    outcome = scenarios.outcome(request.node.callspec.id)
+    assert outcome.synchronous_standby_names == standby_names
+    assert outcome.commit == commit

@@ -440,3 +440,43 @@ def freeze_leaders_patroni(cluster: PatroniCluster, *, replicated: int) -> Split
         cluster.thaw(old)
         with contextlib.suppress(psycopg2.Error):
             writer.close()
+
+
+@dataclass
+class NoStandby:
+    """What the leader does once no synchronous standby is left."""
+
+    leader: str
+    synchronous_standby_names: str = ""  # as Patroni set it on the leader
+    commit: str | None = None  # "returned", or the wait event of a COMMIT that waits
+
+
+def lose_every_replica(cluster: PatroniCluster) -> NoStandby:
+    """Lose every replica's machine; wait until Patroni has set the leader's
+    synchronous_standby_names for what is left (their member keys expire after ttl);
+    then COMMIT a row on the leader."""
+    leader = cluster.wait_until_healthy()
+    outcome = NoStandby(leader.name)
+    writer = _writer(cluster, leader)
+    with writer.cursor() as cur:
+        cur.execute(f"create table {TABLE} (id int primary key)")
+    for node in cluster.nodes:
+        if node is not leader:
+            cluster.lose_machine(node)
+
+    def decided() -> str | None:  # (before: the lost synchronous standby's name)
+        names = cluster.query(leader, "show synchronous_standby_names")[0][0]
+        return {"": "(empty)", "*": "*"}.get(names)
+
+    outcome.synchronous_standby_names = _wait(
+        cluster, decided, "Patroni to settle the leader's synchronous_standby_names",
+        cluster.settings["ttl"] + BOUND)
+    failover = Failover(leader.name, None)
+    committing = _commit_in_window(cluster, leader, writer, [1], failover)
+    outcome.commit = failover.waiting_commit or "returned"
+    # a session busy in another thread cannot be closed from this one: end it server-side
+    cluster.query(leader, "select pg_terminate_backend(%s)", (writer.info.backend_pid,))
+    committing.join(BOUND)
+    with contextlib.suppress(psycopg2.Error):
+        writer.close()
+    return outcome
