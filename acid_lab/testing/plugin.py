@@ -17,8 +17,11 @@ import pytest
 from acid_lab.servers.server import ServerError, find_binaries, server_account
 from acid_lab.servers.target import check_reachable, parse_dsn
 
-CHAPTERS = ("atomicity", "consistency", "isolation", "durability", "replication", "foundation",
-            "engine", "harness")
+CHAPTERS = ("atomicity", "consistency", "isolation", "durability", "replication", "ha",
+            "foundation", "engine", "harness")
+# The HA chapter (Patroni's ttl, twelve clusters) does not fit the suite's time budget yet:
+# it runs only when asked for with this variable set (``ACID_LAB_HA=1 pytest -m ha``).
+HA_OPT_IN = "ACID_LAB_HA"
 
 SERVER_LINE = pytest.StashKey[str]()  # what the header says about the server
 COLLECTED = pytest.StashKey[list]()    # every test collected, before -k / -m deselect
@@ -104,6 +107,11 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if item.get_closest_marker("own_server"):
                 item.add_marker(skip)
+    if not os.environ.get(HA_OPT_IN):
+        left_out = [item for item in items if item.get_closest_marker("ha")]
+        if left_out:
+            config.hook.pytest_deselected(items=left_out)
+            items[:] = [item for item in items if not item.get_closest_marker("ha")]
 
 
 def pytest_collection_finish(session):

@@ -43,6 +43,7 @@ import pytest
 
 from acid_lab.servers.cluster import Cluster
 from acid_lab.servers.guard import Guard, shared_memory_left, wait_for_exit
+from acid_lab.servers.patroni import ha_missing
 from acid_lab.servers.powercut import PowerCutCluster, fuse_missing
 from acid_lab.servers.replication import Primary
 from acid_lab.servers.templates import ENVIRONMENT as TEMPLATES
@@ -181,6 +182,25 @@ PROBES = {
                     killed += lossy.left_behind
                 report(pids=pids, paths=paths, mounts=mounts, memory=killed)
     ''',
+    # the HA chapter's cluster: etcd, three Patroni nodes and their PostgreSQL, each
+    # machine a network namespace (its file in /run/netns; veth links and nftables
+    # tables live in the namespaces and go with them), and the guard of it all
+    "HA cluster": '''
+        from acid_lab.servers.patroni import PatroniCluster
+
+        @pytest.fixture
+        def ha():
+            with PatroniCluster() as cluster:
+                yield cluster
+
+        def test_probe(ha):
+            ha.network.cut_off("n1", "n2")  # an nftables table, in a namespace
+            pids = [ha._guard.pid, ha.etcd.process.pid]
+            for node in ha.nodes:
+                pids += [node.patroni.pid, node.postmaster_pid()]
+            paths = [ha.workdir] + [f"/run/netns/{name}" for name in ha.network.created]
+            report(pids=pids, paths=paths)
+    ''',
 }
 
 # What the case does to the run once the probe has reported (or, for "during initdb",
@@ -204,6 +224,12 @@ CASES = [
                  ["--timeout", "1", "-o", "timeout_func_only=true"],
                  None, 1, id="pytest-timeout"),
     pytest.param("suite and power-cut servers", "hang", [], signal.SIGINT, 2, id="ctrl-c"),
+    pytest.param("HA cluster", "hang", [], signal.SIGKILL, -9, id="sigkill of pytest, HA cluster",
+                 marks=[pytest.mark.ha,
+                        pytest.mark.skipif(ha_missing() is not None, reason=f"{ha_missing()}")]),
+    pytest.param("HA cluster", "fail", [], None, 1, id="failing run, HA cluster",
+                 marks=[pytest.mark.ha,
+                        pytest.mark.skipif(ha_missing() is not None, reason=f"{ha_missing()}")]),
 ]
 
 
