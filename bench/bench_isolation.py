@@ -60,7 +60,7 @@ def hermitage_place(dsn: str | None):
     """A DSN whose search_path is a fresh schema holding Hermitage's table."""
     with contextlib.ExitStack() as stack:
         if dsn is None:
-            from acid_lab.servers.server import Cluster
+            from acid_lab.servers.cluster import Cluster
 
             dsn = stack.enter_context(Cluster()).dsn
         keeper = PlaceKeeper(psycopg2.connect(dsn))

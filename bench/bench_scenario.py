@@ -52,7 +52,7 @@ def bench_place(dsn: str | None):
     """A DSN whose search_path starts at a fresh schema holding the test table."""
     with contextlib.ExitStack() as stack:
         if dsn is None:
-            from acid_lab.servers.server import Cluster
+            from acid_lab.servers.cluster import Cluster
 
             dsn = stack.enter_context(Cluster()).dsn
         admin = psycopg2.connect(dsn)

@@ -22,8 +22,9 @@ import pytest
 from psycopg2 import errors
 
 from acid_lab.lessons.schema import demo_rows
+from acid_lab.servers import ServerError
+from acid_lab.servers.binaries import find_binaries
 from acid_lab.servers.queries import one, rows
-from acid_lab.servers.server import ServerError, find_binaries
 
 pytestmark = pytest.mark.foundation
 

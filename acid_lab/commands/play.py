@@ -28,7 +28,7 @@ from acid_lab.engine.scenario import ScenarioError
 from acid_lab.play.app import HOST
 from acid_lab.play.http import serve
 from acid_lab.play.sessions import Playground
-from acid_lab.servers.server import ServerError
+from acid_lab.servers import ServerError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,10 +18,13 @@ from typing import TextIO
 import psycopg
 import psycopg2
 
-from acid_lab.engine.scenario import ScenarioError, require_blocked_check
+from acid_lab.engine.postgres import POSTGRES
+from acid_lab.engine.scenario import ScenarioError
 from acid_lab.input_files import InputError, excerpt
+from acid_lab.servers import ServerError
 from acid_lab.servers.connections import CONNECT_TIMEOUT
-from acid_lab.servers.server import ServerError, server_version
+from acid_lab.servers.queries import server_version
+from acid_lab.servers.run import open_run
 from acid_lab.servers.target import Target, Unreachable, open_target
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -79,6 +82,8 @@ def target(dsn: str | None, settings: dict[str, str] | None = None, *,
     the command's own work, inside the ``with``, pass through untouched."""
     with contextlib.ExitStack() as stack:
         try:
+            if not dsn:
+                open_run()  # the run's programs, account and templates: made once, here
             opened = stack.enter_context(open_target(dsn, settings, own_database=own_database))
             opened.version = _usable_version(opened)
         except Unreachable as error:
@@ -105,7 +110,7 @@ def _usable_version(opened: Target) -> str:
     conn = connect(opened.info)
     try:
         try:
-            require_blocked_check(conn)
+            POSTGRES.require_blocked_check(conn)
         except ScenarioError as error:
             raise CommandError(one_line(error)) from None
         return server_version(conn)

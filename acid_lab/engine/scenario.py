@@ -89,7 +89,6 @@ OBSERVER = "observer"
 #: Default bound, in seconds, for every wait of the runner.
 DEFAULT_TIMEOUT = 5.0
 
-require_blocked_check = POSTGRES.require_blocked_check  # moved (issue 20)
 
 #: The engine's error: every failure of the runner is one.
 ScenarioError = EngineError

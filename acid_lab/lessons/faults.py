@@ -17,7 +17,7 @@ The tools, from the gentlest failure to the harshest:
 ``via`` is always a connection of the test's own, best an autocommit one (the
 ``observer``): waits run as one server-side statement and raise
 ``FaultTimeout`` with a clear message when their bound passes. Crashing the
-whole server lives on ``acid_lab.servers.server.CrashableCluster.crash()``.
+whole server lives on ``acid_lab.servers.crashable.CrashableCluster.crash()``.
 """
 
 from __future__ import annotations

@@ -62,9 +62,8 @@ from acid_lab.play.entries import (  # noqa: F401 (the bounds are part of this m
     Entry,
     state_of,
 )
-from acid_lab.servers.connections import CONNECT_TIMEOUT
+from acid_lab.servers.connections import CONNECT_TIMEOUT, ConnectionInfo
 from acid_lab.servers.places import PlaceKeeper, new_schema_name
-from acid_lab.servers.server import ConnectionInfo
 
 MAX_PAGES = 8                # pages open at once (each holds its sessions' connections)
 MAX_SESSIONS = 4             # sessions per page, the observer included

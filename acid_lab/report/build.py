@@ -58,9 +58,9 @@ from acid_lab.report import demonstrations, power_cuts, replication
 from acid_lab.report.demonstrations import Shown
 from acid_lab.report.histories import HISTORY_LEVELS, HistoryRow, check_histories
 from acid_lab.report.replication import ReplicationRow
-from acid_lab.servers.connections import ConnectionFactory
+from acid_lab.servers import ServerError
+from acid_lab.servers.connections import ConnectionFactory, ConnectionInfo
 from acid_lab.servers.places import PlaceKeeper
-from acid_lab.servers.server import ConnectionInfo, ServerError
 from acid_lab.servers.target import Target, open_target
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130

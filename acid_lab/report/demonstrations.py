@@ -11,7 +11,7 @@ keep a promise shows up as ``ok=False`` with what it did instead.
   a ``connect``-like factory
   (:class:`acid_lab.servers.connections.ConnectionFactory`).
 * Durability needs a server that may be killed: a
-  :class:`acid_lab.servers.server.CrashableCluster` of its own (fsync on), crashed with
+  :class:`acid_lab.servers.crashable.CrashableCluster` of its own (fsync on), crashed with
   SIGKILL of every server process and restarted, so that WAL replay decides
   what is still there. With an existing server (``--dsn``) these are skipped.
 """
@@ -27,10 +27,11 @@ from psycopg2 import errors
 
 from acid_lab.lessons.bank import balances, execute_each, transfer_statements
 from acid_lab.lessons.schema import BANK, BANK_ACCOUNTS
+from acid_lab.servers import ServerError
 from acid_lab.servers.connections import ConnectionFactory
+from acid_lab.servers.crashable import SLOW_WAL_WRITER, CrashableCluster
 from acid_lab.servers.places import PlaceKeeper
 from acid_lab.servers.queries import one
-from acid_lab.servers.server import SLOW_WAL_WRITER, CrashableCluster, ServerError
 
 ATOMICITY, CONSISTENCY, DURABILITY = "atomicity", "consistency", "durability"
 SKIPPED_WITH_DSN = "skipped: needs a server the report starts itself"

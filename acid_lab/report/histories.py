@@ -22,8 +22,8 @@ from acid_lab.checkers.history import LEVEL_MODELS, check
 from acid_lab.engine.scenario import READ_COMMITTED, REPEATABLE_READ, SERIALIZABLE
 from acid_lab.lessons.list_append import list_append_history
 from acid_lab.lessons.schema import HERMITAGE
+from acid_lab.servers.connections import ConnectionInfo
 from acid_lab.servers.places import PlaceKeeper
-from acid_lab.servers.server import ConnectionInfo
 
 HISTORY_LEVELS = (READ_COMMITTED, REPEATABLE_READ, SERIALIZABLE)
 SEED, WORKERS, ROUNDS, KEYS = 3, 4, 10, 4  # 41 transactions a history

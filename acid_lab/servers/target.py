@@ -19,8 +19,10 @@ import psycopg
 import psycopg2
 from pytest_postgresql.janitor import DatabaseJanitor
 
-from acid_lab.servers.connections import CONNECT_TIMEOUT
-from acid_lab.servers.server import Cluster, ConnectionInfo, ServerError, server_version
+from acid_lab.servers import ServerError
+from acid_lab.servers.cluster import Cluster
+from acid_lab.servers.connections import CONNECT_TIMEOUT, ConnectionInfo
+from acid_lab.servers.queries import server_version
 
 
 @dataclass

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from acid_lab.servers.server import ServerError, find_binaries, server_account
+from acid_lab.servers import ServerError
+from acid_lab.servers.run import open_run
 from acid_lab.servers.target import check_reachable, parse_dsn
 
 CHAPTERS = ("atomicity", "consistency", "isolation", "durability", "replication", "ha",
@@ -81,9 +82,8 @@ def pytest_configure(config):
                 config.stash[SERVER_LINE] += (f"; its standby (--standby-dsn), "
                                               f"PostgreSQL {standby_version}")
         else:
-            binaries = find_binaries()
-            server_account()
-            config.stash[SERVER_LINE] = f"temporary server: {binaries.describe()}"
+            run = open_run()  # the run's programs, account and templates, made once here
+            config.stash[SERVER_LINE] = f"temporary server: {run.binaries.describe()}"
     except ServerError as error:
         raise pytest.UsageError(str(error)) from None
 

@@ -26,10 +26,10 @@ from acid_lab.commands.play import play_command
 from acid_lab.commands.report import report_command
 from acid_lab.commands.run import run_command
 from acid_lab.commands.spec import spec_command
+from acid_lab.servers import ServerError
 from acid_lab.servers.connections import ConnectionFactory
 from acid_lab.servers.queries import one
 from acid_lab.servers.run import current_run
-from acid_lab.servers.server import ServerError
 from acid_lab.servers.target import check_reachable, open_target, parse_dsn
 from acid_lab.servers.templates import PASSWORD_FILE
 
