@@ -31,7 +31,6 @@ import urllib.request
 from pathlib import Path
 
 import psutil
-import psycopg2
 import pytest
 from psycopg2 import errors
 
@@ -64,15 +63,6 @@ def client(playground):
     app = create_app(playground)
     yield keyed_client(app)
     playground.close_idle(now=float("inf"))
-
-
-@pytest.fixture
-def observer_conn(target):
-    """An autocommit connection to the run's database, outside every page."""
-    conn = psycopg2.connect(**target.info.params())
-    conn.autocommit = True
-    yield conn
-    conn.close()
 
 
 # --------------------------------------------------------------------------- helper verbs
@@ -131,15 +121,15 @@ def outcome(entry):
     return entry["command"]
 
 
-def page_sessions(observer_conn, name):
+def page_sessions(observer, name):
     """The server sessions the app holds for the page named ``name`` on the server
     (``Page.name``, in its application_name; random, no part of the page's token)."""
-    return rows(observer_conn, "select state from pg_stat_activity where application_name = %s",
+    return rows(observer, "select state from pg_stat_activity where application_name = %s",
                 (f"acid_lab play {name}",))
 
 
-def schema_exists(observer_conn, name):
-    return rows(observer_conn, "select count(*) from pg_namespace where nspname = %s",
+def schema_exists(observer, name):
+    return rows(observer, "select count(*) from pg_namespace where nspname = %s",
                 (name,))[0][0] == 1
 
 
@@ -254,7 +244,7 @@ def test_free_mode_deadlock(client):
 
 
 @pytest.mark.isolation
-def test_cancel_a_waiting_step(client, playground, observer_conn):
+def test_cancel_a_waiting_step(client, playground, observer):
     """A waiting step can be cancelled: the page's own pg_cancel_backend.
 
     Scenario: free mode; T1 updates row 1 and keeps its transaction open; T2's
@@ -269,7 +259,7 @@ def test_cancel_a_waiting_step(client, playground, observer_conn):
     page = call(client, f"/api/pages/{page['token']}/cancel", {"session": "T2"})
     assert [(s, outcome(e)) for s, e in cells(page, "resumes")] == [
         ("T2", errors.QueryCanceled)]
-    assert sorted(page_sessions(observer_conn, playground.page(page["token"]).name)) == [
+    assert sorted(page_sessions(observer, playground.page(page["token"]).name)) == [
         ("idle in transaction",), ("idle in transaction (aborted)",)]
 
 
@@ -318,7 +308,7 @@ def test_pasted_page(client):
 
 
 @pytest.mark.engine
-def test_sessions_are_held_between_requests(client, playground, observer_conn):
+def test_sessions_are_held_between_requests(client, playground, observer):
     """HTTP is stateless, a database session is not.
 
     Scenario: free mode; one request opens T1's transaction and writes 11; the
@@ -328,7 +318,7 @@ def test_sessions_are_held_between_requests(client, playground, observer_conn):
     """
     page = open_page(client, mode="free", level=READ_COMMITTED)
     page = run_sql(client, page, "T1", "update test set value = 11 where id = 1")
-    assert page_sessions(observer_conn, playground.page(page["token"]).name) == [
+    assert page_sessions(observer, playground.page(page["token"]).name) == [
         ("idle in transaction",)]
     page = run_sql(client, page, "T2", "select value from test where id = 1")
     page = run_sql(client, page, "T1", "select value from test where id = 1")
@@ -376,7 +366,7 @@ def test_bounds(client):
 
 
 @pytest.mark.engine
-def test_reset_and_close_end_the_sessions(client, playground, observer_conn):
+def test_reset_and_close_end_the_sessions(client, playground, observer):
     """Reset closes a page's sessions and schema; so do leaving the page and the idle timeout.
 
     Scenario: a scenario page with an open transaction is reset; the new page
@@ -389,14 +379,14 @@ def test_reset_and_close_end_the_sessions(client, playground, observer_conn):
         page = next_step(client, page)
     schema, name = playground.page(page["token"]).schema, playground.page(page["token"]).name
     fresh = call(client, f"/api/pages/{page['token']}/reset")
-    assert (page_sessions(observer_conn, name), schema_exists(observer_conn, schema)) \
+    assert (page_sessions(observer, name), schema_exists(observer, schema)) \
         == ([], False)
     next_step(client, page, status=404)
     assert (fresh["next_step"], fresh["rows"]) == (0, [])
 
     name = playground.page(fresh["token"]).name
     call(client, f"/api/pages/{fresh['token']}/close")
-    assert page_sessions(observer_conn, name) == []
+    assert page_sessions(observer, name) == []
 
     idle = open_page(client, mode="free")
     idle = run_sql(client, idle, "T1", "select 1")
@@ -404,11 +394,11 @@ def test_reset_and_close_end_the_sessions(client, playground, observer_conn):
     closed = playground.close_idle(now=playground.page(idle["token"]).last_used
                                    + playground.idle_timeout + 1)
     assert closed == [idle["token"]]
-    assert page_sessions(observer_conn, name) == []
+    assert page_sessions(observer, name) == []
 
 
 @pytest.mark.engine
-def test_shutdown_closes_every_session(target, observer_conn):
+def test_shutdown_closes_every_session(target, observer):
     """At shutdown every page's sessions are closed and its schema dropped, waits and all.
 
     Scenario: a playground of its own with two pages, one of them with T2
@@ -426,9 +416,9 @@ def test_shutdown_closes_every_session(target, observer_conn):
         places = [(own.page(p["token"]).name, own.page(p["token"]).schema,
                    own.page(p["token"]).role) for p in (waiting, other)]
     for name, schema, role in places:
-        assert page_sessions(observer_conn, name) == []
-        assert not schema_exists(observer_conn, schema)
-        assert rows(observer_conn, "select count(*) from pg_roles where rolname = %s",
+        assert page_sessions(observer, name) == []
+        assert not schema_exists(observer, schema)
+        assert rows(observer, "select count(*) from pg_roles where rolname = %s",
                     (role,)) == [(0,)]
 
 
@@ -447,7 +437,7 @@ class ConsoleWatch(io.StringIO):
 
 
 @pytest.mark.engine
-def test_play_command(target, observer_conn):
+def test_play_command(target, observer):
     """``python -m acid_lab play --dsn ...``: warns, serves on 127.0.0.1, Ctrl-C ends it cleanly.
 
     Scenario: the command (in this process, as the terminal would run it) on the
@@ -491,5 +481,5 @@ def test_play_command(target, observer_conn):
                                   "G2-item", "G2"]
     assert "warning: This page runs the SQL typed into it" in err.getvalue()
     database = err.getvalue().split("in a database of its own (")[1].split(",")[0]
-    assert rows(observer_conn, "select count(*) from pg_database where datname = %s",
+    assert rows(observer, "select count(*) from pg_database where datname = %s",
                 (database,)) == [(0,)]

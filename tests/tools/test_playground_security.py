@@ -25,7 +25,6 @@ import pwd
 import secrets
 import subprocess
 
-import psycopg2
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -72,14 +71,6 @@ def app(playground):
 @pytest.fixture
 def client(app):
     return keyed_client(app, PORT)
-
-
-@pytest.fixture
-def observer_conn(target):
-    conn = psycopg2.connect(**target.info.params())
-    conn.autocommit = True
-    yield conn
-    conn.close()
 
 
 def call(client, path, body=None, status=200):
@@ -262,7 +253,7 @@ def test_a_page_harms_nothing_but_itself(two_pages, playground, attack, refused)
 
 
 @pytest.mark.engine
-def test_the_page_role(client, playground, observer_conn):
+def test_the_page_role(client, playground, observer):
     """What a page's role is, and that nothing of it is left once the page is gone.
 
     Scenario: open a page, run one statement; read the role's attributes and
@@ -275,25 +266,25 @@ def test_the_page_role(client, playground, observer_conn):
     page = call(client, "/api/pages", {"mode": "free"}, status=201)
     run_sql(client, page, "T1", "select 1")
     role = playground.page(page["token"]).role
-    assert rows(observer_conn, "select rolcanlogin, rolsuper, rolcreaterole, rolcreatedb,"
+    assert rows(observer, "select rolcanlogin, rolsuper, rolcreaterole, rolcreatedb,"
                 " rolreplication, rolbypassrls from pg_roles where rolname = %s", (role,)) \
         == [(True, False, False, False, False, False)]
-    assert rows(observer_conn, "select count(*) from pg_auth_members m join pg_roles r"
+    assert rows(observer, "select count(*) from pg_auth_members m join pg_roles r"
                 " on r.oid = m.member where r.rolname = %s", (role,)) == [(0,)]
     names = [name for (name,) in rows(
-        observer_conn, "select application_name from pg_stat_activity where usename = %s",
+        observer, "select application_name from pg_stat_activity where usename = %s",
         (role,))]
     assert names and not any(page["token"][i:i + 4] in name
                              for name in names for i in range(len(page["token"]) - 3))
     fresh = call(client, f"/api/pages/{page['token']}/reset")
     fresh_role = playground.page(fresh["token"]).role
     call(client, f"/api/pages/{fresh['token']}/close")
-    assert rows(observer_conn, "select count(*) from pg_roles where rolname in (%s, %s)",
+    assert rows(observer, "select count(*) from pg_roles where rolname in (%s, %s)",
                 (role, fresh_role)) == [(0,)]
 
 
 @pytest.fixture
-def login(target, observer_conn):
+def login(target, observer):
     """A login that is not a superuser, made for the test (and dropped after): CREATEROLE
     or not, allowed to make schemas in the run's database."""
     made = []
@@ -301,14 +292,14 @@ def login(target, observer_conn):
     def make(may_create_roles: bool):
         name, password = f"acid_lab_login_{secrets.token_hex(3)}", secrets.token_urlsafe(16)
         rights = "createrole" if may_create_roles else "nocreaterole"
-        with observer_conn.cursor() as cursor:
+        with observer.cursor() as cursor:
             cursor.execute(f"create role {name} login {rights} password %s", (password,))
             cursor.execute(f"grant create on database {target.info.dbname} to {name}")
         made.append(name)
         return target.info.params(user=name, password=password)
 
     yield make
-    with observer_conn.cursor() as cursor:
+    with observer.cursor() as cursor:
         for name in made:
             cursor.execute(f"drop owned by {name}; drop role {name}")
 
@@ -321,7 +312,7 @@ def login(target, observer_conn):
                  "dedicated login that is not a superuser.",
                  id="--dsn login without CREATEROLE: says plainly it is not a sandbox"),
 ])
-def test_dsn_login(target, login, observer_conn, may_create_roles, sandboxed, says):
+def test_dsn_login(target, login, observer, may_create_roles, sandboxed, says):
     """With ``--dsn``, the pages are sandboxed where the login may create roles; where it
     may not, the command and the page say so plainly.
 
@@ -344,7 +335,7 @@ def test_dsn_login(target, login, observer_conn, may_create_roles, sandboxed, sa
         page = run_sql(client, page, "T1", "copy (select 1) to program 'id'")
         assert last(page) is errors.InsufficientPrivilege  # never a superuser either way
     if role is not None:
-        assert rows(observer_conn, "select count(*) from pg_roles where rolname = %s",
+        assert rows(observer, "select count(*) from pg_roles where rolname = %s",
                     (role,)) == [(0,)]
 
 
@@ -382,7 +373,7 @@ def test_a_poll_stays_small(client, playground):
 
 
 @pytest.mark.engine
-def test_statement_bound_enforced_by_the_app(target, observer_conn):
+def test_statement_bound_enforced_by_the_app(target, observer):
     """A page's SQL may SET statement_timeout away; the app still cancels it at the bound.
 
     Scenario: a playground whose statements are bounded at 0.5 s; the sessions
