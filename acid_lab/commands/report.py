@@ -59,9 +59,8 @@ def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.workers < 1:
         raise CommandError("--workers must be at least 1", EXIT_USAGE)
     try:
-        # make_report reaches its server through servers.target.open_target, as
-        # prologue.target does, and says in one line why it could not
-        report = make_report(args.dsn, workers=args.workers, progress_console=Console(file=err))
+        report = make_report(args.dsn, workers=args.workers, progress_console=Console(file=err),
+                             server=lambda: prologue.target(args.dsn))
     except ReportError as error:
         raise CommandError(prologue.one_line(error)) from None
     except KeyboardInterrupt:  # everything started has been stopped on the way out

@@ -35,10 +35,10 @@ import queue
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import psycopg
 import psycopg2
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -63,7 +63,6 @@ from acid_lab.servers.connections import ConnectionFactory, ConnectionInfo
 from acid_lab.servers.places import PlaceKeeper
 from acid_lab.servers.target import Target, open_target
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 MARK = {PREVENTED: "✓", POSSIBLE: "✗"}
 DEMO_MARK = {True: "✓", False: "✗", None: "–"}
 # Scenarios run at once, each in its own place; measured in bench/bench_report.py.
@@ -155,8 +154,12 @@ REPLICATION_TASK = "replication (a primary and a standby, failed over)"
 
 
 def make_report(dsn: str | None = None, *, workers: int = WORKERS,
-                progress_console: Console | None = None) -> Report:
+                progress_console: Console | None = None,
+                server: Callable[[], AbstractContextManager[Target]] | None = None) -> Report:
     """Start (or reach) the server, run everything, return the Report.
+
+    ``server`` opens the report's server (the commands pass theirs, which says in one
+    line why it could not); by default ``open_target(dsn)``.
 
     The durability demonstrations start their own server at once, beside the
     report's: server starts and stops are most of the wall time.
@@ -185,7 +188,7 @@ def make_report(dsn: str | None = None, *, workers: int = WORKERS,
                                 lambda shown: progress.advance(CRASH_TASK))
             power_cut = side.submit(power_cuts.show_on_lossy_disk,
                                     lambda shown: progress.advance(POWER_CUT_TASK))
-        with _target(dsn) as target:
+        with (server or (lambda: open_target(dsn)))() as target:
             progress.advance(server_task)
             in_places = side.submit(demonstrations.show_in_places, target.info,
                                     lambda shown: progress.advance(PLACE_TASK))
@@ -229,21 +232,6 @@ def _histories_or_why_not(future) -> tuple[list[HistoryRow], str]:
         return future.result(), ""
     except (WorkloadError, psycopg2.Error) as error:
         return [], f"histories could not be recorded: {' '.join(str(error).split())}"
-
-
-@contextlib.contextmanager
-def _target(dsn: str | None) -> Iterator[Target]:
-    """open_target, with every way of failing to get a server turned into one line."""
-    try:
-        with open_target(dsn) as target:
-            yield target
-    except ServerError as error:
-        raise ReportError(str(error).splitlines()[0]) from None
-    except (psycopg.Error, psycopg2.Error) as error:
-        # the janitor (psycopg 3) creating the report's own database, e.g. no CREATEDB right
-        message = " ".join(str(error).split())
-        raise ReportError(f"cannot create the report's database on the server: {message}") \
-            from None
 
 
 def observe_matrix(info: ConnectionInfo, anomalies: tuple[Anomaly, ...] | None = None, *,
