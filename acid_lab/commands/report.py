@@ -26,6 +26,7 @@ from acid_lab.commands.prologue import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Co
 from acid_lab.report.build import WORKERS, Report, ReportError, make_report
 from acid_lab.report.files import write_files
 from acid_lab.report.text import plain_text, print_rich
+from acid_lab.servers.target import DSN_ENVIRONMENT
 
 # --------------------------------------------------------------------------- the command
 
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m acid_lab report",
         description="Run the isolation matrix and the atomicity, consistency and durability "
                     "demonstrations on a PostgreSQL, live, and show what it guarantees.")
-    parser.add_argument("--dsn", default=os.environ.get("ACID_LAB_DSN"),
+    parser.add_argument("--dsn", default=os.environ.get(DSN_ENVIRONMENT),
                         help="an existing PostgreSQL (libpq DSN or URI; default: $ACID_LAB_DSN, "
                              "else a temporary server). The report works in a database of its "
                              "own there and drops it; durability is skipped.")

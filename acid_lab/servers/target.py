@@ -24,6 +24,8 @@ from acid_lab.servers.cluster import Cluster
 from acid_lab.servers.connections import CONNECT_TIMEOUT, ConnectionInfo
 from acid_lab.servers.queries import server_version
 
+DSN_ENVIRONMENT = "ACID_LAB_DSN"  # where --dsn's default comes from (suite and report)
+
 
 @dataclass
 class Target:

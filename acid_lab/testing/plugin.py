@@ -16,7 +16,7 @@ import pytest
 
 from acid_lab.servers import ServerError
 from acid_lab.servers.run import open_run
-from acid_lab.servers.target import check_reachable, parse_dsn
+from acid_lab.servers.target import DSN_ENVIRONMENT, check_reachable, parse_dsn
 
 CHAPTERS = ("atomicity", "consistency", "isolation", "durability", "replication", "ha",
             "foundation", "engine", "harness")
@@ -59,7 +59,7 @@ def _profiles_if_hypothesis_runs(config: pytest.Config) -> None:
 
 
 def pytest_addoption(parser):
-    parser.addoption("--dsn", default=os.environ.get("ACID_LAB_DSN"),
+    parser.addoption("--dsn", default=os.environ.get(DSN_ENVIRONMENT),
                      help="run against an existing PostgreSQL (libpq DSN or URI); "
                           "default: $ACID_LAB_DSN, else a temporary server")
     parser.addoption("--standby-dsn", default=os.environ.get("ACID_LAB_STANDBY_DSN"),
